@@ -1,0 +1,140 @@
+//! `reconciled inbox list|show`: look at stored notifications.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::{utc, StoreArgs};
+use crate::store::read::{self, ListFilter};
+
+/// `inbox` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// List stored notifications in arrival order.
+    List(ListArgs),
+    /// Show one notification: its fields, kept headers and raw body.
+    Show(ShowArgs),
+}
+
+/// Arguments of `inbox list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Only rows with this status (pending, done, dead, …).
+    #[arg(long, value_name = "S")]
+    status: Option<String>,
+    /// Only rows from this provider.
+    #[arg(long, value_name = "P")]
+    provider: Option<String>,
+    /// Only rows with an id greater than this.
+    #[arg(long, value_name = "ID")]
+    after: Option<i64>,
+    /// At most this many rows.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+/// Arguments of `inbox show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The inbox row id.
+    id: i64,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print a JSON object (body as a string if it is UTF-8, else base16) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(cmd: InboxCommand) -> anyhow::Result<()> {
+    match cmd {
+        InboxCommand::List(args) => list(&args),
+        InboxCommand::Show(args) => show(&args),
+    }
+}
+
+fn list(args: &ListArgs) -> anyhow::Result<()> {
+    let conn = args.store.open()?;
+    let filter = ListFilter {
+        status: args.status.clone(),
+        provider: args.provider.clone(),
+        after: args.after,
+        limit: args.limit,
+    };
+    let rows = read::list(&conn, &filter).context("cannot read the inbox")?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for row in &rows {
+            writeln!(out, "{}", serde_json::to_string(row)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  TYPE",
+        "ID", "RECEIVED", "ENDPOINT", "STATUS", "DELIV", "EVENT"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  {}",
+            r.id,
+            utc(r.received_at),
+            r.endpoint,
+            r.status,
+            r.delivery_count,
+            r.dedup_key,
+            r.event_type.as_deref().unwrap_or("-")
+        )?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no notifications)")?;
+    }
+    Ok(())
+}
+
+fn show(args: &ShowArgs) -> anyhow::Result<()> {
+    let conn = args.store.open()?;
+    let row = read::show(&conn, args.id)
+        .context("cannot read the inbox")?
+        .with_context(|| format!("no inbox row with id {}", args.id))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let headers: serde_json::Value =
+            serde_json::from_str(&row.headers).unwrap_or(serde_json::Value::Null);
+        let mut obj = serde_json::to_value(&row.summary)?;
+        obj["headers"] = headers;
+        match std::str::from_utf8(&row.body) {
+            Ok(s) => obj["body"] = s.into(),
+            Err(_) => obj["body_hex"] = hex::encode(&row.body).into(),
+        }
+        writeln!(out, "{obj}")?;
+        return Ok(());
+    }
+    let s = &row.summary;
+    writeln!(out, "id:             {}", s.id)?;
+    writeln!(out, "endpoint:       {} ({})", s.endpoint, s.provider)?;
+    writeln!(out, "event:          {} {}", s.dedup_key, s.event_type.as_deref().unwrap_or("-"))?;
+    writeln!(out, "status:         {}", s.status)?;
+    writeln!(out, "received:       {} from {}", utc(s.received_at), s.remote_addr)?;
+    writeln!(out, "deliveries:     {} (last {})", s.delivery_count, utc(s.last_received_at))?;
+    writeln!(out, "headers:")?;
+    if let Ok(serde_json::Value::Object(map)) =
+        serde_json::from_str::<serde_json::Value>(&row.headers)
+    {
+        for (k, v) in map {
+            writeln!(out, "  {k}: {}", v.as_str().unwrap_or_default())?;
+        }
+    }
+    writeln!(out, "body ({} bytes):", row.body.len())?;
+    out.write_all(&row.body)?;
+    if !row.body.ends_with(b"\n") {
+        writeln!(out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The command line: one file per subcommand.
+
+mod check_config;
+mod default_config;
+mod demo;
+mod failures;
+mod inbox;
+mod serve;
+mod sign;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Verifies, stores and reconciles payment-provider notifications for a web shop.
+#[derive(Debug, Parser)]
+#[command(name = "reconciled", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(serve::ServeArgs),
+    /// Validate a configuration file and print a summary with secrets redacted.
+    CheckConfig(ConfigArg),
+    /// Print an annotated example configuration.
+    DefaultConfig,
+    /// Look at stored notifications.
+    #[command(subcommand)]
+    Inbox(inbox::InboxCommand),
+    /// List recent requests that failed verification (a wrong or rotated secret shows here).
+    Failures(failures::FailuresArgs),
+    /// Produce a correctly signed test request for a provider.
+    #[command(subcommand)]
+    Sign(sign::SignCommand),
+}
+
+/// `--config FILE`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Where a read command finds the store.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Read the store named in this configuration file.
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["db", "demo"])]
+    pub config: Option<PathBuf>,
+    /// Read this database file directly.
+    #[arg(long, value_name = "PATH", conflicts_with = "demo")]
+    pub db: Option<PathBuf>,
+    /// Read the demo daemon's store (`serve --demo`).
+    #[arg(long)]
+    pub demo: bool,
+}
+
+impl StoreArgs {
+    fn open(&self) -> anyhow::Result<rusqlite::Connection> {
+        let path = match (&self.config, &self.db, self.demo) {
+            (Some(c), _, _) => Config::load(c)?.store.path,
+            (_, Some(db), _) => db.clone(),
+            (_, _, true) => PathBuf::from(demo::STORE_PATH),
+            _ => anyhow::bail!("say which store to read: --config FILE, --db PATH or --demo"),
+        };
+        Ok(crate::store::schema::open_reader(&path)?)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::CheckConfig(args) => check_config::run(&args),
+        Command::DefaultConfig => default_config::run(),
+        Command::Inbox(cmd) => inbox::run(cmd),
+        Command::Failures(args) => failures::run(&args),
+        Command::Sign(cmd) => sign::run(cmd),
+    }
+}
+
+/// Formats unix milliseconds as UTC `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

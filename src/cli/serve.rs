@@ -1,0 +1,83 @@
+//! `reconciled serve`: run the daemon until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::demo;
+use crate::config::{Config, ConfigError};
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, short, value_name = "FILE", required_unless_present = "demo")]
+    config: Option<PathBuf>,
+    /// Run the built-in demo: a local store and a Stripe endpoint with a public test secret,
+    /// on loopback only.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+    /// Listen here instead of the configured address.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => demo::config()?,
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if args.demo && !config.server.listen.ip().is_loopback() {
+        return Err(ConfigError::Invalid {
+            path: PathBuf::from("--demo"),
+            key: "--listen".into(),
+            message: format!(
+                "{} is not a loopback address; the demo uses a public test secret and listens on 127.0.0.1 or ::1 only",
+                config.server.listen
+            ),
+        }
+        .into());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
+        if args.demo {
+            demo::print_instructions(addr);
+        }
+        crate::run_server(&config, listener, shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name} received: no longer accepting, draining in-flight requests");
+    shutdown.cancel();
+}

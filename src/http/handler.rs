@@ -1,0 +1,164 @@
+//! Routing and the webhook handler.
+//!
+//! `POST /webhooks/{endpoint}` reads the body within the limits, verifies the raw bytes,
+//! hands the row to the store and answers only after the commit: 200 stored or duplicate,
+//! 400 refused (short reason, never a secret), 404, 405, 408, 413, 503.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::AppState;
+use crate::provider;
+use crate::store::{FailureRecord, NewRow, FAILURE_BODY_PREFIX};
+
+type Reply = Response<Full<Bytes>>;
+
+const WEBHOOK_PREFIX: &str = "/webhooks/";
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+fn unavailable(reason: &'static str) -> Reply {
+    let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, reason);
+    resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+pub(super) async fn handle(
+    state: Arc<AppState>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
+    let path = req.uri().path();
+    let reply = if let Some(name) = path.strip_prefix(WEBHOOK_PREFIX) {
+        match state.endpoints.get(name) {
+            None => text(StatusCode::NOT_FOUND, "unknown endpoint\n"),
+            Some(_) if req.method() != Method::POST => method_not_allowed("POST"),
+            Some(_) => {
+                let name = name.to_owned();
+                webhook(&state, &name, remote, req).await
+            }
+        }
+    } else {
+        match path {
+            "/healthz" | "/readyz"
+                if req.method() != Method::GET && req.method() != Method::HEAD =>
+            {
+                method_not_allowed("GET, HEAD")
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => match state.store.probe().await {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "readiness probe failed");
+                    unavailable("store not writable\n")
+                }
+            },
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    };
+    Ok(reply)
+}
+
+async fn webhook(
+    state: &AppState,
+    name: &str,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Reply {
+    let Some((endpoint_name, endpoint)) = state.endpoints.get(name) else {
+        return text(StatusCode::NOT_FOUND, "unknown endpoint\n");
+    };
+    let limits = &state.limits;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+    }
+
+    let (parts, body) = req.into_parts();
+    let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    let body = match tokio::time::timeout(limits.request_timeout, Limited::new(body, max).collect())
+        .await
+    {
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
+        }
+        Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "body could not be read\n"),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+
+    let now_ms = crate::now_ms();
+    let accepted = match provider::accept(endpoint, &parts.headers, &body, now_ms.div_euclid(1000))
+    {
+        Ok(a) => a,
+        Err(rejection) => {
+            let detail = rejection.to_string();
+            tracing::warn!(endpoint = %endpoint_name, %remote, reason = rejection.code(), "notification refused: {detail}");
+            state.store.record_failure(FailureRecord {
+                at_ms: now_ms,
+                endpoint: endpoint_name.clone(),
+                remote_addr: remote.to_string(),
+                reason: rejection.code(),
+                detail: detail.clone(),
+                body_len: body.len(),
+                body_prefix: body.slice(..body.len().min(FAILURE_BODY_PREFIX)),
+            });
+            return text(StatusCode::BAD_REQUEST, format!("{detail}\n"));
+        }
+    };
+
+    let row = NewRow {
+        endpoint: endpoint_name.clone(),
+        provider: endpoint.provider.as_str(),
+        dedup_key: accepted.dedup_key,
+        event_type: accepted.event_type,
+        received_at_ms: now_ms,
+        remote_addr: remote.to_string(),
+        headers_json: accepted.headers_json,
+        body,
+    };
+    match tokio::time::timeout(limits.request_timeout, state.store.insert(row)).await {
+        Ok(Ok(stored)) if stored.is_duplicate() => {
+            tracing::debug!(
+                id = stored.id,
+                deliveries = stored.delivery_count,
+                "duplicate delivery"
+            );
+            text(StatusCode::OK, "duplicate\n")
+        }
+        Ok(Ok(stored)) => {
+            tracing::debug!(id = stored.id, "stored");
+            text(StatusCode::OK, "stored\n")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %crate::error_chain(&e), endpoint = %endpoint_name, "notification not stored; answered 503");
+            unavailable("store unavailable, retry later\n")
+        }
+        Err(_) => {
+            tracing::error!(endpoint = %endpoint_name, "store did not commit in time; answered 503");
+            unavailable("store unavailable, retry later\n")
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The HTTP server: hyper-util's accept loop with a connection cap and graceful shutdown.
+//!
+//! [`serve`] takes a bound listener, the shared state and a shutdown token, so tests bind
+//! `127.0.0.1:0` and stop the server deterministically. On shutdown it stops accepting, lets
+//! in-flight connections finish within the configured grace period, and returns; the caller
+//! then closes the store.
+
+mod handler;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Endpoint, ServerConfig};
+use crate::store::Store;
+
+/// Pause after a failed `accept` (for example too many open files) before trying again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// Endpoints by name, as in `POST /webhooks/{name}`.
+    endpoints: HashMap<String, (Arc<str>, Endpoint)>,
+    /// The inbox writer.
+    store: Store,
+    /// Body size and timeouts.
+    limits: ServerConfig,
+}
+
+impl AppState {
+    /// State for serving `config`'s endpoints into `store`.
+    pub fn new(config: &Config, store: Store) -> AppState {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| (e.name.clone(), (Arc::from(e.name.as_str()), e.clone())))
+            .collect();
+        AppState { endpoints, store, limits: config.server.clone() }
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled, then drains in-flight requests
+/// for at most the configured grace period.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
+
+    loop {
+        // Wait for a free connection slot first: beyond the cap, connections queue in the
+        // kernel's backlog instead of consuming memory here.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| handler::handle(state.clone(), remote, req));
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(state.limits.shutdown_grace) => {
+            tracing::warn!(grace_secs = state.limits.shutdown_grace.as_secs(), "drain timed out; closing remaining connections");
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `reconciled` takes payment providers' asynchronous notifications, verifies each over its
+//! raw bytes, and stores it exactly once in a durable SQLite inbox before answering the
+//! provider. (Matching notifications against the shop's orders and writing actions to an
+//! outbox builds on this inbox.)
+//!
+//! # Layout
+//! - [`config`]: the TOML file → a validated [`config::Config`]; secrets redacted.
+//! - [`http`]: the hyper accept loop, routes and the webhook handler.
+//! - [`provider`]: one file per provider (`verify`, `identify`), dispatch in `mod.rs`.
+//! - [`store`]: SQLite schema and migrations, the group-commit writer thread, CLI reads.
+//! - [`cli`]: one file per subcommand; `main.rs` only maps errors to exit codes.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod provider;
+pub mod store;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An error and its causes on one line: `subject: cause: cause`, for logs.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Runs the daemon on an already bound listener until `shutdown` is cancelled: opens the
+/// store, serves, drains in-flight requests, then commits and closes the store.
+pub async fn run_server(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let store = Store::open(&config.store)?;
+    let state = Arc::new(http::AppState::new(config, store.clone()));
+    http::serve(listener, state, shutdown).await;
+    store.close().await;
+    tracing::info!("store closed");
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The SQLite store: the inbox of verified notifications and the verification-failure log.
+//!
+//! ## Concurrency
+//! All writes go through one writer thread ([`writer`]) that owns the only read-write
+//! connection. Request handlers send it rows over a bounded channel and wait for the answer;
+//! the writer drains whatever has queued up (up to `max_batch`) into one transaction, commits
+//! (one fsync for the whole group), and only then answers every waiter. A handler therefore
+//! never answers 2xx before the commit that holds its row. The CLI reads with its own
+//! read-only connections ([`read`]); WAL lets it do so while the daemon writes.
+
+pub mod read;
+pub mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::StoreConfig;
+
+/// Requests queued for the writer beyond this wait (backpressure on the handlers).
+const QUEUE_DEPTH: usize = 8192;
+
+/// A store failure. Callers branch on it: anything here means "not stored", answer 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("store {}: {message}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database was written by a newer version of reconciled.
+    #[error("store {}: schema version {found} is newer than this build knows ({known}); upgrade reconciled", path.display())]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: u32,
+        /// The newest version this build knows.
+        known: u32,
+    },
+    /// A write or commit failed; nothing in the batch was stored.
+    #[error("store write failed")]
+    Write(#[source] rusqlite::Error),
+    /// The writer has stopped (shutdown).
+    #[error("store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    fn open(path: &Path, e: rusqlite::Error) -> StoreError {
+        StoreError::Open { path: path.to_owned(), message: e.to_string() }
+    }
+}
+
+/// A verified notification to store.
+#[derive(Debug)]
+pub struct NewRow {
+    /// The endpoint name it arrived on.
+    pub endpoint: Arc<str>,
+    /// The provider's name (`stripe`).
+    pub provider: &'static str,
+    /// The provider's id for the notification.
+    pub dedup_key: String,
+    /// The provider's event type.
+    pub event_type: Option<String>,
+    /// Arrival time, unix milliseconds.
+    pub received_at_ms: i64,
+    /// Peer address.
+    pub remote_addr: String,
+    /// Headers needed to verify again, as a JSON object.
+    pub headers_json: String,
+    /// The raw body; shared with the request, not copied.
+    pub body: Bytes,
+}
+
+/// The outcome of storing a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The inbox row id.
+    pub id: i64,
+    /// Deliveries seen so far, this one included; above 1 means a duplicate.
+    pub delivery_count: i64,
+}
+
+impl Stored {
+    /// Whether this delivery repeated one already stored.
+    pub fn is_duplicate(&self) -> bool {
+        self.delivery_count > 1
+    }
+}
+
+/// A request that failed verification, for the capped forensic log.
+#[derive(Debug)]
+pub struct FailureRecord {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// The endpoint name.
+    pub endpoint: Arc<str>,
+    /// Peer address.
+    pub remote_addr: String,
+    /// Short code (`bad_signature`).
+    pub reason: &'static str,
+    /// The message sent back.
+    pub detail: String,
+    /// The full body length.
+    pub body_len: usize,
+    /// The start of the body (at most [`FAILURE_BODY_PREFIX`] bytes).
+    pub body_prefix: Bytes,
+}
+
+/// Bytes of a failed request's body kept for forensics.
+pub const FAILURE_BODY_PREFIX: usize = 1024;
+
+pub(crate) enum Command {
+    Insert(NewRow, oneshot::Sender<Result<Stored, StoreError>>),
+    Failure(FailureRecord),
+    Probe(oneshot::Sender<Result<(), StoreError>>),
+    Shutdown,
+}
+
+/// A cloneable handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Queue to the writer thread.
+    tx: mpsc::Sender<Command>,
+    /// The writer thread, joined once by [`Store::close`].
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Insert(..) => "Insert",
+            Command::Failure(_) => "Failure",
+            Command::Probe(_) => "Probe",
+            Command::Shutdown => "Shutdown",
+        })
+    }
+}
+
+impl Store {
+    /// Opens and migrates the database, then starts the writer thread.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let conn = schema::open_writer(&config.path, config.busy_timeout)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let settings =
+            writer::Settings { max_batch: config.max_batch, failures_kept: config.failures_kept };
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(conn, rx, settings))
+            .map_err(|e| StoreError::Open {
+                path: config.path.clone(),
+                message: format!("cannot start writer thread: {e}"),
+            })?;
+        Ok(Store { tx, thread: Arc::new(Mutex::new(Some(thread))) })
+    }
+
+    /// Stores a verified notification; resolves once its transaction has committed.
+    pub async fn insert(&self, row: NewRow) -> Result<Stored, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Command::Insert(row, done)).await.map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records a failed verification. Best effort: dropped if the writer is backed up, so a
+    /// flood of bad requests can never hold up good ones.
+    pub fn record_failure(&self, failure: FailureRecord) {
+        if self.tx.try_send(Command::Failure(failure)).is_err() {
+            tracing::debug!("verification failure not recorded: writer queue full");
+        }
+    }
+
+    /// Checks that the store can commit a write right now.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Command::Probe(done)).await.map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits everything queued so far, checkpoints the WAL and stops the writer. Later
+    /// inserts fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Read-only queries for the CLI (`inbox list`, `inbox show`, `failures`) and for tests.
+
+use rusqlite::{params_from_iter, types::Value, Connection};
+use serde::Serialize;
+
+/// An inbox row without its body, for listings.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InboxSummary {
+    /// Row id.
+    pub id: i64,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Provider name.
+    pub provider: String,
+    /// The provider's notification id.
+    pub dedup_key: String,
+    /// The provider's event type.
+    pub event_type: Option<String>,
+    /// First delivery, unix milliseconds.
+    pub received_at: i64,
+    /// Latest delivery, unix milliseconds.
+    pub last_received_at: i64,
+    /// Peer address of the first delivery.
+    pub remote_addr: String,
+    /// Deliveries seen.
+    pub delivery_count: i64,
+    /// Processing status.
+    pub status: String,
+    /// Body length in bytes.
+    pub body_len: i64,
+}
+
+/// A full inbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRow {
+    /// Everything but the headers and body.
+    pub summary: InboxSummary,
+    /// The kept headers, a JSON object.
+    pub headers: String,
+    /// The raw body, byte for byte.
+    pub body: Vec<u8>,
+}
+
+/// A recorded verification failure.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    /// Row id.
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Peer address.
+    pub remote_addr: String,
+    /// Short code.
+    pub reason: String,
+    /// The message sent back.
+    pub detail: String,
+    /// Body length.
+    pub body_len: i64,
+}
+
+/// Filters for [`list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only rows with this status.
+    pub status: Option<String>,
+    /// Only rows from this provider.
+    pub provider: Option<String>,
+    /// Only rows with an id above this.
+    pub after: Option<i64>,
+    /// At most this many rows.
+    pub limit: Option<u64>,
+}
+
+const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
+     last_received_at, remote_addr, delivery_count, status, length(body)";
+
+fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
+    Ok(InboxSummary {
+        id: r.get(0)?,
+        endpoint: r.get(1)?,
+        provider: r.get(2)?,
+        dedup_key: r.get(3)?,
+        event_type: r.get(4)?,
+        received_at: r.get(5)?,
+        last_received_at: r.get(6)?,
+        remote_addr: r.get(7)?,
+        delivery_count: r.get(8)?,
+        status: r.get(9)?,
+        body_len: r.get(10)?,
+    })
+}
+
+/// Inbox rows in arrival order.
+pub fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<InboxSummary>> {
+    let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM inbox WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(s) = &filter.status {
+        sql.push_str(" AND status = ?");
+        args.push(Value::Text(s.clone()));
+    }
+    if let Some(p) = &filter.provider {
+        sql.push_str(" AND provider = ?");
+        args.push(Value::Text(p.clone()));
+    }
+    if let Some(a) = filter.after {
+        sql.push_str(" AND id > ?");
+        args.push(Value::Integer(a));
+    }
+    sql.push_str(" ORDER BY id");
+    if let Some(l) = filter.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(Value::Integer(i64::try_from(l).unwrap_or(i64::MAX)));
+    }
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), summary)?;
+    rows.collect()
+}
+
+/// One inbox row with headers and body.
+pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
+    let sql = format!("SELECT {SUMMARY_COLUMNS}, headers, body FROM inbox WHERE id = ?1");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([id])?;
+    let Some(r) = rows.next()? else { return Ok(None) };
+    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(11)?, body: r.get(12)? }))
+}
+
+/// The number of inbox rows.
+pub fn count(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
+}
+
+/// Recorded verification failures, newest first.
+pub fn failures(conn: &Connection, limit: u64) -> rusqlite::Result<Vec<Failure>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at, endpoint, remote_addr, reason, detail, body_len FROM verify_failures \
+         ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(Failure {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            endpoint: r.get(2)?,
+            remote_addr: r.get(3)?,
+            reason: r.get(4)?,
+            detail: r.get(5)?,
+            body_len: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}

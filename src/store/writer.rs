@@ -1,0 +1,171 @@
+//! The writer thread: group commit of inbox rows.
+//!
+//! It blocks for one command, then takes whatever else is already queued (up to
+//! `max_batch`), writes it all in one `BEGIN IMMEDIATE … COMMIT`, and answers every waiter
+//! after the commit. If anything in the batch fails, the whole batch is rolled back and every
+//! waiter gets the error: nothing is acknowledged that is not durable.
+
+use rusqlite::{params, Connection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Command, FailureRecord, NewRow, StoreError, Stored};
+
+/// Writer settings taken from the store config.
+pub(crate) struct Settings {
+    pub max_batch: usize,
+    pub failures_kept: u64,
+}
+
+const UPSERT: &str = "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
+     last_received_at, remote_addr, headers, body) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) \
+     ON CONFLICT (provider, dedup_key) DO UPDATE SET delivery_count = delivery_count + 1, \
+     last_received_at = excluded.last_received_at \
+     RETURNING id, delivery_count";
+
+const INSERT_FAILURE: &str =
+    "INSERT INTO verify_failures (at, endpoint, remote_addr, reason, detail, \
+     body_len, body_prefix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+const PRUNE_FAILURES: &str =
+    "DELETE FROM verify_failures WHERE id <= (SELECT max(id) FROM verify_failures) - ?1";
+
+const PROBE: &str = "INSERT INTO meta (key, value) VALUES ('ready_probe_at', ?1) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+type InsertWaiter = oneshot::Sender<Result<Stored, StoreError>>;
+type ProbeWaiter = oneshot::Sender<Result<(), StoreError>>;
+
+pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, settings: Settings) {
+    let mut inserts: Vec<(NewRow, InsertWaiter)> = Vec::with_capacity(settings.max_batch);
+    let mut failures: Vec<FailureRecord> = Vec::new();
+    let mut probes: Vec<ProbeWaiter> = Vec::new();
+    let mut results: Vec<Stored> = Vec::with_capacity(settings.max_batch);
+    let mut stopping = false;
+
+    while !stopping {
+        let Some(first) = rx.blocking_recv() else { break };
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Insert(row, done) => inserts.push((row, done)),
+                Command::Failure(f) => failures.push(f),
+                Command::Probe(done) => probes.push(done),
+                Command::Shutdown => {
+                    stopping = true;
+                    break;
+                }
+            }
+            taken += 1;
+            if taken < settings.max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        if inserts.is_empty() && failures.is_empty() && probes.is_empty() {
+            continue;
+        }
+
+        results.clear();
+        let outcome = write_batch(
+            &mut conn,
+            &inserts,
+            &failures,
+            !probes.is_empty(),
+            &settings,
+            &mut results,
+        );
+        match outcome {
+            Ok(()) => {
+                for ((_, done), stored) in inserts.drain(..).zip(results.iter()) {
+                    let _ = done.send(Ok(*stored));
+                }
+                for done in probes.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = inserts.len(), "store batch failed; answering 503");
+                for (_, done) in inserts.drain(..) {
+                    let _ = done.send(Err(StoreError::Write(clone_error(&e))));
+                }
+                for done in probes.drain(..) {
+                    let _ = done.send(Err(StoreError::Write(clone_error(&e))));
+                }
+            }
+        }
+        failures.clear();
+    }
+
+    // Anything still queued after Shutdown is refused: its sender sees a closed store.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        match cmd {
+            Command::Insert(_, done) => drop(done.send(Err(StoreError::Closed))),
+            Command::Probe(done) => drop(done.send(Err(StoreError::Closed))),
+            Command::Failure(_) | Command::Shutdown => {}
+        }
+    }
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "final WAL checkpoint failed (the data is safe in the WAL)");
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    inserts: &[(NewRow, InsertWaiter)],
+    failures: &[FailureRecord],
+    probe: bool,
+    settings: &Settings,
+    results: &mut Vec<Stored>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut upsert = tx.prepare_cached(UPSERT)?;
+        for (row, _) in inserts {
+            let stored = upsert.query_row(
+                params![
+                    &*row.endpoint,
+                    row.provider,
+                    row.dedup_key,
+                    row.event_type,
+                    row.received_at_ms,
+                    row.remote_addr,
+                    row.headers_json,
+                    &row.body[..],
+                ],
+                |r| Ok(Stored { id: r.get(0)?, delivery_count: r.get(1)? }),
+            )?;
+            results.push(stored);
+        }
+    }
+    if !failures.is_empty() {
+        let mut insert = tx.prepare_cached(INSERT_FAILURE)?;
+        for f in failures {
+            insert.execute(params![
+                f.at_ms,
+                &*f.endpoint,
+                f.remote_addr,
+                f.reason,
+                f.detail,
+                f.body_len as i64,
+                &f.body_prefix[..],
+            ])?;
+        }
+        tx.prepare_cached(PRUNE_FAILURES)?.execute([settings.failures_kept as i64])?;
+    }
+    if probe {
+        tx.prepare_cached(PROBE)?.execute([crate::now_ms().to_string()])?;
+    }
+    tx.commit()
+}
+
+/// rusqlite errors are not `Clone`; every waiter of a failed batch gets an equivalent one.
+fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            rusqlite::Error::SqliteFailure(*code, msg.clone())
+        }
+        other => rusqlite::Error::ToSqlConversionFailure(other.to_string().into()),
+    }
+}
