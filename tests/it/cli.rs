@@ -1,0 +1,263 @@
+//! The `reconciled` binary as an operator runs it: exit codes, messages, signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{self, config_text, event, Daemon, FIXTURE_EVENT, SECRET};
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reconciled"));
+    cmd.env("RECONCILED_LOG", "info");
+    cmd
+}
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("reconciled.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_prints_a_redacted_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &config_text(&dir.path().join("x.db"), "", ""));
+    let out = run(bin().arg("check-config").arg("--config").arg(&cfg), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("endpoint stripe: POST /webhooks/stripe, provider stripe"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("2 secret(s)"));
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_file_and_key_but_not_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&dir.path().join("x.db"), "", "")
+        .replace("tolerance_secs = 300", "tolerance_secs = \"five minutes\"");
+    let cfg = write_config(dir.path(), &text);
+    for sub in ["check-config", "serve"] {
+        let out = run(bin().arg(sub).arg("--config").arg(&cfg), b"");
+        assert_eq!(out.code, Some(2), "{sub}: {}", out.stderr);
+        let want =
+            format!("reconciled: {}: endpoint[0].tolerance_secs: invalid type", cfg.display());
+        assert!(out.stderr.contains(&want), "{sub}: {}", out.stderr);
+        assert!(!out.stderr.contains(SECRET));
+    }
+    // A secret given with the wrong shape is refused without being echoed.
+    let text = config_text(&dir.path().join("x.db"), "", "").replace(
+        &format!("secrets = [\"{SECRET}\", \"{}\"]", harness::ROLLED),
+        &format!("secrets = \"{SECRET}\""),
+    );
+    let out =
+        run(bin().arg("check-config").arg("--config").arg(write_config(dir.path(), &text)), b"");
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("endpoint[0].secrets: must be a list"), "{}", out.stderr);
+    assert!(!out.stderr.contains(SECRET), "{}", out.stderr);
+    // A missing file is an error naming it.
+    let out = run(bin().args(["check-config", "--config", "/nonexistent/reconciled.toml"]), b"");
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains("/nonexistent/reconciled.toml: cannot read: No such file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn default_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(bin().arg("default-config"), b"");
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.contains("[[endpoint]]") && out.stdout.contains("tolerance_secs"));
+    let cfg = write_config(dir.path(), &out.stdout);
+    let out = run(bin().arg("check-config").arg("--config").arg(&cfg), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn the_demo_refuses_a_non_loopback_address() {
+    let out = run(bin().args(["serve", "--demo", "--listen", "0.0.0.0:0"]), b"");
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("not a loopback address"), "{}", out.stderr);
+}
+
+/// Starts `serve` as a child process and returns it with the address it logged.
+fn spawn_serve(
+    args: &[&str],
+    dir: &Path,
+) -> (std::process::Child, SocketAddr, std::thread::JoinHandle<String>) {
+    let mut child = bin()
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("daemon exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe; return it for asserts.
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    (child, addr, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let cfg = write_config(dir.path(), &config_text(&db, "", ""));
+    let (mut child, addr, stderr) =
+        spawn_serve(&["serve", "--config", cfg.to_str().unwrap()], dir.path());
+
+    // Start a request and send only half of its body.
+    let body = event("evt_in_flight");
+    let sig = harness::signed(SECRET, &body);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nStripe-Signature: {sig}\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (first, second) = body.split_at(body.len() / 2);
+    s.write_all(first).await.unwrap();
+    // Make sure the server is reading this request before the signal.
+    assert_eq!(
+        harness::request(addr, "GET", "/healthz", &[], Default::default()).await.0,
+        StatusCode::OK
+    );
+
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are refused once shutdown began...
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after SIGTERM");
+    // ...but the in-flight request completes and is stored.
+    s.write_all(second).await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    drop(s);
+
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", stderr.join().unwrap());
+    let conn = reconciled::store::schema::open_reader(&db).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM inbox WHERE dedup_key = 'evt_in_flight'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+// Multi-threaded: the curl child is waited for synchronously while the server answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_output_is_accepted_and_its_curl_command_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), "", "").await;
+    let body = harness::fixture("payment_intent.succeeded.json");
+
+    let out = run(bin().args(["sign", "stripe", "--secret", SECRET]), &body);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let header =
+        out.stdout.trim().strip_prefix("Stripe-Signature: ").expect("a header line").to_owned();
+    let (status, text) =
+        d.post("/webhooks/stripe", &[("stripe-signature", &header)], body.clone()).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "stored\n"));
+
+    // A fixed timestamp gives a reproducible signature (and this one is too old to accept).
+    let out =
+        run(bin().args(["sign", "stripe", "--secret", SECRET, "--timestamp", "1700000000"]), &body);
+    let t = out.stdout.trim().strip_prefix("Stripe-Signature: ").unwrap();
+    assert!(t.starts_with("t=1700000000,v1="));
+    let (status, text) = d.post("/webhooks/stripe", &[("stripe-signature", t)], body.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("older than the tolerance"));
+
+    // --curl prints a command that, run by a shell, delivers a signed event (here: a duplicate).
+    let url = format!("http://{}/webhooks/stripe", d.addr);
+    let out = run(bin().args(["sign", "stripe", "--secret", SECRET, "--curl", &url]), &body);
+    assert_eq!(out.code, Some(0));
+    assert!(!out.stdout.contains(SECRET), "the curl command carries no secret");
+    let sh = run(Command::new("sh").arg("-c").arg(out.stdout.trim()), b"");
+    assert!(sh.stdout.starts_with("HTTP/1.1 200 OK"), "{} {}", sh.stdout, sh.stderr);
+    assert!(sh.stdout.ends_with("duplicate\n"), "{}", sh.stdout);
+    assert_eq!(d.rows(), vec![(FIXTURE_EVENT.to_owned(), 2)]);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn inbox_list_and_show_read_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), "", "").await;
+    let body = harness::fixture("charge.succeeded.json");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    assert_eq!(d.post_stripe(SECRET, &harness::fixture("thin_event.json")).await.0, StatusCode::OK);
+    assert_eq!(d.post_stripe("whsec_wrong", &body).await.0, StatusCode::BAD_REQUEST);
+    let db = d.db.to_str().unwrap().to_owned();
+
+    let out = run(bin().args(["inbox", "list", "--db", &db, "--json"]), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let rows: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["event_type"], "charge.succeeded");
+    assert_eq!(rows[0]["status"], "pending");
+    assert_eq!(rows[0]["body_len"], body.len());
+
+    let out = run(bin().args(["inbox", "list", "--db", &db, "--status", "done"]), b"");
+    assert!(out.stdout.contains("(no notifications)"), "{}", out.stdout);
+    let out = run(bin().args(["inbox", "list", "--db", &db, "--provider", "stripe"]), b"");
+    assert!(
+        out.stdout.contains("charge.succeeded") && out.stdout.contains("v1.billing.meter"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run(bin().args(["inbox", "show", "1", "--db", &db]), b"");
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.contains("stripe-signature: t="), "{}", out.stdout);
+    assert!(out.stdout.contains(std::str::from_utf8(&body).unwrap()), "raw body printed");
+    let out = run(bin().args(["inbox", "show", "1", "--db", &db, "--json"]), b"");
+    let row: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(row["body"].as_str().unwrap().as_bytes(), &body[..]);
+    let out = run(bin().args(["inbox", "show", "99", "--db", &db]), b"");
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("no inbox row with id 99"));
+
+    let out = run(bin().args(["failures", "--db", &db]), b"");
+    assert!(out.stdout.contains("bad_signature"), "{}", out.stdout);
+    let out = run(bin().args(["inbox", "list", "--db", "/nonexistent.db"]), b"");
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("no such store"), "{}", out.stderr);
+    d.stop().await;
+}

@@ -1,0 +1,7 @@
+//! The integration tests: one binary, real sockets, real SQLite files.
+
+mod cli;
+mod harness;
+mod ingest;
+mod limits;
+mod sdk;
