@@ -44,13 +44,19 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Runs the daemon on an already bound listener until `shutdown` is cancelled: opens the
-/// store, serves, drains in-flight requests, then commits and closes the store.
+/// store, calls `on_ready` (the daemon now answers requests), serves, drains in-flight
+/// requests, then commits and closes the store.
 pub async fn run_server(
     config: &Config,
     listener: TcpListener,
     shutdown: CancellationToken,
+    on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), StoreError> {
     let store = Store::open(&config.store)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
+        on_ready(addr);
+    }
     let state = Arc::new(http::AppState::new(config, store.clone()));
     http::serve(listener, state, shutdown).await;
     store.close().await;

@@ -1,6 +1,7 @@
 //! The `reconciled` binary: parse the command line, set up logging, run, map errors to exit
 //! codes (0 success, 1 failure, 2 bad configuration or usage).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +13,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_env("RECONCILED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,14 +53,15 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
-        if args.demo {
-            demo::print_instructions(addr);
-        }
-        crate::run_server(&config, listener, shutdown).await?;
+        let demo = args.demo;
+        crate::run_server(&config, listener, shutdown, |addr| {
+            if demo {
+                demo::print_instructions(addr);
+            }
+        })
+        .await?;
         tracing::info!("stopped");
         Ok(())
     })

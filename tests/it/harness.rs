@@ -68,7 +68,7 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            reconciled::run_server(&config, listener, token).await.expect("server runs");
+            reconciled::run_server(&config, listener, token, |_| {}).await.expect("server runs");
         });
         Daemon { addr, db, shutdown, task }
     }
