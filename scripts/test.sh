@@ -15,4 +15,10 @@ if ! cmp -s "$req" "$venv/.installed" 2>/dev/null; then
 fi
 export RECONCILED_STRIPE_SDK_PYTHON="$PWD/$venv/bin/python"
 
+# The real MariaDB and PostgreSQL servers the shop-driver tests use (exports their URLs).
+if [ -f scripts/dbs.sh ]; then
+    # shellcheck source=scripts/dbs.sh
+    source scripts/dbs.sh
+fi
+
 cargo test --all-targets "$@"

@@ -34,6 +34,19 @@ pub const DEFAULT_FAILURES_KEPT: u64 = 1000;
 /// Stripe's own default signature tolerance.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 
+/// Upper bounds: beyond these a value is a typo, and some would overflow a timer or a buffer.
+const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+const MAX_CONNECTIONS: u64 = 65_536;
+const MAX_BUSY_TIMEOUT_MS: u64 = 600_000;
+const MAX_BATCH: u64 = 10_000;
+const MAX_FAILURES_KEPT: u64 = 10_000_000;
+
+/// The secret printed by `default-config`: a placeholder, refused as a real secret.
+pub const PLACEHOLDER_SECRET: &str = "whsec_REPLACE_WITH_YOUR_ENDPOINT_SECRET";
+/// The demo's public test secret; refused in any configuration but the demo's own.
+pub const DEMO_SECRET: &str = "whsec_demo_PUBLIC_TEST_SECRET_not_for_production";
+
 /// The annotated example printed by `reconciled default-config`.
 pub const EXAMPLE: &str = include_str!("../fixtures/config/example.toml");
 
@@ -48,6 +61,177 @@ pub struct Config {
     pub store: StoreConfig,
     /// The webhook endpoints, each served at `POST /webhooks/{name}`.
     pub endpoints: Vec<Endpoint>,
+    /// The shop's order database; without it notifications are stored but not reconciled.
+    pub shop: Option<ShopConfig>,
+    /// What the reconciliation decides in the cases with a choice.
+    pub policy: Policy,
+    /// The reconciliation worker's timings.
+    pub worker: WorkerConfig,
+}
+
+/// `[shop]`: where and how to read the shop's orders (read-only).
+#[derive(Debug, Clone)]
+pub struct ShopConfig {
+    /// Which database driver.
+    pub driver: ShopDriver,
+    /// A file path (sqlite) or a `mysql://` / `postgres://` URL; any password is redacted.
+    pub url: DbUrl,
+    /// The order query, with `:reference` and `:psp_reference` parameters.
+    pub query: String,
+    /// Cuts a merchant reference down to the order id (first capture group, else the match).
+    pub reference_pattern: Option<regex::Regex>,
+    /// Shop status strings → what they mean.
+    pub status: StatusMap,
+    /// Connections kept open to a MySQL/PostgreSQL shop.
+    pub pool_size: usize,
+}
+
+/// The shop database's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShopDriver {
+    /// A SQLite file, read through rusqlite.
+    Sqlite,
+    /// MySQL or MariaDB.
+    Mysql,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// A database location whose `Debug` and `Display` hide any password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl(String);
+
+impl DbUrl {
+    /// Wraps a URL or path.
+    pub fn new(url: impl Into<String>) -> DbUrl {
+        DbUrl(url.into())
+    }
+
+    /// The full URL, password included. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (between `user:` and `@`) replaced.
+    pub fn redacted(&self) -> String {
+        let s = &self.0;
+        let Some(scheme_end) = s.find("://").map(|i| i + 3) else { return s.clone() };
+        let rest = &s[scheme_end..];
+        let Some(at) = rest.rfind('@') else { return s.clone() };
+        match rest[..at].find(':') {
+            Some(colon) => {
+                format!("{}{}:<redacted>{}", &s[..scheme_end], &rest[..colon], &rest[at..])
+            }
+            None => s.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `[shop.status]`: which shop statuses mean what. Statuses in no list are "other".
+#[derive(Debug, Clone, Default)]
+pub struct StatusMap {
+    /// The order waits for its payment (`pending`, `on-hold`).
+    pub awaiting_payment: Vec<String>,
+    /// The order is paid (`processing`, `completed`).
+    pub paid: Vec<String>,
+    /// The order was cancelled (`cancelled`, `failed`).
+    pub cancelled: Vec<String>,
+}
+
+/// `[policy]`: the choices the decision table leaves to the shop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// A payment smaller than the order (the cart grew after checkout).
+    pub on_underpaid: RefundOrReview,
+    /// A payment larger than the order: fulfil and refund the difference, or review.
+    pub on_overpaid: OverpaidPolicy,
+    /// A payment in another currency than the order's.
+    pub on_currency_mismatch: RefundOrReview,
+    /// A payment for an order that was cancelled.
+    pub on_paid_after_cancel: RefundOrReview,
+    /// Fulfil on capture (default) or already on authorization.
+    pub fulfil_on: FulfilOn,
+    /// How long a notification whose order is not found keeps being retried.
+    pub unmatched_retry_for: Duration,
+}
+
+/// Refund the payment, or leave it to an admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundOrReview {
+    /// Emit `refund` + `notify_customer`.
+    Refund,
+    /// Emit `review`.
+    Review,
+}
+
+/// What to do with an overpayment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverpaidPolicy {
+    /// Fulfil and refund the difference.
+    RefundDifference,
+    /// Emit `review`.
+    Review,
+}
+
+/// When a payment is good enough to fulfil.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FulfilOn {
+    /// When the money is captured (`succeeded`).
+    Captured,
+    /// Already when it is authorized.
+    Authorized,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            on_underpaid: RefundOrReview::Refund,
+            on_overpaid: OverpaidPolicy::RefundDifference,
+            on_currency_mismatch: RefundOrReview::Refund,
+            on_paid_after_cancel: RefundOrReview::Refund,
+            fulfil_on: FulfilOn::Captured,
+            unmatched_retry_for: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[worker]`: claim leases, retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// A claimed row not finished in this time is picked up again (a crashed worker).
+    pub lease: Duration,
+    /// Attempts before a row that keeps failing is marked `dead`.
+    pub max_attempts: u32,
+    /// First retry delay; it doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Rows claimed per pass.
+    pub batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> WorkerConfig {
+        WorkerConfig {
+            lease: Duration::from_secs(60),
+            max_attempts: 10,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            batch: 256,
+        }
+    }
 }
 
 /// `[server]`: the listener and the limits that protect it.
@@ -117,7 +301,7 @@ pub struct Endpoint {
 }
 
 /// A signing secret. Its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Secret(Box<str>);
 
 impl Secret {
@@ -132,10 +316,10 @@ impl Secret {
     }
 
     /// A hint an operator can match against the provider's dashboard without the secret
-    /// itself: the prefix before the first `_` and the length.
+    /// itself: Stripe's well-known `whsec_` prefix (nothing else of the value) and the length.
     pub fn hint(&self) -> String {
-        let prefix = self.0.split_once('_').map(|(p, _)| p).unwrap_or("");
-        format!("{prefix}_… ({} chars)", self.0.chars().count())
+        let prefix = if self.0.starts_with("whsec_") { "whsec_…" } else { "…" };
+        format!("{prefix} ({} chars)", self.0.chars().count())
     }
 }
 
@@ -178,6 +362,55 @@ struct RawConfig {
     store: RawStore,
     #[serde(default, rename = "endpoint")]
     endpoints: Vec<RawEndpoint>,
+    shop: Option<RawShop>,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    worker: RawWorker,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShop {
+    driver: String,
+    url: String,
+    query: String,
+    reference_pattern: Option<String>,
+    #[serde(default)]
+    status: RawStatus,
+    pool_size: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    #[serde(default)]
+    awaiting_payment: Vec<String>,
+    #[serde(default)]
+    paid: Vec<String>,
+    #[serde(default)]
+    cancelled: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    on_underpaid: Option<String>,
+    on_overpaid: Option<String>,
+    on_currency_mismatch: Option<String>,
+    on_paid_after_cancel: Option<String>,
+    fulfil_on: Option<String>,
+    unmatched_retry_for: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    lease: Option<String>,
+    max_attempts: Option<u32>,
+    retry_base: Option<String>,
+    retry_max: Option<String>,
+    batch: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -235,6 +468,15 @@ impl Config {
 
     /// Validates configuration text; `source` names it in messages.
     pub fn from_toml(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        Config::parse(text, source, false)
+    }
+
+    /// The demo's configuration, the one place its public test secret is allowed.
+    pub fn demo(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("(demo)"), true)
+    }
+
+    fn parse(text: &str, source: &Path, allow_demo_secret: bool) -> Result<Config, ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: source.to_owned(),
             key,
@@ -262,18 +504,25 @@ impl Config {
                 ),
             )
         })?;
-        let positive = |key: &str, v: Option<u64>, default: u64| -> Result<u64, ConfigError> {
-            match v.unwrap_or(default) {
-                0 => Err(invalid(key.into(), "must be greater than 0".into())),
-                n => Ok(n),
-            }
-        };
+        let bounded =
+            |key: &str, v: Option<u64>, default: u64, max: u64| -> Result<u64, ConfigError> {
+                match v.unwrap_or(default) {
+                    0 => Err(invalid(key.into(), "must be greater than 0".into())),
+                    n if n > max => {
+                        Err(invalid(key.into(), format!("{n} is above the limit of {max}")))
+                    }
+                    n => Ok(n),
+                }
+            };
+        let positive =
+            |key: &str, v: Option<u64>, default: u64| bounded(key, v, default, MAX_TIMEOUT_SECS);
         let server = ServerConfig {
             listen,
-            max_body_bytes: positive(
+            max_body_bytes: bounded(
                 "server.max_body_bytes",
                 s.max_body_bytes,
                 DEFAULT_MAX_BODY_BYTES,
+                MAX_BODY_BYTES,
             )?,
             header_read_timeout: Duration::from_secs(positive(
                 "server.header_read_timeout_secs",
@@ -285,14 +534,18 @@ impl Config {
                 s.request_timeout_secs,
                 DEFAULT_REQUEST_TIMEOUT_SECS,
             )?),
-            max_connections: positive(
+            max_connections: bounded(
                 "server.max_connections",
                 s.max_connections.map(|n| n as u64),
                 DEFAULT_MAX_CONNECTIONS as u64,
+                MAX_CONNECTIONS,
             )? as usize,
-            shutdown_grace: Duration::from_secs(
-                s.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
-            ),
+            shutdown_grace: Duration::from_secs(bounded(
+                "server.shutdown_grace_secs",
+                s.shutdown_grace_secs.map(|n| n.max(1)),
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                MAX_TIMEOUT_SECS,
+            )?),
         };
 
         let st = raw.store;
@@ -308,18 +561,23 @@ impl Config {
         };
         let store = StoreConfig {
             path,
-            busy_timeout: Duration::from_millis(
-                st.busy_timeout_ms.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS),
-            ),
-            max_batch: positive(
+            busy_timeout: Duration::from_millis(bounded(
+                "store.busy_timeout_ms",
+                st.busy_timeout_ms,
+                DEFAULT_BUSY_TIMEOUT_MS,
+                MAX_BUSY_TIMEOUT_MS,
+            )?),
+            max_batch: bounded(
                 "store.max_batch",
                 st.max_batch.map(|n| n as u64),
                 DEFAULT_MAX_BATCH as u64,
+                MAX_BATCH,
             )? as usize,
-            failures_kept: positive(
+            failures_kept: bounded(
                 "store.failures_kept",
                 st.failures_kept,
                 DEFAULT_FAILURES_KEPT,
+                MAX_FAILURES_KEPT,
             )?,
         };
 
@@ -360,6 +618,16 @@ impl Config {
             if let Some(n) = e.secrets.iter().position(|s| s.expose().is_empty()) {
                 return Err(invalid(format!("{at}.secrets[{n}]"), "is empty".into()));
             }
+            let public = |s: &Secret| {
+                s.expose() == PLACEHOLDER_SECRET.as_bytes()
+                    || (!allow_demo_secret && s.expose() == DEMO_SECRET.as_bytes())
+            };
+            if let Some(n) = e.secrets.iter().position(public) {
+                return Err(invalid(
+                    format!("{at}.secrets[{n}]"),
+                    "is the example's placeholder or the demo's public test secret; use the signing secret from the provider's dashboard".into(),
+                ));
+            }
             let tolerance = Duration::from_secs(positive(
                 &format!("{at}.tolerance_secs"),
                 e.tolerance_secs,
@@ -368,7 +636,10 @@ impl Config {
             endpoints.push(Endpoint { name: e.name, provider, secrets: e.secrets, tolerance });
         }
 
-        Ok(Config { source: source.to_owned(), server, store, endpoints })
+        let shop = raw.shop.map(|sh| resolve_shop(sh, source)).transpose()?;
+        let policy = resolve_policy(raw.policy, source)?;
+        let worker = resolve_worker(raw.worker, source)?;
+        Ok(Config { source: source.to_owned(), server, store, endpoints, shop, policy, worker })
     }
 
     /// A human summary for `check-config`, with every secret replaced by a hint.
@@ -410,6 +681,198 @@ impl Config {
         }
         out
     }
+}
+
+fn invalid_at(source: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { path: source.to_owned(), key: key.into(), message: message.into() }
+}
+
+fn resolve_shop(sh: RawShop, source: &Path) -> Result<ShopConfig, ConfigError> {
+    let driver = match sh.driver.as_str() {
+        "sqlite" => ShopDriver::Sqlite,
+        "mysql" | "mariadb" => ShopDriver::Mysql,
+        "postgres" | "postgresql" => ShopDriver::Postgres,
+        other => {
+            return Err(invalid_at(
+                source,
+                "shop.driver",
+                format!("\"{other}\" is not a supported driver (sqlite, mysql, postgres)"),
+            ))
+        }
+    };
+    let url = match driver {
+        ShopDriver::Sqlite => {
+            let path = PathBuf::from(&sh.url);
+            match source.parent() {
+                Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => {
+                    dir.join(path).to_string_lossy().into_owned()
+                }
+                _ => sh.url,
+            }
+        }
+        ShopDriver::Mysql if !sh.url.starts_with("mysql://") => {
+            return Err(invalid_at(
+                source,
+                "shop.url",
+                "must be a mysql://user:password@host:port/database URL",
+            ))
+        }
+        ShopDriver::Postgres
+            if !(sh.url.starts_with("postgres://") || sh.url.starts_with("postgresql://")) =>
+        {
+            return Err(invalid_at(
+                source,
+                "shop.url",
+                "must be a postgres://user:password@host:port/database URL",
+            ))
+        }
+        _ => sh.url,
+    };
+    if url.trim().is_empty() {
+        return Err(invalid_at(source, "shop.url", "must not be empty"));
+    }
+    if !sh.query.contains(":reference") && !sh.query.contains(":psp_reference") {
+        return Err(invalid_at(
+            source,
+            "shop.query",
+            "must use :reference and/or :psp_reference to find the order",
+        ));
+    }
+    let reference_pattern = match &sh.reference_pattern {
+        None => None,
+        Some(p) => Some(regex::Regex::new(p).map_err(|e| {
+            invalid_at(
+                source,
+                "shop.reference_pattern",
+                format!("not a valid regular expression: {e}"),
+            )
+        })?),
+    };
+    let status = StatusMap {
+        awaiting_payment: sh.status.awaiting_payment,
+        paid: sh.status.paid,
+        cancelled: sh.status.cancelled,
+    };
+    if status.awaiting_payment.is_empty() || status.paid.is_empty() || status.cancelled.is_empty() {
+        return Err(invalid_at(
+            source,
+            "shop.status",
+            "needs awaiting_payment, paid and cancelled lists of the shop's status values",
+        ));
+    }
+    let pool_size = match sh.pool_size.unwrap_or(4) {
+        0 => return Err(invalid_at(source, "shop.pool_size", "must be greater than 0")),
+        n => n,
+    };
+    Ok(ShopConfig {
+        driver,
+        url: DbUrl(url),
+        query: sh.query,
+        reference_pattern,
+        status,
+        pool_size,
+    })
+}
+
+fn resolve_policy(p: RawPolicy, source: &Path) -> Result<Policy, ConfigError> {
+    let d = Policy::default();
+    let refund_or_review = |key: &str, v: Option<String>, default| match v.as_deref() {
+        None => Ok(default),
+        Some("refund") => Ok(RefundOrReview::Refund),
+        Some("review") => Ok(RefundOrReview::Review),
+        Some(other) => {
+            Err(invalid_at(source, key, format!("\"{other}\" must be \"refund\" or \"review\"")))
+        }
+    };
+    Ok(Policy {
+        on_underpaid: refund_or_review("policy.on_underpaid", p.on_underpaid, d.on_underpaid)?,
+        on_currency_mismatch: refund_or_review(
+            "policy.on_currency_mismatch",
+            p.on_currency_mismatch,
+            d.on_currency_mismatch,
+        )?,
+        on_paid_after_cancel: refund_or_review(
+            "policy.on_paid_after_cancel",
+            p.on_paid_after_cancel,
+            d.on_paid_after_cancel,
+        )?,
+        on_overpaid: match p.on_overpaid.as_deref() {
+            None => d.on_overpaid,
+            Some("refund_difference") => OverpaidPolicy::RefundDifference,
+            Some("review") => OverpaidPolicy::Review,
+            Some(other) => {
+                return Err(invalid_at(
+                    source,
+                    "policy.on_overpaid",
+                    format!("\"{other}\" must be \"refund_difference\" or \"review\""),
+                ))
+            }
+        },
+        fulfil_on: match p.fulfil_on.as_deref() {
+            None => d.fulfil_on,
+            Some("captured") => FulfilOn::Captured,
+            Some("authorized") => FulfilOn::Authorized,
+            Some(other) => {
+                return Err(invalid_at(
+                    source,
+                    "policy.fulfil_on",
+                    format!("\"{other}\" must be \"captured\" or \"authorized\""),
+                ))
+            }
+        },
+        unmatched_retry_for: duration(source, "policy.unmatched_retry_for", p.unmatched_retry_for)?
+            .unwrap_or(d.unmatched_retry_for),
+    })
+}
+
+fn resolve_worker(w: RawWorker, source: &Path) -> Result<WorkerConfig, ConfigError> {
+    let d = WorkerConfig::default();
+    let c = WorkerConfig {
+        lease: duration(source, "worker.lease", w.lease)?.unwrap_or(d.lease),
+        max_attempts: w.max_attempts.unwrap_or(d.max_attempts),
+        retry_base: duration(source, "worker.retry_base", w.retry_base)?.unwrap_or(d.retry_base),
+        retry_max: duration(source, "worker.retry_max", w.retry_max)?.unwrap_or(d.retry_max),
+        batch: w.batch.unwrap_or(d.batch),
+    };
+    if c.max_attempts == 0 {
+        return Err(invalid_at(source, "worker.max_attempts", "must be greater than 0"));
+    }
+    if c.batch == 0 {
+        return Err(invalid_at(source, "worker.batch", "must be greater than 0"));
+    }
+    if c.lease.is_zero() {
+        return Err(invalid_at(source, "worker.lease", "must be greater than 0"));
+    }
+    Ok(c)
+}
+
+/// Parses `"250ms"`, `"45s"`, `"30m"`, `"2h"`, `"1d"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+fn duration(source: &Path, key: &str, v: Option<String>) -> Result<Option<Duration>, ConfigError> {
+    v.map(|t| {
+        parse_duration(&t).ok_or_else(|| {
+            invalid_at(
+                source,
+                key,
+                format!("\"{t}\" is not a duration such as \"45s\", \"30m\", \"2h\""),
+            )
+        })
+    })
+    .transpose()
 }
 
 /// `line L, column C` of a byte span in the text, for syntax errors that have no key.
@@ -515,7 +978,42 @@ tolerance_secs = 120
     }
 
     #[test]
-    fn the_example_is_valid() {
-        parse(EXAMPLE).expect("default-config output must validate");
+    fn the_example_is_valid_once_its_placeholder_secret_is_replaced() {
+        let err = parse(EXAMPLE).unwrap_err().to_string();
+        assert!(err.contains("secrets[0]: is the example's placeholder"), "{err}");
+        parse(&EXAMPLE.replace(PLACEHOLDER_SECRET, "whsec_real")).expect("valid");
+    }
+
+    #[test]
+    fn the_demo_secret_is_refused_outside_the_demo() {
+        let text = GOOD.replace("whsec_rolled", DEMO_SECRET);
+        assert!(parse(&text).unwrap_err().to_string().contains("secrets[1]: is the example's"));
+        Config::demo(&text).expect("the demo may use it");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_not_panicked_on() {
+        for (text, key) in [
+            (
+                GOOD.replace("[store]", "[store]\nbusy_timeout_ms = 99999999999"),
+                "store.busy_timeout_ms",
+            ),
+            (GOOD.replace("[store]", "[store]\nmax_batch = 99999999"), "store.max_batch"),
+            (
+                GOOD.replace("[server]", "[server]\nmax_connections = 99999999999"),
+                "server.max_connections",
+            ),
+            (
+                GOOD.replace("[server]", "[server]\nheader_read_timeout_secs = 99999999999"),
+                "server.header_read_timeout_secs",
+            ),
+            (
+                GOOD.replace("[server]", "[server]\nmax_body_bytes = 999999999999"),
+                "server.max_body_bytes",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("test.toml: {key}: ")), "{err}");
+        }
     }
 }

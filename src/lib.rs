@@ -13,7 +13,9 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod money;
 pub mod provider;
+pub mod shop;
 pub mod store;
 
 use std::sync::Arc;
@@ -58,7 +60,22 @@ pub async fn run_server(
         on_ready(addr);
     }
     let state = Arc::new(http::AppState::new(config, store.clone()));
+    // A dead writer stops the daemon (and systemd restarts it) instead of leaving it up and
+    // answering 503 to everything.
+    let watchdog = {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = store.died() => shutdown.cancel(),
+                () = shutdown.cancelled() => {}
+            }
+        })
+    };
     http::serve(listener, state, shutdown).await;
+    watchdog.abort();
+    if store.is_dead() {
+        return Err(StoreError::WriterDied);
+    }
     store.close().await;
     tracing::info!("store closed");
     Ok(())

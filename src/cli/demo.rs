@@ -1,15 +1,11 @@
 //! The embedded demo: `reconciled serve --demo` with no configuration file.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DEMO_SECRET as SECRET};
 
 /// The demo store, in the current directory.
 pub(super) const STORE_PATH: &str = "reconciled-demo.db";
-
-/// A public TEST secret: anyone can sign requests with it. Only for the loopback demo.
-pub(super) const SECRET: &str = "whsec_demo_PUBLIC_TEST_SECRET_not_for_production";
 
 fn text() -> String {
     format!(
@@ -27,7 +23,7 @@ secrets = ["{SECRET}"]
 }
 
 pub(super) fn config() -> Result<Config, ConfigError> {
-    Config::from_toml(&text(), Path::new("(demo)"))
+    Config::demo(&text())
 }
 
 pub(super) fn print_instructions(addr: SocketAddr) {

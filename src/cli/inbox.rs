@@ -25,8 +25,8 @@ pub struct ListArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
-    /// Only rows with this status (pending, done, dead, …).
-    #[arg(long, value_name = "S")]
+    /// Only rows with this status.
+    #[arg(long, value_name = "S", value_parser = ["pending", "processing", "done", "parked", "ignored", "rejected", "dead"])]
     status: Option<String>,
     /// Only rows from this provider.
     #[arg(long, value_name = "P")]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use super::demo;
@@ -54,7 +55,10 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        // Installed before serving, so an early SIGTERM is never the default (kill) action.
+        let term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+        let int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+        tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
         let demo = args.demo;
         crate::run_server(&config, listener, shutdown, |addr| {
             if demo {
@@ -67,18 +71,19 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return;
-    };
+async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
     tracing::info!("{name} received: no longer accepting, draining in-flight requests");
     shutdown.cancel();
+    // A second signal means "now": nothing unacknowledged is lost by exiting, since nothing
+    // is acknowledged before its commit.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting for the drain");
+    std::process::exit(1);
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::config::Secret;
 use crate::provider::stripe;
 
 /// Providers `sign` knows.
@@ -20,8 +21,8 @@ pub enum SignCommand {
 #[derive(Debug, Args)]
 pub struct StripeArgs {
     /// The endpoint's signing secret (`whsec_…`).
-    #[arg(long, env = "RECONCILED_SIGN_SECRET", hide_env_values = true)]
-    secret: String,
+    #[arg(long, env = "RECONCILED_SIGN_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    secret: Secret,
     /// Unix seconds to sign with (default: now).
     #[arg(long)]
     timestamp: Option<i64>,
@@ -50,11 +51,8 @@ fn sign_stripe(args: &StripeArgs) -> anyhow::Result<()> {
             buf
         }
     };
-    if args.secret.is_empty() {
-        anyhow::bail!("--secret is empty");
-    }
     let timestamp = args.timestamp.unwrap_or_else(|| crate::now_ms().div_euclid(1000));
-    let header = stripe::sign(args.secret.as_bytes(), timestamp, &body);
+    let header = stripe::sign(args.secret.expose(), timestamp, &body);
     match &args.curl {
         None => println!("Stripe-Signature: {header}"),
         Some(url) => {
@@ -72,6 +70,13 @@ fn sign_stripe(args: &StripeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    if s.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok(Secret::new(s))
 }
 
 /// Quotes a string for a POSIX shell: single quotes, with embedded ones closed and escaped.

@@ -21,6 +21,9 @@ use crate::store::{FailureRecord, NewRow, FAILURE_BODY_PREFIX};
 type Reply = Response<Full<Bytes>>;
 
 const WEBHOOK_PREFIX: &str = "/webhooks/";
+/// At most one WARN line per this many milliseconds for refused requests; the rest go to
+/// DEBUG. Every refusal is still recorded in the failure table.
+const REFUSAL_WARN_INTERVAL_MS: i64 = 10_000;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     let mut resp = Response::new(Full::new(body.into()));
@@ -63,14 +66,19 @@ pub(super) async fn handle(
             {
                 method_not_allowed("GET, HEAD")
             }
+            "/healthz" if state.store.is_dead() => unavailable("store writer stopped\n"),
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" => match state.store.probe().await {
-                Ok(()) => text(StatusCode::OK, "ready\n"),
-                Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "readiness probe failed");
-                    unavailable("store not writable\n")
+            "/readyz" => {
+                match tokio::time::timeout(state.limits.request_timeout, state.store.probe()).await
+                {
+                    Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %crate::error_chain(&e), "readiness probe failed");
+                        unavailable("store not writable\n")
+                    }
+                    Err(_) => unavailable("store did not answer in time\n"),
                 }
-            },
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     };
@@ -115,7 +123,22 @@ async fn webhook(
         Ok(a) => a,
         Err(rejection) => {
             let detail = rejection.to_string();
-            tracing::warn!(endpoint = %endpoint_name, %remote, reason = rejection.code(), "notification refused: {detail}");
+            let last = &state.last_refusal_warning;
+            let previous = last.load(std::sync::atomic::Ordering::Relaxed);
+            if now_ms.saturating_sub(previous) >= REFUSAL_WARN_INTERVAL_MS
+                && last
+                    .compare_exchange(
+                        previous,
+                        now_ms,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(endpoint = %endpoint_name, %remote, reason = rejection.code(), "notification refused: {detail} (more within 10 s are logged at debug level; see `reconciled failures`)");
+            } else {
+                tracing::debug!(endpoint = %endpoint_name, %remote, reason = rejection.code(), "notification refused: {detail}");
+            }
             state.store.record_failure(FailureRecord {
                 at_ms: now_ms,
                 endpoint: endpoint_name.clone(),

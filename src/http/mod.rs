@@ -1,4 +1,9 @@
-//! The HTTP server: hyper-util's accept loop with a connection cap and graceful shutdown.
+//! The HTTP server: an HTTP/1.1 accept loop with a connection cap and graceful shutdown.
+//!
+//! Only HTTP/1.1 is served: payment providers post with HTTP/1.1, and so does the TLS reverse
+//! proxy in front. Serving HTTP/1 alone means every connection is under the header read
+//! timeout from its first byte on, including one that never sends anything, and a connection
+//! buffers at most one body at a time.
 //!
 //! [`serve`] takes a bound listener, the shared state and a shutdown token, so tests bind
 //! `127.0.0.1:0` and stop the server deterministically. On shutdown it stops accepting, lets
@@ -11,9 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -34,6 +39,8 @@ pub struct AppState {
     store: Store,
     /// Body size and timeouts.
     limits: ServerConfig,
+    /// When a refusal was last logged at WARN (unix ms); refusals are rate-limited in logs.
+    last_refusal_warning: std::sync::atomic::AtomicI64,
 }
 
 impl AppState {
@@ -44,21 +51,23 @@ impl AppState {
             .iter()
             .map(|e| (e.name.clone(), (Arc::from(e.name.as_str()), e.clone())))
             .collect();
-        AppState { endpoints, store, limits: config.server.clone() }
+        AppState {
+            endpoints,
+            store,
+            limits: config.server.clone(),
+            last_refusal_warning: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
     }
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then drains in-flight requests
 /// for at most the configured grace period.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.limits.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
-    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(state.limits.max_connections));
 
@@ -86,8 +95,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = service_fn(move |req| handler::handle(state.clone(), remote, req));
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::StoreConfig;
 
@@ -51,6 +52,9 @@ pub enum StoreError {
     /// The writer has stopped (shutdown).
     #[error("store is closed")]
     Closed,
+    /// The writer thread ended without being asked to (a panic); the daemon must restart.
+    #[error("the store writer stopped unexpectedly")]
+    WriterDied,
 }
 
 impl StoreError {
@@ -132,6 +136,8 @@ pub struct Store {
     tx: mpsc::Sender<Command>,
     /// The writer thread, joined once by [`Store::close`].
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Cancelled if the writer thread ends without a `Shutdown` command.
+    died: CancellationToken,
 }
 
 impl std::fmt::Debug for Command {
@@ -152,14 +158,26 @@ impl Store {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let settings =
             writer::Settings { max_batch: config.max_batch, failures_kept: config.failures_kept };
+        let died = CancellationToken::new();
+        let guard = writer::DeathGuard::new(died.clone());
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(conn, rx, settings))
+            .spawn(move || writer::run(conn, rx, settings, guard))
             .map_err(|e| StoreError::Open {
                 path: config.path.clone(),
                 message: format!("cannot start writer thread: {e}"),
             })?;
-        Ok(Store { tx, thread: Arc::new(Mutex::new(Some(thread))) })
+        Ok(Store { tx, thread: Arc::new(Mutex::new(Some(thread))), died })
+    }
+
+    /// Resolves if the writer thread ends unexpectedly.
+    pub async fn died(&self) {
+        self.died.cancelled().await;
+    }
+
+    /// Whether the writer thread ended unexpectedly.
+    pub fn is_dead(&self) -> bool {
+        self.died.is_cancelled()
     }
 
     /// Stores a verified notification; resolves once its transaction has committed.
@@ -169,11 +187,13 @@ impl Store {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Records a failed verification. Best effort: dropped if the writer is backed up, so a
-    /// flood of bad requests can never hold up good ones.
+    /// Records a failed verification. Best effort: dropped once the writer's queue is half
+    /// full, so a flood of bad requests cannot crowd out good ones.
     pub fn record_failure(&self, failure: FailureRecord) {
-        if self.tx.try_send(Command::Failure(failure)).is_err() {
-            tracing::debug!("verification failure not recorded: writer queue full");
+        if self.tx.capacity() < QUEUE_DEPTH / 2
+            || self.tx.try_send(Command::Failure(failure)).is_err()
+        {
+            tracing::debug!("verification failure not recorded: writer queue busy");
         }
     }
 

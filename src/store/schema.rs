@@ -43,6 +43,18 @@ pub fn latest_version() -> u32 {
 pub fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| StoreError::open(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| StoreError::open(path, e))?;
+    // Never adopt someone else's database (the shop's, say): touch nothing in a file that
+    // has tables but no reconciled schema version.
+    let foreign = user_version(&conn).and_then(|v| {
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        Ok(v == 0 && tables > 0)
+    });
+    if foreign.map_err(|e| StoreError::open(path, e))? {
+        return Err(StoreError::Open {
+            path: path.to_owned(),
+            message: "has tables but is not a reconciled store; refusing to touch it".into(),
+        });
+    }
     // WAL lets the CLI read while the daemon writes; FULL makes each commit durable against
     // power loss, which is what a 2xx to the provider promises.
     let mode: String = conn
@@ -103,6 +115,10 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     for (version, sql) in migrations().into_iter().filter(|(v, _)| *v > current) {
         let step = || -> rusqlite::Result<()> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
+            // Another process may have migrated while we waited for the lock.
+            if user_version(conn)? >= version {
+                return conn.execute_batch("COMMIT");
+            }
             let applied = conn
                 .execute_batch(sql)
                 .and_then(|()| conn.execute_batch(&format!("PRAGMA user_version = {version}")));
@@ -150,6 +166,23 @@ mod tests {
         let err = open_writer(&path, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
         assert!(matches!(open_reader(&path).unwrap_err(), StoreError::TooNew { .. }));
+    }
+
+    #[test]
+    fn a_foreign_database_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shop.db");
+        let shop = Connection::open(&path).unwrap();
+        shop.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY)").unwrap();
+        drop(shop);
+        let err = open_writer(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("not a reconciled store"), "{err}");
+        let shop = Connection::open(&path).unwrap();
+        let mode: String = shop.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "delete", "journal mode unchanged");
+        let n: i64 =
+            shop.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "no tables added");
     }
 
     #[test]

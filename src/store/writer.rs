@@ -7,6 +7,7 @@
 
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{Command, FailureRecord, NewRow, StoreError, Stored};
 
@@ -35,7 +36,34 @@ const PROBE: &str = "INSERT INTO meta (key, value) VALUES ('ready_probe_at', ?1)
 type InsertWaiter = oneshot::Sender<Result<Stored, StoreError>>;
 type ProbeWaiter = oneshot::Sender<Result<(), StoreError>>;
 
-pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, settings: Settings) {
+/// Cancels its token when dropped, unless the writer stopped because it was asked to: a
+/// panicking writer thread is noticed and the daemon stops instead of answering 503 forever.
+pub(crate) struct DeathGuard {
+    token: CancellationToken,
+    clean: bool,
+}
+
+impl DeathGuard {
+    pub(crate) fn new(token: CancellationToken) -> DeathGuard {
+        DeathGuard { token, clean: false }
+    }
+}
+
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        if !self.clean {
+            tracing::error!("the store writer thread stopped unexpectedly");
+            self.token.cancel();
+        }
+    }
+}
+
+pub(crate) fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    settings: Settings,
+    mut guard: DeathGuard,
+) {
     let mut inserts: Vec<(NewRow, InsertWaiter)> = Vec::with_capacity(settings.max_batch);
     let mut failures: Vec<FailureRecord> = Vec::new();
     let mut probes: Vec<ProbeWaiter> = Vec::new();
@@ -43,7 +71,11 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, setting
     let mut stopping = false;
 
     while !stopping {
-        let Some(first) = rx.blocking_recv() else { break };
+        let Some(first) = rx.blocking_recv() else {
+            // Every handle is gone: an orderly end, like Shutdown.
+            stopping = true;
+            break;
+        };
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(cmd) = next.take() {
@@ -109,6 +141,7 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, setting
         tracing::warn!(error = %e, "final WAL checkpoint failed (the data is safe in the WAL)");
     }
     tracing::debug!("store writer stopped");
+    guard.clean = stopping;
 }
 
 fn write_batch(
@@ -140,6 +173,24 @@ fn write_batch(
         }
     }
     if !failures.is_empty() {
+        // In a savepoint: forensics must never fail the acknowledgements in this batch.
+        if let Err(e) = record_failures(&tx, failures, settings.failures_kept) {
+            tracing::warn!(error = %e, count = failures.len(), "verification failures not recorded");
+        }
+    }
+    if probe {
+        tx.prepare_cached(PROBE)?.execute([crate::now_ms().to_string()])?;
+    }
+    tx.commit()
+}
+
+fn record_failures(
+    tx: &rusqlite::Transaction<'_>,
+    failures: &[FailureRecord],
+    keep: u64,
+) -> rusqlite::Result<()> {
+    tx.execute_batch("SAVEPOINT failures")?;
+    let written = (|| {
         let mut insert = tx.prepare_cached(INSERT_FAILURE)?;
         for f in failures {
             insert.execute(params![
@@ -152,12 +203,16 @@ fn write_batch(
                 &f.body_prefix[..],
             ])?;
         }
-        tx.prepare_cached(PRUNE_FAILURES)?.execute([settings.failures_kept as i64])?;
+        tx.prepare_cached(PRUNE_FAILURES)?.execute([keep as i64])?;
+        Ok(())
+    })();
+    match written {
+        Ok(()) => tx.execute_batch("RELEASE failures"),
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO failures; RELEASE failures")?;
+            Err(e)
+        }
     }
-    if probe {
-        tx.prepare_cached(PROBE)?.execute([crate::now_ms().to_string()])?;
-    }
-    tx.commit()
 }
 
 /// rusqlite errors are not `Clone`; every waiter of a failed batch gets an equivalent one.

@@ -92,12 +92,23 @@ fn a_bad_config_exits_2_naming_file_and_key_but_not_the_secret() {
 }
 
 #[test]
-fn default_config_is_valid() {
+fn default_config_is_valid_once_its_placeholder_secret_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(bin().arg("default-config"), b"");
     assert_eq!(out.code, Some(0));
     assert!(out.stdout.contains("[[endpoint]]") && out.stdout.contains("tolerance_secs"));
+    // As printed, it must not run: its secret is public.
     let cfg = write_config(dir.path(), &out.stdout);
+    let refused = run(bin().arg("check-config").arg("--config").arg(&cfg), b"");
+    assert_eq!(refused.code, Some(2));
+    assert!(
+        refused.stderr.contains("endpoint \"stripe\".secrets[0]: is the example's placeholder"),
+        "{}",
+        refused.stderr
+    );
+    let text =
+        out.stdout.replace(reconciled::config::PLACEHOLDER_SECRET, "whsec_from_the_dashboard");
+    let cfg = write_config(dir.path(), &text);
     let out = run(bin().arg("check-config").arg("--config").arg(&cfg), b"");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
@@ -177,6 +188,43 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         .query_row("SELECT count(*) FROM inbox WHERE dedup_key = 'evt_in_flight'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
+}
+
+/// Invariant 1 at the process level: after a 200, SIGKILL loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_notification_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let cfg = write_config(dir.path(), &config_text(&db, "", ""));
+    let (mut child, addr, stderr) =
+        spawn_serve(&["serve", "--config", cfg.to_str().unwrap()], dir.path());
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let id = format!("evt_before_kill_{i}");
+        let body = event(&id);
+        let sig = harness::signed(SECRET, &body);
+        let (status, _) = harness::request(
+            addr,
+            "POST",
+            "/webhooks/stripe",
+            &[("stripe-signature", &sig)],
+            body.into(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        acked.push(id);
+    }
+    child.kill().unwrap(); // SIGKILL: no drain, no checkpoint
+    child.wait().unwrap();
+    let log = stderr.join().unwrap();
+    assert!(!log.contains(SECRET), "secret in the daemon's log");
+    let conn = reconciled::store::schema::open_reader(&db).unwrap();
+    let mut stmt = conn.prepare("SELECT dedup_key FROM inbox ORDER BY id").unwrap();
+    let stored: Vec<String> =
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(stored, acked);
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
 }
 
 // Multi-threaded: the curl child is waited for synchronously while the server answers it.

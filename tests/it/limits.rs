@@ -89,6 +89,26 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[tokio::test]
+async fn silent_and_idle_connections_are_closed_and_free_their_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d =
+        Daemon::start_in(dir.path(), "header_read_timeout_secs = 1\nmax_connections = 1", "").await;
+    // Connects and never sends a byte.
+    let mut silent = TcpStream::connect(d.addr).await.unwrap();
+    let (_, closed) = read_until_close(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection kept its slot");
+    // Sends one request, then idles on keep-alive.
+    let mut idle = TcpStream::connect(d.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (resp, closed) = read_until_close(&mut idle, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(closed, "an idle keep-alive connection kept its slot");
+    // The single slot is free again.
+    assert_eq!(d.get("/healthz").await.0, StatusCode::OK);
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn a_body_that_never_arrives_gets_408() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start_in(dir.path(), "request_timeout_secs = 1", "").await;

@@ -14,6 +14,11 @@ use crate::harness::{self, Daemon, SECRET};
 fn sdk_python() -> Option<String> {
     let python = std::env::var("RECONCILED_STRIPE_SDK_PYTHON").ok();
     if python.is_none() {
+        // CI must never skip the cross-check.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but RECONCILED_STRIPE_SDK_PYTHON is not"
+        );
         eprintln!("skipped: RECONCILED_STRIPE_SDK_PYTHON is not set (scripts/test.sh sets it)");
     }
     python
@@ -31,8 +36,11 @@ fn sdk(python: &str, args: &[&str], body: &[u8]) -> (i32, String) {
         .expect("run the SDK script");
     child.stdin.take().unwrap().write_all(body).unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.code().unwrap_or(-1), format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    let code = out.status.code().unwrap_or(-1);
+    if code != 0 {
+        eprintln!("stripe_sdk.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (code, String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn snapshot_fixtures() -> Vec<(String, Vec<u8>)> {
