@@ -42,3 +42,51 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- migration: 2
+-- Reconciliation: the worker's bookkeeping on inbox rows, the per-payment state machine, and
+-- the outbox of actions.
+ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;        -- failed attempts so far
+ALTER TABLE inbox ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0; -- unix ms; parked/retry
+ALTER TABLE inbox ADD COLUMN claimed_by TEXT;                           -- worker holding the lease
+ALTER TABLE inbox ADD COLUMN claimed_until INTEGER;                     -- unix ms; lease expiry
+ALTER TABLE inbox ADD COLUMN payment_key TEXT;                          -- the payment it is about
+ALTER TABLE inbox ADD COLUMN outcome TEXT;                              -- what was decided, for people
+ALTER TABLE inbox ADD COLUMN last_error TEXT;                           -- why the last attempt failed
+ALTER TABLE inbox ADD COLUMN processed_at INTEGER;                      -- unix ms
+CREATE INDEX inbox_by_payment ON inbox (provider, payment_key, id) WHERE payment_key IS NOT NULL;
+
+-- One row per (provider, payment): a monotonic state machine (a late failure after a success
+-- changes nothing), the order it was matched to, and whether it is the payment that paid it.
+CREATE TABLE payments (
+    provider       TEXT    NOT NULL,
+    payment_id     TEXT    NOT NULL,
+    status         TEXT    NOT NULL
+        CHECK (status IN ('pending', 'authorized', 'succeeded', 'failed', 'canceled')),
+    ever_succeeded INTEGER NOT NULL DEFAULT 0,
+    order_id       TEXT,
+    fulfilled      INTEGER NOT NULL DEFAULT 0,
+    updated_at     INTEGER NOT NULL,             -- unix ms
+    last_inbox_id  INTEGER NOT NULL,
+    PRIMARY KEY (provider, payment_id)
+) WITHOUT ROWID;
+CREATE INDEX payments_paying ON payments (order_id) WHERE fulfilled = 1;
+
+-- The outbox: what the shop's back office and admins must do. Exactly once per logical action.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT    NOT NULL CHECK (kind IN ('fulfil', 'refund', 'notify_customer', 'review')),
+    order_id        TEXT,
+    provider        TEXT    NOT NULL,
+    payment_id      TEXT,
+    amount_minor    INTEGER,
+    currency        TEXT,
+    reason          TEXT    NOT NULL,
+    template        TEXT,
+    customer_email  TEXT,
+    idempotency_key TEXT    NOT NULL UNIQUE,
+    inbox_id        INTEGER NOT NULL REFERENCES inbox (id),
+    event_id        TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL             -- unix ms
+);
+CREATE INDEX outbox_by_kind ON outbox (kind, id);

@@ -666,6 +666,20 @@ impl Config {
             self.store.busy_timeout.as_millis(),
             self.store.failures_kept
         );
+        if let Some(shop) = &self.shop {
+            let _ = writeln!(out, "shop: {:?} {}", shop.driver, shop.url);
+        }
+        let p = &self.policy;
+        let _ = writeln!(
+            out,
+            "policy: underpaid {:?}, overpaid {:?}, currency mismatch {:?}, paid after cancel {:?}, fulfil on {:?}, unmatched retried for {}s",
+            p.on_underpaid,
+            p.on_overpaid,
+            p.on_currency_mismatch,
+            p.on_paid_after_cancel,
+            p.fulfil_on,
+            p.unmatched_retry_for.as_secs()
+        );
         for e in &self.endpoints {
             let hints: Vec<String> = e.secrets.iter().map(Secret::hint).collect();
             let _ = writeln!(

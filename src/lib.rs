@@ -15,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod money;
 pub mod provider;
+pub mod reconcile;
 pub mod shop;
 pub mod store;
 
@@ -31,6 +32,19 @@ pub fn now_ms() -> i64 {
     let since =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A test-only crash point: with the `failpoints` feature, aborts the process when
+/// `RECONCILED_FAILPOINT` names this point. Compiled to nothing otherwise.
+#[inline]
+pub fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("RECONCILED_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
 }
 
 /// An error and its causes on one line: `subject: cause: cause`, for logs.
@@ -55,11 +69,24 @@ pub async fn run_server(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), StoreError> {
     let store = Store::open(&config.store)?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let worker = match &config.shop {
+        Some(shop) => {
+            let conn = store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
+            let worker =
+                reconcile::worker::Worker::new(conn, shop.clone(), config.policy, config.worker);
+            Some(tokio::spawn(worker.run(wake.clone(), shutdown.clone())))
+        }
+        None => {
+            tracing::warn!("no [shop] configured: notifications are stored but not reconciled");
+            None
+        }
+    };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
         on_ready(addr);
     }
-    let state = Arc::new(http::AppState::new(config, store.clone()));
+    let state = Arc::new(http::AppState::new(config, store.clone(), wake));
     // A dead writer stops the daemon (and systemd restarts it) instead of leaving it up and
     // answering 503 to everything.
     let watchdog = {
@@ -71,8 +98,13 @@ pub async fn run_server(
             }
         })
     };
-    http::serve(listener, state, shutdown).await;
+    http::serve(listener, state, shutdown.clone()).await;
     watchdog.abort();
+    if let Some(worker) = worker {
+        // The worker finishes the batch it is on (a commit, or nothing) and stops.
+        shutdown.cancel();
+        let _ = worker.await;
+    }
     if store.is_dead() {
         return Err(StoreError::WriterDied);
     }

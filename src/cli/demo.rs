@@ -6,6 +6,9 @@ use crate::config::{Config, ConfigError, DEMO_SECRET as SECRET};
 
 /// The demo store, in the current directory.
 pub(super) const STORE_PATH: &str = "reconciled-demo.db";
+/// The demo shop's database, built from `fixtures/demo/shop.sql` when missing.
+pub(super) const SHOP_PATH: &str = "reconciled-demo-shop.db";
+const SHOP_SQL: &str = include_str!("../../fixtures/demo/shop.sql");
 
 fn text() -> String {
     format!(
@@ -18,8 +21,27 @@ path = "{STORE_PATH}"
 name = "stripe"
 provider = "stripe"
 secrets = ["{SECRET}"]
+[shop]
+driver = "sqlite"
+url = "{SHOP_PATH}"
+query = "SELECT id AS order_id, status, total AS amount, currency, email AS customer_email, transaction_id AS psp_reference FROM orders WHERE id = :reference OR transaction_id = :psp_reference"
+reference_pattern = "^(\\d+)"
+[shop.status]
+awaiting_payment = ["pending", "on-hold"]
+paid = ["processing", "completed"]
+cancelled = ["cancelled", "failed"]
 "#
     )
+}
+
+/// Creates the demo shop database if it is not there yet.
+pub(super) fn ensure_shop() -> anyhow::Result<()> {
+    if std::path::Path::new(SHOP_PATH).exists() {
+        return Ok(());
+    }
+    let conn = rusqlite::Connection::open(SHOP_PATH)?;
+    conn.execute_batch(SHOP_SQL)?;
+    Ok(())
 }
 
 pub(super) fn config() -> Result<Config, ConfigError> {
@@ -35,9 +57,12 @@ pub(super) fn print_instructions(addr: SocketAddr) {
          Send it a signed sample from another terminal in this directory:\n\
          \x20 cargo run --release -- sign stripe --secret {SECRET} \\\n\
          \x20     --curl http://{addr}/webhooks/stripe < fixtures/stripe/payment_intent.succeeded.json | sh\n\n\
-         Then look at what was stored:\n\
+         Watch the actions appear (a fulfil and a confirmation for order 1001):\n\
+         \x20 cargo run --release -- outbox tail --follow --demo\n\n\
+         And look at what was stored:\n\
          \x20 cargo run --release -- inbox list --demo\n\
          \x20 cargo run --release -- inbox show 1 --demo\n\n\
+         The demo shop ({SHOP_PATH}) has orders 1001-1005; fixtures/stripe/ has events for them.\n\n\
          Stop with Ctrl-C.\n"
     );
 }

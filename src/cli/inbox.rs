@@ -15,6 +15,25 @@ pub enum InboxCommand {
     List(ListArgs),
     /// Show one notification: its fields, kept headers and raw body.
     Show(ShowArgs),
+    /// Run one notification through the decision again (current code, current shop data).
+    /// Actions already in the outbox are never emitted twice.
+    Replay(ReplayArgs),
+}
+
+/// Arguments of `inbox replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The inbox row id.
+    id: i64,
+    /// The configuration (the store, the shop database and the policy).
+    #[arg(long, short, value_name = "FILE", required_unless_present = "demo")]
+    config: Option<std::path::PathBuf>,
+    /// Use the demo's configuration.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+    /// Print what would be emitted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Arguments of `inbox list`.
@@ -55,7 +74,53 @@ pub(super) fn run(cmd: InboxCommand) -> anyhow::Result<()> {
     match cmd {
         InboxCommand::List(args) => list(&args),
         InboxCommand::Show(args) => show(&args),
+        InboxCommand::Replay(args) => replay(&args),
     }
+}
+
+fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    use crate::reconcile::worker::Worker;
+    use crate::shop::OrderSource;
+    let config = match &args.config {
+        Some(path) => crate::config::Config::load(path)?,
+        None => super::demo::config()?,
+    };
+    let shop = config.shop.clone().context("replay needs a [shop] section to find the order")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let conn =
+            crate::store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
+        let source = OrderSource::connect(&shop).await?;
+        let worker = Worker::new(conn, shop, config.policy, config.worker);
+        let (decision, written) = worker
+            .replay(&source, args.id, args.dry_run)
+            .await
+            .context("replay failed")?
+            .with_context(|| format!("no inbox row with id {}", args.id))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "decision: {:?}: {}", decision.outcome, decision.note)?;
+        for a in &decision.actions {
+            let fresh = written.iter().any(|w| w.idempotency_key == a.idempotency_key);
+            let state = match (args.dry_run, fresh) {
+                (true, true) => "would emit",
+                (true, false) | (false, false) => "already in the outbox",
+                (false, true) => "emitted",
+            };
+            let amount = a.amount.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+            writeln!(
+                out,
+                "  {state}: {} {amount} ({}) key {}",
+                a.kind.as_str(),
+                a.reason,
+                a.idempotency_key
+            )?;
+        }
+        if decision.actions.is_empty() {
+            writeln!(out, "  no actions")?;
+        }
+        source.close().await;
+        Ok(())
+    })
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ mod default_config;
 mod demo;
 mod failures;
 mod inbox;
+mod outbox;
 mod serve;
 mod sign;
 
@@ -35,6 +36,9 @@ pub enum Command {
     /// Look at stored notifications.
     #[command(subcommand)]
     Inbox(inbox::InboxCommand),
+    /// Read the actions the reconciliation emitted.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
     /// List recent requests that failed verification (a wrong or rotated secret shows here).
     Failures(failures::FailuresArgs),
     /// Produce a correctly signed test request for a provider.
@@ -83,13 +87,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig(args) => check_config::run(&args),
         Command::DefaultConfig => default_config::run(),
         Command::Inbox(cmd) => inbox::run(cmd),
+        Command::Outbox(cmd) => outbox::run(cmd),
         Command::Failures(args) => failures::run(&args),
         Command::Sign(cmd) => sign::run(cmd),
     }
 }
 
 /// Formats unix milliseconds as UTC `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc(ms: i64) -> String {
+pub fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian.

@@ -29,7 +29,10 @@ pub struct ServeArgs {
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
-        None => demo::config()?,
+        None => {
+            demo::ensure_shop()?;
+            demo::config()?
+        }
     };
     if let Some(listen) = args.listen {
         config.server.listen = listen;

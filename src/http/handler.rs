@@ -173,6 +173,7 @@ async fn webhook(
         }
         Ok(Ok(stored)) => {
             tracing::debug!(id = stored.id, "stored");
+            state.wake.notify_one();
             text(StatusCode::OK, "stored\n")
         }
         Ok(Err(e)) => {

@@ -39,13 +39,15 @@ pub struct AppState {
     store: Store,
     /// Body size and timeouts.
     limits: ServerConfig,
+    /// Wakes the reconciliation worker when a new row is stored.
+    wake: Arc<tokio::sync::Notify>,
     /// When a refusal was last logged at WARN (unix ms); refusals are rate-limited in logs.
     last_refusal_warning: std::sync::atomic::AtomicI64,
 }
 
 impl AppState {
     /// State for serving `config`'s endpoints into `store`.
-    pub fn new(config: &Config, store: Store) -> AppState {
+    pub fn new(config: &Config, store: Store, wake: Arc<tokio::sync::Notify>) -> AppState {
         let endpoints = config
             .endpoints
             .iter()
@@ -54,6 +56,7 @@ impl AppState {
         AppState {
             endpoints,
             store,
+            wake,
             limits: config.server.clone(),
             last_refusal_warning: std::sync::atomic::AtomicI64::new(i64::MIN),
         }

@@ -6,8 +6,92 @@
 pub mod stripe;
 
 use hyper::HeaderMap;
+use serde::Serialize;
 
 use crate::config::{Endpoint, ProviderKind};
+use crate::money::Money;
+
+/// What a notification says happened to a payment, in the provider-neutral terms of the
+/// decision table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Authorized, capture pending.
+    Authorized,
+    /// The money is captured.
+    Succeeded,
+    /// Processing (asynchronous methods, bank debits).
+    Pending,
+    /// Declined or failed.
+    Failed,
+    /// Canceled or expired before succeeding.
+    Canceled,
+    /// Refunded by the provider (possibly at our request).
+    Refunded,
+    /// A refund failed.
+    RefundFailed,
+    /// A dispute (chargeback) was opened.
+    Disputed,
+    /// A dispute was closed (won or lost).
+    DisputeClosed,
+    /// Nothing to reconcile (stored and marked ignored).
+    Ignored,
+}
+
+impl Kind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Authorized => "authorized",
+            Kind::Succeeded => "succeeded",
+            Kind::Pending => "pending",
+            Kind::Failed => "failed",
+            Kind::Canceled => "canceled",
+            Kind::Refunded => "refunded",
+            Kind::RefundFailed => "refund_failed",
+            Kind::Disputed => "disputed",
+            Kind::DisputeClosed => "dispute_closed",
+            Kind::Ignored => "ignored",
+        }
+    }
+}
+
+/// The canonical notification every provider adapter produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// Provider name (`stripe`).
+    pub provider: &'static str,
+    /// The provider's event id (the dedup key).
+    pub event_id: String,
+    /// What happened.
+    pub kind: Kind,
+    /// The provider's own event type, for people.
+    pub raw_type: String,
+    /// The payment the event is about (`pi_…`); events of one payment share it.
+    pub payment_id: Option<String>,
+    /// The shop's reference (order id) the payment was created with.
+    pub merchant_reference: Option<String>,
+    /// The amount the event is about (paid, refunded, disputed), exact.
+    pub amount: Option<Money>,
+    /// When the provider says it happened, unix seconds.
+    pub occurred_at: i64,
+    /// The customer's email as the provider knows it.
+    pub customer_email: Option<String>,
+    /// The refund or dispute object's id, when the event is about one.
+    pub object_id: Option<String>,
+    /// The idempotency key of the API request that caused the event (our own refunds).
+    pub request_key: Option<String>,
+    /// A short human detail (decline message, dispute reason, why ignored).
+    pub detail: Option<String>,
+}
+
+/// Reads a stored, verified body into a canonical notification.
+pub fn parse(provider: &str, body: &[u8]) -> Result<Notification, String> {
+    match provider {
+        "stripe" => stripe::parse(body),
+        other => Err(format!("no adapter for provider \"{other}\"")),
+    }
+}
 
 /// A verified notification, ready to be stored.
 #[derive(Debug)]

@@ -14,8 +14,11 @@ use hyper::HeaderMap;
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::{keep_headers, Accepted, Rejection};
+use serde_json::Value;
+
+use super::{keep_headers, Accepted, Kind, Notification, Rejection};
 use crate::config::{Endpoint, Secret};
+use crate::money::{stripe_exponent, Currency, Money};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -189,6 +192,172 @@ pub fn accept(
     })
 }
 
+/// Reads a verified Stripe event into a canonical notification.
+///
+/// Snapshot events carry the object as it was (`data.object`); thin events carry only a
+/// pointer and are marked ignored (there is nothing to reconcile without the snapshot).
+/// The merchant reference is `metadata.order_id` (or `metadata.reference`,
+/// `metadata.order_number`), and for Checkout Sessions `client_reference_id` first.
+pub fn parse(body: &[u8]) -> Result<Notification, String> {
+    let event: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let event_id = str_at(&event, &["id"]).ok_or("event has no id")?;
+    let raw_type = str_at(&event, &["type"]).ok_or("event has no type")?;
+    let mut n = Notification {
+        provider: "stripe",
+        event_id,
+        kind: Kind::Ignored,
+        raw_type: raw_type.clone(),
+        payment_id: None,
+        merchant_reference: None,
+        amount: None,
+        occurred_at: event.get("created").and_then(Value::as_i64).unwrap_or(0),
+        customer_email: None,
+        object_id: None,
+        request_key: str_at(&event, &["request", "idempotency_key"]),
+        detail: None,
+    };
+    if str_at(&event, &["object"]).as_deref() == Some("v2.core.event") {
+        n.detail = Some("thin event: no snapshot to reconcile".into());
+        return Ok(n);
+    }
+    let obj = &event["data"]["object"];
+    let id = str_at(obj, &["id"]);
+    let reference = str_at(obj, &["metadata", "order_id"])
+        .or_else(|| str_at(obj, &["metadata", "reference"]))
+        .or_else(|| str_at(obj, &["metadata", "order_number"]));
+    let (family, action) = raw_type.rsplit_once('.').unwrap_or((raw_type.as_str(), ""));
+    match family {
+        "payment_intent" => {
+            n.payment_id = id;
+            n.merchant_reference = reference;
+            n.customer_email = str_at(obj, &["receipt_email"]);
+            let (kind, field) = match action {
+                "succeeded" => (Kind::Succeeded, "amount_received"),
+                "processing" | "partially_funded" => (Kind::Pending, "amount"),
+                "amount_capturable_updated" => (Kind::Authorized, "amount_capturable"),
+                "payment_failed" => (Kind::Failed, "amount"),
+                "canceled" => (Kind::Canceled, "amount"),
+                "requires_action" => {
+                    n.detail = Some("waiting for the customer to authenticate".into());
+                    (Kind::Ignored, "amount")
+                }
+                _ => (Kind::Ignored, "amount"),
+            };
+            n.kind = kind;
+            n.amount = amount(obj, field).or_else(|| amount(obj, "amount")).transpose()?;
+            n.detail = n.detail.take().or_else(|| {
+                str_at(obj, &["last_payment_error", "message"])
+                    .or_else(|| str_at(obj, &["cancellation_reason"]))
+            });
+        }
+        "charge" => {
+            n.payment_id = str_at(obj, &["payment_intent"]).or(id);
+            n.merchant_reference = reference;
+            n.customer_email = str_at(obj, &["billing_details", "email"])
+                .or_else(|| str_at(obj, &["receipt_email"]));
+            let captured = obj.get("captured").and_then(Value::as_bool).unwrap_or(true);
+            let (kind, field) = match action {
+                "succeeded" if captured => (Kind::Succeeded, "amount_captured"),
+                "succeeded" => (Kind::Authorized, "amount"),
+                "captured" => (Kind::Succeeded, "amount_captured"),
+                "pending" => (Kind::Pending, "amount"),
+                "failed" => (Kind::Failed, "amount"),
+                "expired" => (Kind::Canceled, "amount"),
+                "refunded" => (Kind::Refunded, "amount_refunded"),
+                _ => (Kind::Ignored, "amount"),
+            };
+            n.kind = kind;
+            n.amount = amount(obj, field)
+                .filter(|a| !matches!(a, Ok(m) if m.minor == 0 && field == "amount_captured"))
+                .or_else(|| amount(obj, "amount"))
+                .transpose()?;
+            n.detail = str_at(obj, &["failure_message"]);
+        }
+        "charge.refund" | "refund" => {
+            n.payment_id = str_at(obj, &["payment_intent"]).or_else(|| str_at(obj, &["charge"]));
+            n.merchant_reference = reference;
+            n.object_id = id;
+            let failed = str_at(obj, &["status"]).as_deref() == Some("failed");
+            n.kind = match (family, action) {
+                ("refund", "created") => Kind::Refunded,
+                ("refund", "failed") => Kind::RefundFailed,
+                (_, "updated") if failed => Kind::RefundFailed,
+                _ => Kind::Ignored,
+            };
+            n.amount = amount(obj, "amount").transpose()?;
+            n.detail = str_at(obj, &["failure_reason"]).or_else(|| str_at(obj, &["reason"]));
+        }
+        "charge.dispute" => {
+            n.payment_id = str_at(obj, &["payment_intent"]).or_else(|| str_at(obj, &["charge"]));
+            n.merchant_reference = reference;
+            n.object_id = id;
+            n.kind = match action {
+                "created" => Kind::Disputed,
+                "closed" => Kind::DisputeClosed,
+                _ => Kind::Ignored,
+            };
+            n.amount = amount(obj, "amount").transpose()?;
+            n.detail = match action {
+                "closed" => str_at(obj, &["status"]).map(|s| format!("dispute closed: {s}")),
+                _ => str_at(obj, &["reason"]).map(|r| format!("dispute reason: {r}")),
+            };
+        }
+        "checkout.session" => {
+            n.payment_id = str_at(obj, &["payment_intent"]).or(id);
+            n.merchant_reference = str_at(obj, &["client_reference_id"]).or(reference);
+            n.customer_email = str_at(obj, &["customer_details", "email"])
+                .or_else(|| str_at(obj, &["customer_email"]));
+            n.kind = match (action, str_at(obj, &["payment_status"]).as_deref()) {
+                ("completed", Some("paid")) => Kind::Succeeded,
+                ("completed", Some("unpaid")) => Kind::Pending,
+                ("async_payment_succeeded", _) => Kind::Succeeded,
+                ("async_payment_failed", _) => Kind::Failed,
+                ("expired", _) => Kind::Canceled,
+                _ => Kind::Ignored,
+            };
+            n.amount = amount(obj, "amount_total").transpose()?;
+        }
+        "source" => {
+            n.payment_id = id;
+            n.merchant_reference = reference;
+            n.customer_email = str_at(obj, &["owner", "email"]);
+            n.kind = match action {
+                // The funds can now be charged; the payment is on its way.
+                "chargeable" => Kind::Pending,
+                "canceled" => Kind::Canceled,
+                "failed" => Kind::Failed,
+                _ => Kind::Ignored,
+            };
+            n.amount = amount(obj, "amount").transpose()?;
+        }
+        _ => {}
+    }
+    if n.kind == Kind::Ignored && n.detail.is_none() {
+        n.detail = Some(format!("{raw_type} needs no reconciliation"));
+    }
+    Ok(n)
+}
+
+/// A string at a path of object keys, if present and non-empty.
+fn str_at(v: &Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(key)?;
+    }
+    cur.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// `obj[field]` in Stripe's minor units with `obj.currency`, as exact money.
+fn amount(obj: &Value, field: &str) -> Option<Result<Money, String>> {
+    let minor = obj.get(field)?.as_i64()?;
+    let code = obj.get("currency")?.as_str()?;
+    Some(
+        Currency::parse(code)
+            .and_then(|c| Money::from_scaled(minor, stripe_exponent(c), c))
+            .map_err(|e| format!("{field}: {e}")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +415,165 @@ mod tests {
         // Exactly at the tolerance is still accepted, both ways.
         verify(&s, 300, &ok, BODY, NOW + 300).unwrap();
         verify(&s, 300, &ok, BODY, NOW - 300).unwrap();
+    }
+
+    fn fixture(name: &str) -> Notification {
+        let path = format!("{}/fixtures/stripe/{name}", env!("CARGO_MANIFEST_DIR"));
+        parse(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fixtures_map_to_canonical_notifications() {
+        let usd = Currency::parse("usd").unwrap();
+        type Expected<'a> =
+            (&'a str, Kind, Option<&'a str>, Option<&'a str>, Option<(i64, &'a str)>);
+        let cases: &[Expected<'_>] = &[
+            (
+                "payment_intent.succeeded.json",
+                Kind::Succeeded,
+                Some("pi_3PqR1001TestAbCdEf"),
+                Some("1001"),
+                Some((10000, "USD")),
+            ),
+            (
+                "charge.succeeded.json",
+                Kind::Succeeded,
+                Some("pi_3PqR1001TestAbCdEf"),
+                Some("1001"),
+                Some((10000, "USD")),
+            ),
+            (
+                "checkout.session.completed.json",
+                Kind::Succeeded,
+                Some("pi_3PqR1001TestAbCdEf"),
+                Some("1001"),
+                Some((10000, "USD")),
+            ),
+            (
+                "charge.refunded.json",
+                Kind::Refunded,
+                Some("pi_3PqR1001TestAbCdEf"),
+                Some("1001"),
+                Some((10000, "USD")),
+            ),
+            (
+                "refund.created.json",
+                Kind::Refunded,
+                Some("pi_3PqR1001TestAbCdEf"),
+                Some("1001"),
+                Some((10000, "USD")),
+            ),
+            (
+                "charge.dispute.created.json",
+                Kind::Disputed,
+                Some("pi_3PqR1001TestAbCdEf"),
+                None,
+                Some((10000, "USD")),
+            ),
+            (
+                "payment_intent.payment_failed.json",
+                Kind::Failed,
+                Some("pi_3PqS1002TestGhIjKl"),
+                Some("1002"),
+                Some((4550, "EUR")),
+            ),
+            (
+                "payment_intent.canceled.json",
+                Kind::Canceled,
+                Some("pi_3PqS1002TestGhIjKl"),
+                Some("1002"),
+                Some((4550, "EUR")),
+            ),
+            (
+                "payment_intent.succeeded.jpy.json",
+                Kind::Succeeded,
+                Some("pi_3PqT1003TestMnOpQr"),
+                Some("1003"),
+                Some((5000, "JPY")),
+            ),
+            (
+                "payment_intent.processing.json",
+                Kind::Pending,
+                Some("pi_3PqU1004TestStUvWx"),
+                Some("1004"),
+                Some((8990, "EUR")),
+            ),
+            (
+                "checkout.session.async_payment_failed.json",
+                Kind::Failed,
+                Some("pi_3PqU1004TestStUvWx"),
+                Some("1004"),
+                Some((8990, "EUR")),
+            ),
+            ("thin_event.json", Kind::Ignored, None, None, None),
+        ];
+        for (file, kind, payment, reference, amount) in cases {
+            let n = fixture(file);
+            assert_eq!(n.kind, *kind, "{file}");
+            assert_eq!(n.payment_id.as_deref(), *payment, "{file}");
+            assert_eq!(n.merchant_reference.as_deref(), *reference, "{file}");
+            let got = n.amount.map(|m| (m.minor, m.currency.code().to_owned()));
+            assert_eq!(got, amount.map(|(m, c)| (m, c.to_owned())), "{file}");
+            assert!(n.event_id.starts_with("evt_"), "{file}");
+        }
+        let n = fixture("charge.succeeded.json");
+        assert_eq!(n.customer_email.as_deref(), Some("jane.doe@example.com"));
+        assert_eq!(n.amount.unwrap().currency, usd);
+        assert!(fixture("payment_intent.payment_failed.json").detail.is_some());
+    }
+
+    #[test]
+    fn every_listed_event_type_maps() {
+        let kinds = [
+            ("payment_intent.succeeded", Kind::Succeeded),
+            ("payment_intent.processing", Kind::Pending),
+            ("payment_intent.payment_failed", Kind::Failed),
+            ("payment_intent.canceled", Kind::Canceled),
+            ("payment_intent.requires_action", Kind::Ignored),
+            ("payment_intent.amount_capturable_updated", Kind::Authorized),
+            ("payment_intent.partially_funded", Kind::Pending),
+            ("payment_intent.created", Kind::Ignored),
+            ("charge.succeeded", Kind::Succeeded),
+            ("charge.pending", Kind::Pending),
+            ("charge.failed", Kind::Failed),
+            ("charge.captured", Kind::Succeeded),
+            ("charge.expired", Kind::Canceled),
+            ("charge.refunded", Kind::Refunded),
+            ("charge.refund.updated", Kind::Ignored),
+            ("charge.dispute.created", Kind::Disputed),
+            ("charge.dispute.updated", Kind::Ignored),
+            ("charge.dispute.closed", Kind::DisputeClosed),
+            ("charge.dispute.funds_withdrawn", Kind::Ignored),
+            ("charge.dispute.funds_reinstated", Kind::Ignored),
+            ("refund.created", Kind::Refunded),
+            ("refund.updated", Kind::Ignored),
+            ("refund.failed", Kind::RefundFailed),
+            ("checkout.session.completed", Kind::Succeeded),
+            ("checkout.session.async_payment_succeeded", Kind::Succeeded),
+            ("checkout.session.async_payment_failed", Kind::Failed),
+            ("checkout.session.expired", Kind::Canceled),
+            ("source.chargeable", Kind::Pending),
+            ("source.canceled", Kind::Canceled),
+            ("source.failed", Kind::Failed),
+            ("customer.created", Kind::Ignored),
+        ];
+        for (t, kind) in kinds {
+            let body = format!(
+                r#"{{"id":"evt_x","object":"event","type":"{t}","created":1,"data":{{"object":{{"id":"obj_1","amount":500,"amount_received":500,"amount_captured":500,"amount_refunded":500,"amount_capturable":500,"amount_total":500,"currency":"eur","captured":true,"payment_status":"paid","metadata":{{"order_id":"7"}}}}}}}}"#
+            );
+            let n = parse(body.as_bytes()).unwrap();
+            assert_eq!(n.kind, kind, "{t}");
+            if kind != Kind::Ignored {
+                assert_eq!(n.amount.unwrap().minor, 500, "{t}");
+            }
+        }
+        // A failed refund update is a refund failure.
+        let body = br#"{"id":"evt_r","object":"event","type":"charge.refund.updated","data":{"object":{"id":"re_1","object":"refund","status":"failed","amount":5,"currency":"usd","charge":"ch_1"}}}"#;
+        assert_eq!(parse(body).unwrap().kind, Kind::RefundFailed);
+        // An authorization-only charge is authorized, not paid.
+        let body = br#"{"id":"evt_a","object":"event","type":"charge.succeeded","data":{"object":{"id":"ch_1","captured":false,"amount":700,"amount_captured":0,"currency":"usd","payment_intent":"pi_1"}}}"#;
+        let n = parse(body).unwrap();
+        assert_eq!((n.kind, n.amount.unwrap().minor), (Kind::Authorized, 700));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl RawOrder {
 }
 
 /// What to look an order up by.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Lookup {
     /// The merchant reference (order id), after `reference_pattern`.
     pub reference: Option<String>,

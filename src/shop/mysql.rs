@@ -1,23 +1,238 @@
-//! A Mysql shop database (being written).
+//! A MySQL or MariaDB shop database, through a `mysql_async` pool.
+//!
+//! The query's `:reference` and `:psp_reference` are bound by `mysql_async`'s own named
+//! parameters (it rewrites them to `?` with a MySQL-aware parser that skips strings, backquoted
+//! names and `#`, `-- ` and `/* */` comments), so the query runs as a server-side prepared
+//! statement, cached per connection. Results come back in the binary protocol: integers and
+//! floats as numbers, DECIMAL as its exact decimal text.
 
-use super::{Lookup, RawOrder, ShopError};
+use std::fmt;
+use std::time::Duration;
+
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Column, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Value};
+
+use super::{Cell, Lookup, RawOrder, ShopError};
 use crate::config::ShopConfig;
 
-/// A pooled connection to the shop database.
-#[derive(Debug)]
-pub struct MysqlShop {}
+/// How long connecting (TCP, handshake, authentication) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one lookup may take, waiting for a pooled connection included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A pooled connection to a MySQL/MariaDB shop database.
+pub struct MysqlShop {
+    pool: Pool,
+    query: String,
+    /// The URL with its password redacted, for messages.
+    url: String,
+    pool_size: usize,
+}
+
+impl fmt::Debug for MysqlShop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlShop")
+            .field("url", &self.url)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
 
 impl MysqlShop {
-    /// Connects.
-    pub async fn connect(_config: &ShopConfig) -> Result<MysqlShop, ShopError> {
-        Err(ShopError::Query("the mysql driver is not built yet".into()))
+    /// Builds the pool and checks, with one connection and a ping, that the server is
+    /// reachable and accepts the credentials. The query itself is not run.
+    pub async fn connect(config: &ShopConfig) -> Result<MysqlShop, ShopError> {
+        let url = config.url.redacted();
+        let secrets = url_password(config.url.expose());
+        let connect_err = |message: String| ShopError::Connect {
+            url: url.clone(),
+            message: scrub(&message, &secrets),
+        };
+        let opts = Opts::from_url(config.url.expose())
+            .map_err(|e| connect_err(format!("invalid URL: {e}")))?;
+        let constraints = PoolConstraints::new(0, config.pool_size)
+            .ok_or_else(|| connect_err("invalid pool_size".into()))?;
+        let opts = OptsBuilder::from_opts(opts)
+            .pool_opts(PoolOpts::default().with_constraints(constraints))
+            .tcp_keepalive(Some(Duration::from_secs(60)));
+        let pool = Pool::new(opts);
+        let checked = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut conn = pool.get_conn().await?;
+            conn.ping().await
+        })
+        .await;
+        let failure = match checked {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(message(&e)),
+            Err(_) => Some(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+        };
+        if let Some(m) = failure {
+            disconnect(pool).await;
+            return Err(connect_err(m));
+        }
+        Ok(MysqlShop { pool, query: config.query.clone(), url, pool_size: config.pool_size })
     }
 
     /// Runs the order query.
-    pub async fn fetch(&self, _lookup: &Lookup) -> Result<Vec<RawOrder>, ShopError> {
-        Err(ShopError::Query("the mysql driver is not built yet".into()))
+    pub async fn fetch(&self, lookup: &Lookup) -> Result<Vec<RawOrder>, ShopError> {
+        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch_rows(lookup)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(ShopError::Query(message(&e))),
+            Err(_) => Err(ShopError::Query(format!(
+                "no answer within {} s from {}",
+                FETCH_TIMEOUT.as_secs(),
+                self.url
+            ))),
+        }
     }
 
-    /// Closes the pool.
-    pub async fn close(self) {}
+    async fn fetch_rows(&self, lookup: &Lookup) -> Result<Vec<RawOrder>, mysql_async::Error> {
+        let mut conn = self.pool.get_conn().await?;
+        let params = Params::Named(
+            [
+                ("reference", lookup.reference.as_deref()),
+                ("psp_reference", lookup.psp_reference.as_deref()),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.as_bytes().to_vec(), Value::from(value)))
+            .collect(),
+        );
+        let rows: Vec<Row> = conn.exec(self.query.as_str(), params).await?;
+        Ok(rows.into_iter().map(to_raw).collect())
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(self) {
+        disconnect(self.pool).await;
+    }
+}
+
+/// Disconnects a pool, bounded in time: a dead server must not hold up shutdown.
+async fn disconnect(pool: Pool) {
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, pool.disconnect()).await;
+}
+
+fn to_raw(row: Row) -> RawOrder {
+    let columns = row.columns();
+    let mut order = RawOrder::default();
+    for (column, value) in columns.iter().zip(row.unwrap()) {
+        order.set(&column.name_str(), cell(value, column));
+    }
+    order
+}
+
+/// One value as a [`Cell`]: numbers by their type, DECIMAL and text as text.
+fn cell(value: Value, column: &Column) -> Cell {
+    match value {
+        Value::NULL => Cell::Null,
+        Value::Int(i) => Cell::Int(i),
+        Value::UInt(u) => i64::try_from(u).map_or_else(|_| Cell::Text(u.to_string()), Cell::Int),
+        // Through its shortest decimal text, so FLOAT 19.99 stays 19.99 and not 19.9899997…
+        Value::Float(f) => Cell::Real(f.to_string().parse().unwrap_or(f64::from(f))),
+        Value::Double(d) => Cell::Real(d),
+        Value::Bytes(bytes) => bytes_cell(bytes, column),
+        Value::Date(y, mo, d, h, mi, s, us) => Cell::Text(if (h, mi, s, us) == (0, 0, 0, 0) {
+            format!("{y:04}-{mo:02}-{d:02}")
+        } else {
+            format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+        }),
+        Value::Time(neg, d, h, mi, s, _) => {
+            let hours = u64::from(d) * 24 + u64::from(h);
+            Cell::Text(format!("{}{hours:02}:{mi:02}:{s:02}", if neg { "-" } else { "" }))
+        }
+    }
+}
+
+/// A value the server sent as bytes: DECIMAL, text, or (text protocol only) a number.
+fn bytes_cell(bytes: Vec<u8>, column: &Column) -> Cell {
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => return Cell::Text(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    };
+    match column.column_type() {
+        ColumnType::MYSQL_TYPE_TINY
+        | ColumnType::MYSQL_TYPE_SHORT
+        | ColumnType::MYSQL_TYPE_INT24
+        | ColumnType::MYSQL_TYPE_LONG
+        | ColumnType::MYSQL_TYPE_LONGLONG
+        | ColumnType::MYSQL_TYPE_YEAR => match text.parse::<i64>() {
+            Ok(i) => Cell::Int(i),
+            // A BIGINT UNSIGNED above i64::MAX.
+            Err(_) => Cell::Text(text),
+        },
+        ColumnType::MYSQL_TYPE_FLOAT | ColumnType::MYSQL_TYPE_DOUBLE => match text.parse::<f64>() {
+            Ok(f) => Cell::Real(f),
+            Err(_) => Cell::Text(text),
+        },
+        // DECIMAL/NEWDECIMAL, strings, BLOBs, ENUM, SET, JSON: the text as sent.
+        _ => Cell::Text(text),
+    }
+}
+
+fn message(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => s.to_string(),
+        mysql_async::Error::Io(io) => {
+            std::error::Error::source(io).map_or_else(|| io.to_string(), |s| s.to_string())
+        }
+        mysql_async::Error::Driver(d) => d.to_string(),
+        mysql_async::Error::Url(u) => u.to_string(),
+        mysql_async::Error::Other(o) => o.to_string(),
+    }
+}
+
+/// The password in a `scheme://user:password@host/…` URL, as written and percent-decoded,
+/// so that [`scrub`] can take either form out of a message.
+pub(super) fn url_password(url: &str) -> Vec<String> {
+    let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else { return Vec::new() };
+    let Some(userinfo) = rest.rfind('@').map(|at| &rest[..at]) else { return Vec::new() };
+    let Some((_, raw)) = userinfo.split_once(':') else { return Vec::new() };
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        let hex = |c: Option<u8>| c.and_then(|c| char::from(c).to_digit(16));
+        if b == b'%' {
+            let mut ahead = bytes.clone();
+            if let (Some(h), Some(l)) = (hex(ahead.next()), hex(ahead.next())) {
+                decoded.push((h * 16 + l) as u8);
+                bytes = ahead;
+                continue;
+            }
+        }
+        decoded.push(b);
+    }
+    let decoded = String::from_utf8_lossy(&decoded).into_owned();
+    // The longer form first, so a decoded password inside the raw one is not half-replaced.
+    let mut forms = vec![raw.to_owned(), decoded];
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
+}
+
+/// Removes the password from a driver's message, should the driver ever echo it.
+pub(super) fn scrub(message: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(message.to_owned(), |m, s| m.replace(s.as_str(), "<redacted>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_the_password_in_either_form() {
+        let secrets = url_password("mysql://u:p%40ss@h:3306/db");
+        assert_eq!(secrets, ["p%40ss", "p@ss"]);
+        assert_eq!(scrub("bad p@ss and p%40ss", &secrets), "bad <redacted> and <redacted>");
+        assert!(url_password("mysql://u@h/db").is_empty());
+        assert!(url_password("mysql://u:@h/db").is_empty());
+        assert_eq!(url_password("postgres://u:a:b@c@h/db"), ["a:b@c"]);
+        assert_eq!(scrub("nothing", &[]), "nothing");
+    }
 }

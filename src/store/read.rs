@@ -151,3 +151,86 @@ pub fn failures(conn: &Connection, limit: u64) -> rusqlite::Result<Vec<Failure>>
     })?;
     rows.collect()
 }
+
+/// An outbox row, as consumers read it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Row id: consumers remember the last one they handled (`--after`).
+    pub id: i64,
+    /// `fulfil`, `refund`, `notify_customer` or `review`.
+    pub kind: String,
+    /// The shop's order id.
+    pub order_id: Option<String>,
+    /// Provider name.
+    pub provider: String,
+    /// The provider's payment id.
+    pub payment_id: Option<String>,
+    /// The amount as a decimal string with the currency's digits (`"100.00"`).
+    pub amount: Option<String>,
+    /// The amount in minor units.
+    pub amount_minor: Option<i64>,
+    /// ISO 4217 code.
+    pub currency: Option<String>,
+    /// Why, for people.
+    pub reason: String,
+    /// For `notify_customer`: which message.
+    pub template: Option<String>,
+    /// Where to send it.
+    pub customer_email: Option<String>,
+    /// Unique per logical action; pass it on (for example as Stripe's `Idempotency-Key`).
+    pub idempotency_key: String,
+    /// The inbox row that caused it.
+    pub inbox_id: i64,
+    /// The provider's event id that caused it.
+    pub event_id: String,
+    /// When it was written, RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// Outbox rows in order, after `after`, optionally of one kind.
+pub fn outbox(
+    conn: &Connection,
+    after: Option<i64>,
+    kind: Option<&str>,
+    limit: Option<u64>,
+) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
+         customer_email, idempotency_key, inbox_id, event_id, created_at FROM outbox \
+         WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id LIMIT ?3",
+    )?;
+    let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = stmt.query_map(rusqlite::params![after.unwrap_or(0), kind, limit], |r| {
+        let minor: Option<i64> = r.get(5)?;
+        let currency: Option<String> = r.get(6)?;
+        let amount = match (minor, &currency) {
+            (Some(m), Some(c)) => crate::money::Currency::parse(c)
+                .ok()
+                .map(|c| crate::money::Money::new(m, c).to_decimal_string()),
+            _ => None,
+        };
+        Ok(OutboxRow {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            order_id: r.get(2)?,
+            provider: r.get(3)?,
+            payment_id: r.get(4)?,
+            amount,
+            amount_minor: minor,
+            currency,
+            reason: r.get(7)?,
+            template: r.get(8)?,
+            customer_email: r.get(9)?,
+            idempotency_key: r.get(10)?,
+            inbox_id: r.get(11)?,
+            event_id: r.get(12)?,
+            created_at: crate::cli::utc(r.get(13)?),
+        })
+    })?;
+    rows.collect()
+}
+
+/// The highest outbox id, or 0.
+pub fn outbox_last_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM outbox", [], |r| r.get(0))
+}

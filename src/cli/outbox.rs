@@ -1,0 +1,119 @@
+//! `reconciled outbox list|tail`: the actions for the shop's back office and its admins.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::StoreArgs;
+use crate::store::read::{self, OutboxRow};
+
+/// How often `tail --follow` looks for new rows.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// Rows `tail` shows before following.
+const TAIL_ROWS: i64 = 10;
+
+/// `outbox` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List actions in order.
+    List(ListArgs),
+    /// Show the latest actions; with --follow, keep printing new ones as they appear.
+    Tail(TailArgs),
+}
+
+/// Arguments of `outbox list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// One JSON object per line (the consumer's format).
+    #[arg(long)]
+    json: bool,
+    /// Only actions with an id greater than this.
+    #[arg(long, value_name = "ID")]
+    after: Option<i64>,
+    /// Only actions of this kind.
+    #[arg(long, value_name = "K", value_parser = ["fulfil", "refund", "notify_customer", "review"])]
+    kind: Option<String>,
+    /// At most this many.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+/// Arguments of `outbox tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Keep running and print actions as they are written (like `tail -f`).
+    #[arg(long, short)]
+    follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
+    match cmd {
+        OutboxCommand::List(args) => {
+            let conn = args.store.open()?;
+            let rows = read::outbox(&conn, args.after, args.kind.as_deref(), args.limit)?;
+            let mut out = std::io::stdout().lock();
+            if !args.json {
+                writeln!(out, "{}", header())?;
+            }
+            for row in &rows {
+                print_row(&mut out, row, args.json)?;
+            }
+            if rows.is_empty() && !args.json {
+                writeln!(out, "(no actions)")?;
+            }
+            Ok(())
+        }
+        OutboxCommand::Tail(args) => {
+            let conn = args.store.open()?;
+            let mut last = (read::outbox_last_id(&conn)? - TAIL_ROWS).max(0);
+            let mut out = std::io::stdout().lock();
+            if !args.json {
+                writeln!(out, "{}", header())?;
+            }
+            loop {
+                for row in read::outbox(&conn, Some(last), None, Some(1000))? {
+                    print_row(&mut out, &row, args.json)?;
+                    last = row.id;
+                }
+                out.flush()?;
+                if !args.follow {
+                    return Ok(());
+                }
+                std::thread::sleep(FOLLOW_INTERVAL);
+            }
+        }
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:>6}  {:<20}  {:<15}  {:<10}  {:>12} {:<3}  {:<26}  REASON",
+        "ID", "CREATED", "KIND", "ORDER", "AMOUNT", "", "TEMPLATE"
+    )
+}
+
+fn print_row(out: &mut impl Write, r: &OutboxRow, json: bool) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
+    }
+    writeln!(
+        out,
+        "{:>6}  {:<20}  {:<15}  {:<10}  {:>12} {:<3}  {:<26}  {}",
+        r.id,
+        r.created_at,
+        r.kind,
+        r.order_id.as_deref().unwrap_or("-"),
+        r.amount.as_deref().unwrap_or("-"),
+        r.currency.as_deref().unwrap_or(""),
+        r.template.as_deref().unwrap_or("-"),
+        r.reason
+    )
+}

@@ -1,0 +1,440 @@
+//! One case per row of the decision table in design.md, plus the edges found on the way.
+
+use super::*;
+use crate::money::Currency;
+
+fn usd(minor: i64) -> Money {
+    Money::new(minor, Currency::parse("USD").unwrap())
+}
+
+fn note(kind: Kind, amount: Option<Money>) -> Notification {
+    Notification {
+        provider: "stripe",
+        event_id: "evt_1".into(),
+        kind,
+        raw_type: "test".into(),
+        payment_id: Some("pi_1".into()),
+        merchant_reference: Some("1001".into()),
+        amount,
+        occurred_at: 0,
+        customer_email: Some("psp@example.com".into()),
+        object_id: None,
+        request_key: None,
+        detail: None,
+    }
+}
+
+fn order(status: OrderStatus, minor: i64) -> Order {
+    Order {
+        order_id: "1001".into(),
+        status,
+        raw_status: format!("{status:?}").to_lowercase(),
+        amount: usd(minor),
+        customer_email: Some("jane@example.com".into()),
+        psp_reference: None,
+    }
+}
+
+fn state(status: PaymentStatus, fulfilled: bool) -> PaymentState {
+    PaymentState {
+        status,
+        ever_succeeded: status == PaymentStatus::Succeeded,
+        order_id: Some("1001".into()),
+        fulfilled,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    n: Notification,
+    payment: Option<PaymentState>,
+    order: Option<Order>,
+    paid_by_other: Option<&'static str>,
+    policy: Policy,
+    unmatched_expired: bool,
+    own_refund: bool,
+}
+
+impl Case {
+    fn new(name: &'static str, n: Notification, order: Option<Order>) -> Case {
+        Case {
+            name,
+            n,
+            payment: None,
+            order,
+            paid_by_other: None,
+            policy: Policy::default(),
+            unmatched_expired: false,
+            own_refund: false,
+        }
+    }
+
+    fn run(&self) -> Decision {
+        decide(
+            Facts {
+                notification: &self.n,
+                payment: self.payment.as_ref(),
+                order: self.order.as_ref(),
+                paid_by_other: self.paid_by_other,
+                own_refund: self.own_refund,
+                unmatched_expired: self.unmatched_expired,
+            },
+            &self.policy,
+        )
+    }
+}
+
+/// `(kind, template, amount)` of each action, for compact expectations.
+fn summary(d: &Decision) -> Summary {
+    d.actions.iter().map(|a| (a.kind, a.template, a.amount.map(|m| m.minor))).collect()
+}
+
+use ActionKind::{Fulfil, NotifyCustomer as Notify, Refund, Review};
+
+type Summary = Vec<(ActionKind, Option<&'static str>, Option<i64>)>;
+
+#[test]
+fn the_decision_table() {
+    let paid = |minor| Some(usd(minor));
+    let review_policy = Policy {
+        on_underpaid: RefundOrReview::Review,
+        on_overpaid: OverpaidPolicy::Review,
+        on_currency_mismatch: RefundOrReview::Review,
+        on_paid_after_cancel: RefundOrReview::Review,
+        ..Policy::default()
+    };
+    let eur = Some(Money::new(10000, Currency::parse("EUR").unwrap()));
+    let mut cases: Vec<(Case, Outcome, Summary)> = vec![];
+
+    // succeeded, amount and currency equal | awaiting payment → fulfil + confirm
+    cases.push((
+        Case::new(
+            "exact",
+            note(Kind::Succeeded, paid(10000)),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        ),
+        Outcome::Done,
+        vec![(Fulfil, None, Some(10000)), (Notify, Some(template::ORDER_CONFIRMED), Some(10000))],
+    ));
+    // succeeded, less than the order (cart grew) → refund all + notify, or review
+    cases.push((
+        Case::new(
+            "underpaid",
+            note(Kind::Succeeded, paid(10000)),
+            Some(order(OrderStatus::AwaitingPayment, 20000)),
+        ),
+        Outcome::Done,
+        vec![(Refund, None, Some(10000)), (Notify, Some(template::PAYMENT_MISMATCH), Some(10000))],
+    ));
+    let mut c = Case::new(
+        "underpaid, review",
+        note(Kind::Succeeded, paid(10000)),
+        Some(order(OrderStatus::AwaitingPayment, 20000)),
+    );
+    c.policy = review_policy;
+    cases.push((c, Outcome::Done, vec![(Review, None, Some(10000))]));
+    // succeeded, more than the order (cart shrank) → fulfil + refund the difference + notify, or review
+    cases.push((
+        Case::new(
+            "overpaid",
+            note(Kind::Succeeded, paid(12000)),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        ),
+        Outcome::Done,
+        vec![
+            (Fulfil, None, Some(12000)),
+            (Refund, None, Some(2000)),
+            (Notify, Some(template::OVERPAYMENT_REFUNDED), Some(2000)),
+        ],
+    ));
+    let mut c = Case::new(
+        "overpaid, review",
+        note(Kind::Succeeded, paid(12000)),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    c.policy = review_policy;
+    cases.push((c, Outcome::Done, vec![(Review, None, Some(12000))]));
+    // succeeded, other currency → refund + notify, or review
+    cases.push((
+        Case::new(
+            "currency",
+            note(Kind::Succeeded, eur),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        ),
+        Outcome::Done,
+        vec![(Refund, None, Some(10000)), (Notify, Some(template::PAYMENT_MISMATCH), Some(10000))],
+    ));
+    let mut c = Case::new(
+        "currency, review",
+        note(Kind::Succeeded, eur),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    c.policy = review_policy;
+    cases.push((c, Outcome::Done, vec![(Review, None, Some(10000))]));
+    // succeeded, same payment already recorded as paying this order | paid → nothing
+    let mut c = Case::new(
+        "same payment, we recorded it",
+        note(Kind::Succeeded, paid(10000)),
+        Some(order(OrderStatus::Paid, 10000)),
+    );
+    c.payment = Some(state(PaymentStatus::Succeeded, true));
+    cases.push((c, Outcome::Done, vec![]));
+    let mut shop_recorded = order(OrderStatus::Paid, 10000);
+    shop_recorded.psp_reference = Some("pi_1".into());
+    cases.push((
+        Case::new(
+            "same payment, the shop recorded it",
+            note(Kind::Succeeded, paid(10000)),
+            Some(shop_recorded),
+        ),
+        Outcome::Done,
+        vec![],
+    ));
+    // succeeded, a different payment already paid this order → refund this one + notify
+    let mut other = order(OrderStatus::Paid, 10000);
+    other.psp_reference = Some("pi_0".into());
+    cases.push((
+        Case::new("double payment, shop knows", note(Kind::Succeeded, paid(10000)), Some(other)),
+        Outcome::Done,
+        vec![
+            (Refund, None, Some(10000)),
+            (Notify, Some(template::DUPLICATE_PAYMENT_REFUNDED), Some(10000)),
+        ],
+    ));
+    let mut c = Case::new(
+        "double payment before the shop caught up",
+        note(Kind::Succeeded, paid(10000)),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    c.paid_by_other = Some("stripe:pi_0");
+    cases.push((
+        c,
+        Outcome::Done,
+        vec![
+            (Refund, None, Some(10000)),
+            (Notify, Some(template::DUPLICATE_PAYMENT_REFUNDED), Some(10000)),
+        ],
+    ));
+    // succeeded, nobody knows which payment paid it | paid → review
+    cases.push((
+        Case::new(
+            "paid, payer unknown",
+            note(Kind::Succeeded, paid(10000)),
+            Some(order(OrderStatus::Paid, 10000)),
+        ),
+        Outcome::Done,
+        vec![(Review, None, Some(10000))],
+    ));
+    // succeeded | cancelled → refund + notify, or review
+    cases.push((
+        Case::new(
+            "paid after cancel",
+            note(Kind::Succeeded, paid(10000)),
+            Some(order(OrderStatus::Cancelled, 10000)),
+        ),
+        Outcome::Done,
+        vec![
+            (Refund, None, Some(10000)),
+            (Notify, Some(template::ORDER_CANCELLED_REFUNDED), Some(10000)),
+        ],
+    ));
+    let mut c = Case::new(
+        "paid after cancel, review",
+        note(Kind::Succeeded, paid(10000)),
+        Some(order(OrderStatus::Cancelled, 10000)),
+    );
+    c.policy = review_policy;
+    cases.push((c, Outcome::Done, vec![(Review, None, Some(10000))]));
+    // pending | awaiting payment → notify once (the key makes it once)
+    cases.push((
+        Case::new(
+            "pending",
+            note(Kind::Pending, paid(10000)),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        ),
+        Outcome::Done,
+        vec![(Notify, Some(template::PAYMENT_PENDING), Some(10000))],
+    ));
+    // failed / canceled | awaiting payment → notify (invite to retry)
+    cases.push((
+        Case::new(
+            "failed",
+            note(Kind::Failed, paid(10000)),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        ),
+        Outcome::Done,
+        vec![(Notify, Some(template::PAYMENT_FAILED), Some(10000))],
+    ));
+    cases.push((
+        Case::new(
+            "canceled",
+            note(Kind::Canceled, paid(10000)),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        ),
+        Outcome::Done,
+        vec![(Notify, Some(template::PAYMENT_FAILED), Some(10000))],
+    ));
+    // failed / canceled after succeeded → nothing (stale)
+    for kind in [Kind::Failed, Kind::Canceled, Kind::Pending, Kind::Authorized] {
+        let mut c = Case::new(
+            "stale after success",
+            note(kind, paid(10000)),
+            Some(order(OrderStatus::Paid, 10000)),
+        );
+        c.payment = Some(state(PaymentStatus::Succeeded, true));
+        cases.push((c, Outcome::Done, vec![]));
+    }
+    // refunded by the provider, dispute opened (and closed, refund failed) → review
+    for kind in [Kind::Refunded, Kind::Disputed, Kind::DisputeClosed, Kind::RefundFailed] {
+        cases.push((
+            Case::new(
+                "provider-side",
+                note(kind, paid(10000)),
+                Some(order(OrderStatus::Paid, 10000)),
+            ),
+            Outcome::Done,
+            vec![(Review, None, Some(10000))],
+        ));
+        cases.push((
+            Case::new("provider-side, no order", note(kind, paid(10000)), None),
+            Outcome::Done,
+            vec![(Review, None, Some(10000))],
+        ));
+    }
+    // ... but not a refund we asked for ourselves
+    let mut c = Case::new(
+        "our own refund",
+        note(Kind::Refunded, paid(10000)),
+        Some(order(OrderStatus::Paid, 10000)),
+    );
+    c.own_refund = true;
+    cases.push((c, Outcome::Done, vec![]));
+    // any | no order found yet → park; after the window → review
+    cases.push((
+        Case::new("no order yet", note(Kind::Succeeded, paid(10000)), None),
+        Outcome::Park,
+        vec![],
+    ));
+    let mut c = Case::new("no order, window over", note(Kind::Succeeded, paid(10000)), None);
+    c.unmatched_expired = true;
+    cases.push((c, Outcome::Done, vec![(Review, None, Some(10000))]));
+    // authorized | awaiting payment → wait, or fulfil when configured
+    cases.push((
+        Case::new(
+            "authorized",
+            note(Kind::Authorized, paid(10000)),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        ),
+        Outcome::Done,
+        vec![],
+    ));
+    let mut c = Case::new(
+        "authorized, fulfil on authorization",
+        note(Kind::Authorized, paid(10000)),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    c.policy.fulfil_on = FulfilOn::Authorized;
+    cases.push((
+        c,
+        Outcome::Done,
+        vec![(Fulfil, None, Some(10000)), (Notify, Some(template::ORDER_CONFIRMED), Some(10000))],
+    ));
+    // unknown event type → ignored
+    cases.push((Case::new("ignored", note(Kind::Ignored, None), None), Outcome::Ignored, vec![]));
+    // Edges: a succeeded after a failed attempt counts; an order with an unmapped status is reviewed.
+    let mut c = Case::new(
+        "success after a failed attempt",
+        note(Kind::Succeeded, paid(10000)),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    c.payment = Some(state(PaymentStatus::Failed, false));
+    cases.push((
+        c,
+        Outcome::Done,
+        vec![(Fulfil, None, Some(10000)), (Notify, Some(template::ORDER_CONFIRMED), Some(10000))],
+    ));
+    cases.push((
+        Case::new(
+            "unmapped order status",
+            note(Kind::Succeeded, paid(10000)),
+            Some(order(OrderStatus::Other, 10000)),
+        ),
+        Outcome::Done,
+        vec![(Review, None, Some(10000))],
+    ));
+    cases.push((
+        Case::new(
+            "pending for a paid order",
+            note(Kind::Pending, paid(10000)),
+            Some(order(OrderStatus::Paid, 10000)),
+        ),
+        Outcome::Done,
+        vec![],
+    ));
+
+    for (case, outcome, expected) in cases {
+        let d = case.run();
+        assert_eq!(d.outcome, outcome, "{}: {}", case.name, d.note);
+        assert_eq!(summary(&d), expected, "{}: {}", case.name, d.note);
+    }
+}
+
+#[test]
+fn keys_are_deterministic_and_name_the_order_or_payment() {
+    let c = Case::new(
+        "exact",
+        note(Kind::Succeeded, Some(usd(12000))),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    let keys: Vec<String> = c.run().actions.into_iter().map(|a| a.idempotency_key).collect();
+    assert_eq!(
+        keys,
+        ["fulfil:order:1001", "refund:stripe:pi_1", "notify:overpayment_refunded:stripe:pi_1"]
+    );
+    assert_eq!(c.run(), c.run(), "pure");
+    // The order's email wins over the provider's.
+    assert_eq!(c.run().actions[0].customer_email.as_deref(), Some("jane@example.com"));
+}
+
+#[test]
+fn payment_state_moves_monotonically() {
+    let o = order(OrderStatus::AwaitingPayment, 10000);
+    let c = Case::new("exact", note(Kind::Succeeded, Some(usd(10000))), Some(o.clone()));
+    let after = c.run().payment.unwrap();
+    assert_eq!(
+        (after.status, after.ever_succeeded, after.fulfilled),
+        (PaymentStatus::Succeeded, true, true)
+    );
+    // Then a late failure changes nothing and emits nothing.
+    let mut late = Case::new("late failure", note(Kind::Failed, Some(usd(10000))), Some(o.clone()));
+    late.payment = Some(after);
+    let d = late.run();
+    assert_eq!((d.payment, d.actions.len()), (None, 0));
+    // Authorized (fulfilled by policy) and then captured: no second fulfil.
+    let mut auth = Case::new("auth", note(Kind::Authorized, Some(usd(10000))), Some(o.clone()));
+    auth.policy.fulfil_on = FulfilOn::Authorized;
+    let st = auth.run().payment.unwrap();
+    assert!(st.fulfilled && !st.ever_succeeded);
+    let mut cap = Case::new("capture", note(Kind::Succeeded, Some(usd(10000))), Some(o));
+    cap.payment = Some(st);
+    let d = cap.run();
+    assert!(d.actions.is_empty());
+    assert!(d.payment.unwrap().ever_succeeded);
+}
+
+#[test]
+fn zero_and_three_decimal_currencies_compare_exactly() {
+    for (code, paid, due, n) in [
+        ("JPY", 5000, 5000, 2),
+        ("JPY", 4999, 5000, 2),
+        ("KWD", 12345, 12345, 2),
+        ("KWD", 12346, 12345, 3),
+    ] {
+        let cur = Currency::parse(code).unwrap();
+        let mut o = order(OrderStatus::AwaitingPayment, 0);
+        o.amount = Money::new(due, cur);
+        let d =
+            Case::new("money", note(Kind::Succeeded, Some(Money::new(paid, cur))), Some(o)).run();
+        assert_eq!(d.actions.len(), n, "{code} {paid} vs {due}: {}", d.note);
+    }
+}

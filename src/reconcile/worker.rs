@@ -1,0 +1,565 @@
+//! The worker: claims stored notifications, finds their orders, decides, and commits the
+//! actions, the payment state and the row's new status in one transaction.
+//!
+//! ## Concurrency
+//! A claim is a lease (`claimed_by`, `claimed_until`): rows of a worker that crashed are
+//! claimed again once the lease runs out. Each pass claims a batch in arrival order, looks
+//! the orders up with no transaction open (the shop may be slow), then decides and writes the
+//! whole batch in one `BEGIN IMMEDIATE … COMMIT`, reading payment state inside it so rows of
+//! the same payment in one batch see each other. A row whose payment has an earlier row still
+//! unfinished (parked, retrying) waits behind it: one payment's notifications are decided in
+//! order of arrival. Every action has a UNIQUE idempotency key, so a crash after the commit
+//! and a replay emit nothing twice.
+//!
+//! The worker wakes when the ingest path stores a row ([`tokio::sync::Notify`]) or when the
+//! earliest parked row or lease falls due; it does not poll on a fixed tick.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::decide::{decide, Action, Decision, Facts, Outcome, PaymentState, PaymentStatus};
+use crate::config::{Policy, ShopConfig, WorkerConfig};
+use crate::provider::{self, Kind, Notification};
+use crate::shop::{cut_reference, Lookup, Order, OrderSource, ShopError};
+
+/// Longest sleep with nothing due: a safety net for rows written by other processes.
+const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// Wait before reconnecting to an unreachable shop database.
+const RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// A claimed inbox row.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Row id.
+    pub id: i64,
+    /// Provider name.
+    pub provider: String,
+    /// First delivery, unix ms.
+    pub received_at: i64,
+    /// The raw body.
+    pub body: Vec<u8>,
+    /// Failed attempts before this one.
+    pub attempts: u32,
+}
+
+/// A claimed row after the no-transaction phase.
+#[derive(Debug)]
+enum Prepared {
+    /// The body could not be read: it will not get better by retrying.
+    Unreadable(String),
+    /// Parsed, and the order looked up (or the lookup failed).
+    Ready { n: Box<Notification>, order: Result<Option<Order>, ShopError> },
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassStats {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Actions newly written to the outbox.
+    pub actions: usize,
+}
+
+/// The worker's fixed parts.
+#[derive(Debug)]
+pub struct Worker {
+    /// Its own connection to the store.
+    conn: Arc<Mutex<Connection>>,
+    /// The shop's order query settings.
+    shop: ShopConfig,
+    /// Decision policy.
+    policy: Policy,
+    /// Leases, retries, batch size.
+    config: WorkerConfig,
+    /// This worker's name in `claimed_by`.
+    id: String,
+}
+
+impl Worker {
+    /// A worker over the store at `conn`.
+    pub fn new(conn: Connection, shop: ShopConfig, policy: Policy, config: WorkerConfig) -> Worker {
+        let id = format!("{}-{}", std::process::id(), crate::now_ms());
+        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, id }
+    }
+
+    /// Runs until `shutdown`: connects to the shop (retrying while it is unreachable), then
+    /// processes due rows whenever woken.
+    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let source = loop {
+            match OrderSource::connect(&self.shop).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::error!(error = %e, "shop database unreachable; notifications stay stored and wait");
+                    tokio::select! {
+                        () = tokio::time::sleep(RECONNECT_DELAY) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
+        tracing::info!(driver = ?self.shop.driver, "reconciliation worker started");
+        let source = Arc::new(source);
+        loop {
+            let wait = match self.pass(&source).await {
+                Ok(stats) if stats.claimed > 0 => continue,
+                Ok(_) => self.next_due().await.unwrap_or(IDLE_WAKE),
+                Err(e) => {
+                    tracing::error!(error = %e, "worker pass failed; retrying");
+                    self.config.retry_base
+                }
+            };
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(wait.min(IDLE_WAKE)) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        if let Ok(s) = Arc::try_unwrap(source) {
+            s.close().await;
+        }
+        tracing::info!("reconciliation worker stopped");
+    }
+
+    /// Claims one batch of due rows and processes it.
+    pub async fn pass(&self, source: &OrderSource) -> Result<PassStats, rusqlite::Error> {
+        let now = crate::now_ms();
+        let claimed = self.blocking(move |w, conn| w.claim(conn, now)).await?;
+        if claimed.is_empty() {
+            return Ok(PassStats::default());
+        }
+        let prepared = self.prepare(source, &claimed).await;
+        let count = claimed.len();
+        let actions =
+            self.blocking(move |w, conn| w.apply(conn, &claimed, prepared, false)).await?;
+        Ok(PassStats { claimed: count, actions: actions.iter().map(|(_, a)| a.len()).sum() })
+    }
+
+    /// Re-runs the decision for one row through the current code. With `dry_run` nothing is
+    /// written; otherwise the row is processed as the worker would, and (being idempotent)
+    /// emits only what was not emitted before. Returns the decision and the new actions.
+    pub async fn replay(
+        &self,
+        source: &OrderSource,
+        id: i64,
+        dry_run: bool,
+    ) -> Result<Option<(Decision, Vec<Action>)>, rusqlite::Error> {
+        let me = self.id.clone();
+        let row = self
+            .blocking(move |_, conn| {
+                conn.query_row(
+                    "UPDATE inbox SET claimed_by = ?2 WHERE id = ?1 RETURNING id, provider, received_at, body, attempts",
+                    params![id, me],
+                    claimed_row,
+                )
+                .optional()
+            })
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let prepared = self.prepare(source, std::slice::from_ref(&row)).await;
+        let mut out =
+            self.blocking(move |w, conn| w.apply(conn, &[row], prepared, dry_run)).await?;
+        Ok(out.pop().map(|(d, a)| (d.expect("replay decides"), a)))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WorkerRef, &mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let conn = self.conn.clone();
+        let w = WorkerRef { id: self.id.clone(), policy: self.policy, config: self.config };
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&w, &mut conn)
+        })
+        .await
+        .map_err(|e| {
+            rusqlite::Error::ToSqlConversionFailure(format!("worker task failed: {e}").into())
+        })?
+    }
+
+    /// Parses each row and looks its order up; no transaction is open meanwhile.
+    async fn prepare(&self, source: &OrderSource, rows: &[Claimed]) -> Vec<Prepared> {
+        let mut out = Vec::with_capacity(rows.len());
+        let mut cache: HashMap<Lookup, Result<Option<Order>, ShopError>> = HashMap::new();
+        for row in rows {
+            let n = match provider::parse(&row.provider, &row.body) {
+                Ok(n) => n,
+                Err(e) => {
+                    out.push(Prepared::Unreadable(e));
+                    continue;
+                }
+            };
+            if n.kind == Kind::Ignored {
+                out.push(Prepared::Ready { n: Box::new(n), order: Ok(None) });
+                continue;
+            }
+            let mut reference = n
+                .merchant_reference
+                .as_deref()
+                .map(|r| cut_reference(self.shop.reference_pattern.as_ref(), r));
+            if reference.is_none() {
+                reference = self.known_order(&n).await;
+            }
+            let lookup = Lookup { reference, psp_reference: n.payment_id.clone() };
+            let order = match cache.get(&lookup) {
+                Some(found) => found.clone(),
+                None => {
+                    let found = source.find(&lookup, &self.shop.status).await;
+                    cache.insert(lookup, found.clone());
+                    found
+                }
+            };
+            out.push(Prepared::Ready { n: Box::new(n), order });
+        }
+        out
+    }
+
+    /// The order our records matched this payment to before (refunds and disputes often
+    /// carry no merchant reference).
+    async fn known_order(&self, n: &Notification) -> Option<String> {
+        let (provider, payment) = (n.provider, n.payment_id.clone()?);
+        self.blocking(move |_, conn| {
+            conn.query_row(
+                "SELECT order_id FROM payments WHERE provider = ?1 AND payment_id = ?2",
+                params![provider, payment],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// When the next parked row or lease falls due, from now.
+    async fn next_due(&self) -> Option<Duration> {
+        let due: Option<i64> = self
+            .blocking(|_, conn| {
+                conn.query_row(
+                    "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM inbox WHERE status IN ('pending', 'parked') \
+                     UNION ALL SELECT min(claimed_until) FROM inbox WHERE status = 'processing')",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .ok()
+            .flatten();
+        due.map(|t| Duration::from_millis(u64::try_from(t - crate::now_ms()).unwrap_or(0).max(1)))
+    }
+}
+
+/// The parts of a [`Worker`] the blocking phase needs.
+struct WorkerRef {
+    id: String,
+    policy: Policy,
+    config: WorkerConfig,
+}
+
+fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
+    Ok(Claimed {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        received_at: r.get(2)?,
+        body: r.get(3)?,
+        attempts: r.get(4)?,
+    })
+}
+
+impl WorkerRef {
+    fn claim(&self, conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<Claimed>> {
+        let lease_until = now + self.config.lease.as_millis() as i64;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut rows = {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE inbox SET status = 'processing', claimed_by = ?1, claimed_until = ?2 \
+                 WHERE id IN (SELECT id FROM inbox \
+                   WHERE (status IN ('pending', 'parked') AND next_attempt_at <= ?3) \
+                      OR (status = 'processing' AND claimed_until < ?3) \
+                   ORDER BY id LIMIT ?4) \
+                 RETURNING id, provider, received_at, body, attempts",
+            )?;
+            let rows = stmt.query_map(
+                params![self.id, lease_until, now, self.config.batch as i64],
+                claimed_row,
+            )?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        tx.commit()?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Decides and writes a batch in one transaction. Returns each row's decision (None for
+    /// rows that only got an error status) and the actions newly written for it.
+    fn apply(
+        &self,
+        conn: &mut Connection,
+        rows: &[Claimed],
+        prepared: Vec<Prepared>,
+        dry_run: bool,
+    ) -> rusqlite::Result<Vec<(Option<Decision>, Vec<Action>)>> {
+        let now = crate::now_ms();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, prep) in rows.iter().zip(prepared) {
+            out.push(self.apply_one(&tx, row, prep, now)?);
+        }
+        crate::failpoint("worker_before_commit");
+        if dry_run {
+            tx.rollback()?;
+        } else {
+            tx.commit()?;
+        }
+        Ok(out)
+    }
+
+    fn apply_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        row: &Claimed,
+        prep: Prepared,
+        now: i64,
+    ) -> rusqlite::Result<(Option<Decision>, Vec<Action>)> {
+        let (n, order) = match prep {
+            Prepared::Unreadable(e) => {
+                set_status(tx, row.id, "dead", None, Some(&e), now, None)?;
+                tracing::error!(inbox_id = row.id, error = %e, "notification cannot be read; marked dead");
+                return Ok((None, vec![]));
+            }
+            Prepared::Ready { n, order: Err(e) } => {
+                self.retry_later(tx, row, &n, &e.to_string(), now)?;
+                return Ok((None, vec![]));
+            }
+            Prepared::Ready { n, order: Ok(order) } => (*n, order),
+        };
+        let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
+
+        // One payment's notifications in order of arrival: wait behind an unfinished earlier one.
+        let blocker: Option<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM inbox WHERE provider = ?1 AND payment_key = ?2 AND id < ?3 \
+                 AND status IN ('pending', 'parked', 'processing') LIMIT 1",
+            )?
+            .query_row(params![row.provider, payment_key, row.id], |r| r.get(0))
+            .optional()?;
+        if let Some(earlier) = blocker {
+            let note = format!("waiting for earlier notification {earlier} of the same payment");
+            let next = now + self.config.retry_base.as_millis() as i64;
+            tx.prepare_cached(
+                "UPDATE inbox SET status = 'parked', payment_key = ?2, outcome = ?3, next_attempt_at = ?4, \
+                 claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+            )?
+            .execute(params![row.id, payment_key, note, next])?;
+            return Ok((None, vec![]));
+        }
+
+        let payment = load_payment(tx, n.provider, &payment_key)?;
+        let order_id = order.as_ref().map(|o| o.order_id.clone());
+        let paid_by_other: Option<String> = match &order_id {
+            Some(oid) => tx
+                .prepare_cached(
+                    "SELECT provider || ':' || payment_id FROM payments WHERE order_id = ?1 AND fulfilled = 1 \
+                     AND NOT (provider = ?2 AND payment_id = ?3) LIMIT 1",
+                )?
+                .query_row(params![oid, n.provider, payment_key], |r| r.get(0))
+                .optional()?,
+            None => None,
+        };
+        let own_refund = match &n.request_key {
+            Some(key) => tx
+                .prepare_cached(
+                    "SELECT 1 FROM outbox WHERE idempotency_key = ?1 AND kind = 'refund'",
+                )?
+                .exists([key])?,
+            None => false,
+        };
+        let window = self.policy.unmatched_retry_for.as_millis() as i64;
+        let decision = decide(
+            Facts {
+                notification: &n,
+                payment: payment.as_ref(),
+                order: order.as_ref(),
+                paid_by_other: paid_by_other.as_deref(),
+                own_refund,
+                unmatched_expired: now - row.received_at >= window,
+            },
+            &self.policy,
+        );
+
+        let mut written = Vec::new();
+        match decision.outcome {
+            Outcome::Park => {
+                let elapsed = now - row.received_at;
+                let base = self.config.retry_base.as_millis() as i64;
+                let delay = (elapsed / 2).clamp(base, self.config.retry_max.as_millis() as i64);
+                let next = (now + delay).min(row.received_at + window);
+                tx.prepare_cached(
+                    "UPDATE inbox SET status = 'parked', payment_key = ?2, outcome = ?3, next_attempt_at = ?4, \
+                     claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+                )?
+                .execute(params![row.id, payment_key, decision.note, next])?;
+            }
+            Outcome::Done | Outcome::Ignored => {
+                for action in &decision.actions {
+                    if insert_action(tx, action, &n, row.id, now)? {
+                        written.push(action.clone());
+                    }
+                }
+                if let Some(state) = &decision.payment {
+                    save_payment(tx, n.provider, &payment_key, state, row.id, now)?;
+                }
+                let status = if decision.outcome == Outcome::Ignored { "ignored" } else { "done" };
+                set_status(
+                    tx,
+                    row.id,
+                    status,
+                    Some(&decision.note),
+                    None,
+                    now,
+                    Some(&payment_key),
+                )?;
+            }
+        }
+        tracing::debug!(inbox_id = row.id, event = %n.event_id, note = %decision.note, actions = written.len(), "decided");
+        Ok((Some(decision), written))
+    }
+
+    /// A transient failure (the shop database): retry with backoff, or `dead` when attempts
+    /// run out.
+    fn retry_later(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        row: &Claimed,
+        n: &Notification,
+        error: &str,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        let attempts = row.attempts + 1;
+        let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
+        if attempts >= self.config.max_attempts {
+            tracing::error!(
+                inbox_id = row.id,
+                attempts,
+                error,
+                "giving up on notification; marked dead"
+            );
+            tx.prepare_cached(
+                "UPDATE inbox SET status = 'dead', attempts = ?2, last_error = ?3, payment_key = ?4, \
+                 claimed_by = NULL, claimed_until = NULL, processed_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![row.id, attempts, error, payment_key, now])?;
+            return Ok(());
+        }
+        let shift = (attempts - 1).min(20);
+        let delay = (self.config.retry_base.as_millis() as i64)
+            .saturating_mul(1 << shift)
+            .min(self.config.retry_max.as_millis() as i64);
+        tracing::warn!(
+            inbox_id = row.id,
+            attempts,
+            retry_in_ms = delay,
+            error,
+            "notification will be retried"
+        );
+        tx.prepare_cached(
+            "UPDATE inbox SET status = 'pending', attempts = ?2, last_error = ?3, next_attempt_at = ?4, \
+             payment_key = ?5, claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+        )?
+        .execute(params![row.id, attempts, error, now + delay, payment_key])?;
+        Ok(())
+    }
+}
+
+fn set_status(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    status: &str,
+    outcome: Option<&str>,
+    error: Option<&str>,
+    now: i64,
+    payment_key: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE inbox SET status = ?2, outcome = coalesce(?3, outcome), last_error = coalesce(?4, last_error), \
+         processed_at = ?5, payment_key = coalesce(?6, payment_key), claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+    )?
+    .execute(params![id, status, outcome, error, now, payment_key])?;
+    Ok(())
+}
+
+fn load_payment(
+    tx: &rusqlite::Transaction<'_>,
+    provider: &str,
+    payment_id: &str,
+) -> rusqlite::Result<Option<PaymentState>> {
+    tx.prepare_cached("SELECT status, ever_succeeded, order_id, fulfilled FROM payments WHERE provider = ?1 AND payment_id = ?2")?
+        .query_row(params![provider, payment_id], |r| {
+            let status: String = r.get(0)?;
+            Ok(PaymentState {
+                status: PaymentStatus::parse(&status).unwrap_or(PaymentStatus::Pending),
+                ever_succeeded: r.get(1)?,
+                order_id: r.get(2)?,
+                fulfilled: r.get(3)?,
+            })
+        })
+        .optional()
+}
+
+fn save_payment(
+    tx: &rusqlite::Transaction<'_>,
+    provider: &str,
+    payment_id: &str,
+    state: &PaymentState,
+    inbox_id: i64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO payments (provider, payment_id, status, ever_succeeded, order_id, fulfilled, updated_at, last_inbox_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (provider, payment_id) DO UPDATE SET status = excluded.status, \
+           ever_succeeded = max(ever_succeeded, excluded.ever_succeeded), \
+           order_id = coalesce(excluded.order_id, order_id), fulfilled = max(fulfilled, excluded.fulfilled), \
+           updated_at = excluded.updated_at, last_inbox_id = excluded.last_inbox_id",
+    )?
+    .execute(params![provider, payment_id, state.status.as_str(), state.ever_succeeded, state.order_id, state.fulfilled, now, inbox_id])?;
+    Ok(())
+}
+
+/// Writes an action unless its idempotency key is already in the outbox; true if written.
+fn insert_action(
+    tx: &rusqlite::Transaction<'_>,
+    a: &Action,
+    n: &Notification,
+    inbox_id: i64,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
+             customer_email, idempotency_key, inbox_id, event_id, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (idempotency_key) DO NOTHING",
+        )?
+        .execute(params![
+            a.kind.as_str(),
+            a.order_id,
+            n.provider,
+            n.payment_id,
+            a.amount.map(|m| m.minor),
+            a.amount.map(|m| m.currency.code().to_owned()),
+            a.reason,
+            a.template,
+            a.customer_email,
+            a.idempotency_key,
+            inbox_id,
+            n.event_id,
+            now,
+        ])?;
+    Ok(changed == 1)
+}
