@@ -21,4 +21,5 @@ if [ -f scripts/dbs.sh ]; then
     source scripts/dbs.sh
 fi
 
-cargo test --all-targets "$@"
+# failpoints: test-only crash points used by the crash tests.
+cargo test --all-targets --features failpoints "$@"

@@ -41,12 +41,18 @@ pub fn signed(secret: &str, body: &[u8]) -> String {
 
 /// Configuration text for a test daemon; `server` and `store` are extra keys for those tables.
 pub fn config_text(db: &Path, server: &str, store: &str) -> String {
-    format!(
+    config_text_with(db, server, store, "")
+}
+
+/// As [`config_text`], with more tables appended (`[shop]`, `[policy]`, `[worker]`).
+pub fn config_text_with(db: &Path, server: &str, store: &str, extra: &str) -> String {
+    let base = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 5\n{server}\n\
          [store]\npath = \"{}\"\n{store}\n\
          [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\", \"{ROLLED}\"]\ntolerance_secs = 300\n",
         db.display()
-    )
+    );
+    format!("{base}\n{extra}")
 }
 
 /// A running daemon.
@@ -60,9 +66,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with a store in `dir`.
     pub async fn start_in(dir: &Path, server: &str, store: &str) -> Daemon {
+        Daemon::start_with(dir, server, store, "").await
+    }
+
+    /// Starts a daemon with extra configuration tables (a shop, a policy).
+    pub async fn start_with(dir: &Path, server: &str, store: &str, extra: &str) -> Daemon {
         let db = dir.join("inbox.db");
-        let config = Config::from_toml(&config_text(&db, server, store), &dir.join("test.toml"))
-            .expect("test config is valid");
+        let config =
+            Config::from_toml(&config_text_with(&db, server, store, extra), &dir.join("test.toml"))
+                .expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -131,4 +143,144 @@ pub async fn request(
     let status = resp.status();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A SQLite shop database in a test's directory. Only the test writes to it.
+pub struct Shop {
+    pub path: PathBuf,
+}
+
+/// The `[shop]` table for a [`Shop`], plus a fast `[worker]`; `more` is appended.
+pub fn shop_config(shop: &Shop, more: &str) -> String {
+    format!(
+        "[shop]\ndriver = \"sqlite\"\nurl = \"{}\"\n\
+         query = \"SELECT id AS order_id, status, total AS amount, currency, email AS customer_email, transaction_id AS psp_reference FROM orders WHERE id = :reference OR transaction_id = :psp_reference\"\n\
+         reference_pattern = \"^(\\\\d+)\"\n\
+         [shop.status]\nawaiting_payment = [\"pending\", \"on-hold\"]\npaid = [\"processing\", \"completed\"]\ncancelled = [\"cancelled\", \"failed\"]\n\
+         [worker]\nretry_base = \"50ms\"\nretry_max = \"200ms\"\n{more}\n",
+        shop.path.display()
+    )
+}
+
+impl Shop {
+    pub fn create(dir: &Path) -> Shop {
+        let path = dir.join("shop.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT NOT NULL, total DECIMAL(10,3) NOT NULL, \
+             currency TEXT NOT NULL, email TEXT, transaction_id TEXT)",
+        )
+        .unwrap();
+        Shop { path }
+    }
+
+    pub fn add(&self, id: i64, status: &str, total: &str, currency: &str) {
+        let conn = rusqlite::Connection::open(&self.path).unwrap();
+        conn.execute(
+            "INSERT INTO orders (id, status, total, currency, email) VALUES (?1, ?2, ?3, ?4, 'buyer@example.com')",
+            rusqlite::params![id, status, total, currency],
+        )
+        .unwrap();
+    }
+
+    pub fn set(&self, id: i64, status: &str, transaction_id: Option<&str>) {
+        let conn = rusqlite::Connection::open(&self.path).unwrap();
+        conn.execute(
+            "UPDATE orders SET status = ?2, transaction_id = ?3 WHERE id = ?1",
+            rusqlite::params![id, status, transaction_id],
+        )
+        .unwrap();
+    }
+}
+
+/// A Stripe PaymentIntent event (`payment_intent.{action}`) for a shop order.
+pub fn pi_event(
+    event_id: &str,
+    action: &str,
+    pi: &str,
+    order: &str,
+    amount: i64,
+    currency: &str,
+) -> Vec<u8> {
+    let (status, received) = match action {
+        "succeeded" => ("succeeded", amount),
+        "processing" => ("processing", 0),
+        "payment_failed" => ("requires_payment_method", 0),
+        "canceled" => ("canceled", 0),
+        "amount_capturable_updated" => ("requires_capture", 0),
+        _ => ("requires_action", 0),
+    };
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "id": event_id,
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": now(),
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": format!("payment_intent.{action}"),
+        "data": {"object": {
+            "id": pi,
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_capturable": if action == "amount_capturable_updated" { amount } else { 0 },
+            "amount_received": received,
+            "currency": currency,
+            "metadata": {"order_id": order},
+            "status": status,
+            "livemode": false
+        }}
+    }))
+    .unwrap()
+}
+
+impl Daemon {
+    /// Waits (bounded) until `check` holds on the store.
+    pub async fn wait_for(&self, what: &str, check: impl Fn(&rusqlite::Connection) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if check(&self.read()) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until no inbox row is pending or being processed.
+    pub async fn settle(&self) {
+        self.wait_for("the worker to finish", |c| {
+            c.query_row(
+                "SELECT count(*) FROM inbox WHERE status IN ('pending', 'processing')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 0
+        })
+        .await;
+    }
+
+    /// `(kind, order_id, amount, template)` of every outbox row, in order.
+    pub fn actions(&self) -> Vec<(String, String, String, String)> {
+        reconciled::store::read::outbox(&self.read(), None, None, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.kind,
+                    r.order_id.unwrap_or_default(),
+                    format!("{} {}", r.amount.unwrap_or_default(), r.currency.unwrap_or_default()),
+                    r.template.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The status of every inbox row, in order.
+    pub fn statuses(&self) -> Vec<String> {
+        let conn = self.read();
+        let mut stmt = conn.prepare("SELECT status FROM inbox ORDER BY id").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
 }

@@ -4,4 +4,5 @@ mod cli;
 mod harness;
 mod ingest;
 mod limits;
+mod reconcile;
 mod sdk;

@@ -1,0 +1,322 @@
+//! Reconciliation end to end: signed HTTP → inbox → worker → outbox, against a real SQLite
+//! shop database. Each test is a row (or an edge) of the decision table in design.md.
+
+use hyper::StatusCode;
+
+use crate::harness::{pi_event, shop_config, Daemon, Shop, SECRET};
+
+fn a(kind: &str, order: &str, amount: &str, template: &str) -> (String, String, String, String) {
+    (kind.into(), order.into(), amount.into(), template.into())
+}
+
+async fn start(dir: &std::path::Path, shop: &Shop, more: &str) -> Daemon {
+    Daemon::start_with(dir, "", "", &shop_config(shop, more)).await
+}
+
+async fn send(d: &Daemon, body: &[u8]) {
+    let (status, text) = d.post_stripe(SECRET, body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_payment_fulfils_once_whatever_the_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let d = start(dir.path(), &shop, "").await;
+    let paid = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
+    send(&d, &paid).await;
+    send(&d, &paid).await; // the same event again
+    d.settle().await;
+    // The same payment told again by another event type (checkout session), and a replay.
+    let session = crate::harness::fixture("checkout.session.completed.json");
+    let session = String::from_utf8(session).unwrap().replace("pi_3PqR1001TestAbCdEf", "pi_1");
+    send(&d, session.as_bytes()).await;
+    d.settle().await;
+    let want = vec![
+        a("fulfil", "1001", "100.00 USD", ""),
+        a("notify_customer", "1001", "100.00 USD", "order_confirmed"),
+    ];
+    assert_eq!(d.actions(), want);
+    assert_eq!(d.statuses(), ["done", "done"]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cart_changed_after_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1, "pending", "200.00", "USD"); // cart grew: underpaid
+    shop.add(2, "pending", "80.00", "USD"); // cart shrank: overpaid
+    shop.add(3, "pending", "100.00", "EUR"); // other currency
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_under", "succeeded", "pi_u", "1", 10000, "usd")).await;
+    d.settle().await;
+    send(&d, &pi_event("evt_over", "succeeded", "pi_o", "2", 10000, "usd")).await;
+    d.settle().await;
+    send(&d, &pi_event("evt_cur", "succeeded", "pi_c", "3", 10000, "usd")).await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("refund", "1", "100.00 USD", ""),
+            a("notify_customer", "1", "100.00 USD", "payment_mismatch"),
+            a("fulfil", "2", "100.00 USD", ""),
+            a("refund", "2", "20.00 USD", ""),
+            a("notify_customer", "2", "20.00 USD", "overpayment_refunded"),
+            a("refund", "3", "100.00 USD", ""),
+            a("notify_customer", "3", "100.00 USD", "payment_mismatch"),
+        ]
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_policy_sends_mismatches_to_an_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1, "pending", "200.00", "USD");
+    let policy = "[policy]\non_underpaid = \"review\"\non_overpaid = \"review\"";
+    let d = start(dir.path(), &shop, policy).await;
+    send(&d, &pi_event("evt_under", "succeeded", "pi_u", "1", 10000, "usd")).await;
+    d.settle().await;
+    assert_eq!(d.actions(), vec![a("review", "1", "100.00 USD", "")]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customer_pays_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "50.00", "EUR");
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_a", "succeeded", "pi_a", "1001", 5000, "eur")).await;
+    d.settle().await;
+    // Before the shop has even marked the order paid, a second payment arrives...
+    send(&d, &pi_event("evt_b", "succeeded", "pi_b", "1001-2", 5000, "eur")).await;
+    d.settle().await;
+    // ...and a third after the shop recorded the first.
+    shop.set(1001, "processing", Some("pi_a"));
+    send(&d, &pi_event("evt_c", "succeeded", "pi_c", "1001", 5000, "eur")).await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("fulfil", "1001", "50.00 EUR", ""),
+            a("notify_customer", "1001", "50.00 EUR", "order_confirmed"),
+            a("refund", "1001", "50.00 EUR", ""),
+            a("notify_customer", "1001", "50.00 EUR", "duplicate_payment_refunded"),
+            a("refund", "1001", "50.00 EUR", ""),
+            a("notify_customer", "1001", "50.00 EUR", "duplicate_payment_refunded"),
+        ]
+    );
+    let refunded: Vec<String> =
+        reconciled::store::read::outbox(&d.read(), None, Some("refund"), None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.idempotency_key)
+            .collect();
+    assert_eq!(refunded, ["refund:stripe:pi_b", "refund:stripe:pi_c"]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_for_a_cancelled_order_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(7, "cancelled", "30.00", "GBP");
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_late", "succeeded", "pi_late", "7", 3000, "gbp")).await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("refund", "7", "30.00 GBP", ""),
+            a("notify_customer", "7", "30.00 GBP", "order_cancelled_refunded")
+        ]
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_failed_and_late_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(10, "pending", "12.00", "USD");
+    shop.add(11, "pending", "12.00", "USD");
+    let d = start(dir.path(), &shop, "").await;
+    // Order 10: processing (told twice: notified once), then it succeeds, then a stale failure.
+    send(&d, &pi_event("evt_p1", "processing", "pi_10", "10", 1200, "usd")).await;
+    send(&d, &pi_event("evt_p2", "processing", "pi_10", "10", 1200, "usd")).await;
+    send(&d, &pi_event("evt_s", "succeeded", "pi_10", "10", 1200, "usd")).await;
+    send(&d, &pi_event("evt_f", "payment_failed", "pi_10", "10", 1200, "usd")).await;
+    // Order 11: the first attempt fails, the retry succeeds.
+    send(&d, &pi_event("evt_f11", "payment_failed", "pi_11", "11", 1200, "usd")).await;
+    send(&d, &pi_event("evt_s11", "succeeded", "pi_11", "11", 1200, "usd")).await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("notify_customer", "10", "12.00 USD", "payment_pending"),
+            a("fulfil", "10", "12.00 USD", ""),
+            a("notify_customer", "10", "12.00 USD", "order_confirmed"),
+            a("notify_customer", "11", "12.00 USD", "payment_failed"),
+            a("fulfil", "11", "12.00 USD", ""),
+            a("notify_customer", "11", "12.00 USD", "order_confirmed"),
+        ]
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_success_before_its_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(20, "pending", "9.99", "USD");
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_s", "succeeded", "pi_20", "20", 999, "usd")).await;
+    send(&d, &pi_event("evt_p", "processing", "pi_20", "20", 999, "usd")).await;
+    send(&d, &pi_event("evt_c", "canceled", "pi_20", "20", 999, "usd")).await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("fulfil", "20", "9.99 USD", ""),
+            a("notify_customer", "20", "9.99 USD", "order_confirmed")
+        ]
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_before_its_order_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_early", "succeeded", "pi_30", "30", 4200, "usd")).await;
+    d.wait_for("the row to be parked", |c| {
+        c.query_row("SELECT status FROM inbox", [], |r| r.get::<_, String>(0)).unwrap() == "parked"
+    })
+    .await;
+    assert!(d.actions().is_empty());
+    // The shop commits the order after the provider was faster than the redirect.
+    shop.add(30, "pending", "42.00", "USD");
+    d.wait_for("the parked row to be decided", |c| {
+        c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap() == 2
+    })
+    .await;
+    assert_eq!(d.actions()[0], a("fulfil", "30", "42.00 USD", ""));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_that_never_appears_becomes_a_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let d = start(dir.path(), &shop, "[policy]\nunmatched_retry_for = \"1s\"").await;
+    send(&d, &pi_event("evt_lost", "succeeded", "pi_lost", "999", 100, "usd")).await;
+    d.wait_for("a review", |c| {
+        c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap() == 1
+    })
+    .await;
+    assert_eq!(d.actions(), vec![a("review", "", "1.00 USD", "")]);
+    assert_eq!(d.statuses(), ["done"]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_three_decimal_currencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(40, "pending", "5000", "JPY");
+    shop.add(41, "pending", "12.345", "KWD");
+    shop.add(42, "pending", "12.345", "KWD");
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_jpy", "succeeded", "pi_40", "40", 5000, "jpy")).await;
+    d.settle().await;
+    send(&d, &pi_event("evt_kwd", "succeeded", "pi_41", "41", 12345, "kwd")).await;
+    d.settle().await;
+    send(&d, &pi_event("evt_kwd_short", "succeeded", "pi_42", "42", 12340, "kwd")).await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("fulfil", "40", "5000 JPY", ""),
+            a("notify_customer", "40", "5000 JPY", "order_confirmed"),
+            a("fulfil", "41", "12.345 KWD", ""),
+            a("notify_customer", "41", "12.345 KWD", "order_confirmed"),
+            a("refund", "42", "12.340 KWD", ""),
+            a("notify_customer", "42", "12.340 KWD", "payment_mismatch"),
+        ]
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_and_disputes_go_to_review_and_other_types_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let d = start(dir.path(), &shop, "").await;
+    for f in [
+        "payment_intent.succeeded.json",
+        "charge.refunded.json",
+        "charge.dispute.created.json",
+        "thin_event.json",
+    ] {
+        send(&d, &crate::harness::fixture(f)).await;
+        d.settle().await;
+    }
+    let kinds: Vec<String> = d.actions().into_iter().map(|a| a.0).collect();
+    assert_eq!(kinds, ["fulfil", "notify_customer", "review", "review"]);
+    assert_eq!(d.statuses(), ["done", "done", "done", "ignored"]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_shop_loses_nothing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = crate::harness::Shop { path: dir.path().join("shop-not-yet.db") };
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_wait", "succeeded", "pi_50", "50", 700, "usd")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(d.statuses(), ["pending"], "stored and waiting");
+    // The shop database comes (back) up.
+    let real = Shop::create(dir.path());
+    real.add(50, "pending", "7.00", "USD");
+    std::fs::rename(&real.path, &shop.path).unwrap();
+    d.wait_for("the decision", |c| {
+        c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap() == 2
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_keeps_failing_ends_dead_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(60, "pending", "1.00", "USD");
+    shop.add(61, "pending", "1.00", "USD");
+    let d = start(dir.path(), &shop, "max_attempts = 3").await;
+    send(&d, &pi_event("evt_fine", "succeeded", "pi_61", "61", 100, "usd")).await;
+    d.settle().await;
+    // Then the shop's table disappears: every lookup fails.
+    rusqlite::Connection::open(&shop.path).unwrap().execute_batch("DROP TABLE orders").unwrap();
+    send(&d, &pi_event("evt_doomed", "succeeded", "pi_60", "60", 100, "usd")).await;
+    d.wait_for("the row to die", |c| {
+        c.query_row("SELECT status FROM inbox WHERE id = 2", [], |r| r.get::<_, String>(0)).unwrap()
+            == "dead"
+    })
+    .await;
+    let (attempts, error): (i64, String) = d
+        .read()
+        .query_row("SELECT attempts, last_error FROM inbox WHERE id = 2", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(attempts, 3);
+    assert!(error.contains("no such table"), "{error}");
+    assert_eq!(d.actions().len(), 2, "only the first order's actions");
+    d.stop().await;
+}
