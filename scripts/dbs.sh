@@ -4,7 +4,7 @@
 # database, then exports their URLs:
 #   RECONCILED_TEST_MYSQL_URL     (default mysql://root@127.0.0.1:3306/test)
 #   RECONCILED_TEST_POSTGRES_URL  (default postgres://postgres@127.0.0.1:5432/test)
-# A URL already set in the environment is kept (and its server only checked). A server that
+# A URL already set in the environment is kept as it is (nothing is checked). A server that
 # cannot be reached or started is reported and its URL left unset: the tests then skip,
 # except under CI, where they fail. Safe to source twice; never exits the calling shell, and
 # runs under the caller's `set -euo pipefail`.

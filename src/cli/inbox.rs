@@ -186,6 +186,12 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     writeln!(out, "endpoint:       {} ({})", s.endpoint, s.provider)?;
     writeln!(out, "event:          {} {}", s.dedup_key, s.event_type.as_deref().unwrap_or("-"))?;
     writeln!(out, "status:         {}", s.status)?;
+    if let Some(outcome) = &s.outcome {
+        writeln!(out, "outcome:        {outcome}")?;
+    }
+    if let Some(error) = &s.last_error {
+        writeln!(out, "last error:     {error} (after {} attempt(s))", s.attempts)?;
+    }
     writeln!(out, "received:       {} from {}", utc(s.received_at), s.remote_addr)?;
     writeln!(out, "deliveries:     {} (last {})", s.delivery_count, utc(s.last_received_at))?;
     writeln!(out, "headers:")?;

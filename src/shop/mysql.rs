@@ -7,6 +7,8 @@
 //! floats as numbers, DECIMAL as its exact decimal text.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use mysql_async::consts::ColumnType;
@@ -53,9 +55,14 @@ impl MysqlShop {
             .map_err(|e| connect_err(format!("invalid URL: {e}")))?;
         let constraints = PoolConstraints::new(0, config.pool_size)
             .ok_or_else(|| connect_err("invalid pool_size".into()))?;
+        // No reset when a connection goes back to the pool: the session stays read-only and
+        // keeps its prepared statement (the daemon's own SELECTs leave no other state).
         let opts = OptsBuilder::from_opts(opts)
-            .pool_opts(PoolOpts::default().with_constraints(constraints))
-            .tcp_keepalive(Some(Duration::from_secs(60)));
+            .pool_opts(
+                PoolOpts::default().with_constraints(constraints).with_reset_connection(false),
+            )
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .after_connect(read_only);
         let pool = Pool::new(opts);
         let checked = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let mut conn = pool.get_conn().await?;
@@ -106,6 +113,20 @@ impl MysqlShop {
     pub async fn close(self) {
         disconnect(self.pool).await;
     }
+}
+
+/// Makes a new connection's session read-only (design invariant 6: the daemon never writes
+/// to the shop's database), on top of the SELECT-only user the presets recommend. MySQL before
+/// 5.6.5 does not know the statement: there the user's grants alone keep it read-only.
+fn read_only(
+    conn: &mut mysql_async::Conn,
+) -> Pin<Box<dyn Future<Output = mysql_async::Result<()>> + Send + '_>> {
+    Box::pin(async move {
+        if let Err(e) = conn.query_drop("SET SESSION TRANSACTION READ ONLY").await {
+            tracing::debug!(error = %message(&e), "shop database: session not made read-only");
+        }
+        Ok(())
+    })
 }
 
 /// Disconnects a pool, bounded in time: a dead server must not hold up shutdown.

@@ -80,6 +80,13 @@ impl PostgresShop {
         if pg.get_application_name().is_none() {
             pg.application_name("reconciled");
         }
+        // Design invariant 6: the daemon never writes to the shop's database. On top of the
+        // SELECT-only user the presets recommend, every transaction is read-only.
+        let options = match pg.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -c default_transaction_read_only=on"),
+            _ => "-c default_transaction_read_only=on".to_owned(),
+        };
+        pg.options(options);
         pg.keepalives_idle(Duration::from_secs(60));
         let manager = Manager::from_config(
             pg,
@@ -94,12 +101,14 @@ impl PostgresShop {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| connect_err(e.to_string(), &secrets))?;
-        let checked = async {
+        let checked = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let client = pool.get().await.map_err(|e| pool_message(&e))?;
             client.simple_query("SELECT 1").await.map_err(|e| pg_message(&e))?;
             Ok::<(), String>(())
-        };
-        if let Err(m) = checked.await {
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())));
+        if let Err(m) = checked {
             pool.close();
             return Err(connect_err(m, &secrets));
         }
@@ -340,8 +349,11 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
 fn pool_message(e: &deadpool_postgres::PoolError) -> String {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_message(e),
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+            format!("no free connection within {} s", FETCH_TIMEOUT.as_secs())
+        }
         deadpool_postgres::PoolError::Timeout(_) => {
-            format!("no connection within {} s", CONNECT_TIMEOUT.as_secs())
+            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())
         }
         other => other.to_string(),
     }

@@ -28,6 +28,12 @@ pub struct InboxSummary {
     pub status: String,
     /// Body length in bytes.
     pub body_len: i64,
+    /// What the worker decided, for people.
+    pub outcome: Option<String>,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed (a `dead` row keeps it).
+    pub last_error: Option<String>,
 }
 
 /// A full inbox row.
@@ -74,7 +80,7 @@ pub struct ListFilter {
 }
 
 const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
-     last_received_at, remote_addr, delivery_count, status, length(body)";
+     last_received_at, remote_addr, delivery_count, status, length(body), outcome, attempts, last_error";
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
     Ok(InboxSummary {
@@ -89,6 +95,9 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
         delivery_count: r.get(8)?,
         status: r.get(9)?,
         body_len: r.get(10)?,
+        outcome: r.get(11)?,
+        attempts: r.get(12)?,
+        last_error: r.get(13)?,
     })
 }
 
@@ -124,7 +133,7 @@ pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else { return Ok(None) };
-    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(11)?, body: r.get(12)? }))
+    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(14)?, body: r.get(15)? }))
 }
 
 /// The number of inbox rows.

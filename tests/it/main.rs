@@ -6,3 +6,4 @@ mod ingest;
 mod limits;
 mod reconcile;
 mod sdk;
+mod shops;
