@@ -90,3 +90,8 @@ CREATE TABLE outbox (
     created_at      INTEGER NOT NULL             -- unix ms
 );
 CREATE INDEX outbox_by_kind ON outbox (kind, id);
+
+-- migration: 3
+-- The worker's claim walks unfinished rows in arrival order and stops after one batch; an
+-- index holding only unfinished rows keeps that independent of how many rows are done.
+CREATE INDEX inbox_due ON inbox (id) WHERE status IN ('pending', 'parked', 'processing');

@@ -3,7 +3,7 @@
 
 use super::ConfigArg;
 use crate::config::{Config, ConfigError};
-use crate::shop::{Lookup, OrderSource};
+use crate::shop::{Lookup, OrderSource, ShopError};
 
 pub(super) fn run(args: &ConfigArg) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
@@ -18,11 +18,14 @@ pub(super) fn run(args: &ConfigArg) -> anyhow::Result<()> {
         key: key.into(),
         message,
     };
+    // A query error names the query, anything else the database location.
+    let key =
+        |e: &ShopError| if matches!(e, ShopError::Query(_)) { "shop.query" } else { "shop.url" };
     runtime.block_on(async {
         let source =
-            OrderSource::connect(shop).await.map_err(|e| invalid("shop.url", e.to_string()))?;
+            OrderSource::connect(shop).await.map_err(|e| invalid(key(&e), e.to_string()))?;
         let probe = Lookup { reference: Some("0".into()), psp_reference: Some("0".into()) };
-        let rows = source.fetch(&probe).await.map_err(|e| invalid("shop.query", e.to_string()))?;
+        let rows = source.fetch(&probe).await.map_err(|e| invalid(key(&e), e.to_string()))?;
         println!(
             "shop: {} {} reachable; the order query ran ({} row(s) for reference \"0\")",
             match shop.driver {

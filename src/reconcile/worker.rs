@@ -182,41 +182,54 @@ impl Worker {
         })?
     }
 
-    /// Parses each row and looks its order up; no transaction is open meanwhile.
+    /// Parses each row and looks its order up; no transaction is open meanwhile. Lookups are
+    /// deduplicated and run concurrently, up to the shop's pool size.
     async fn prepare(&self, source: &OrderSource, rows: &[Claimed]) -> Vec<Prepared> {
-        let mut out = Vec::with_capacity(rows.len());
-        let mut cache: HashMap<Lookup, Result<Option<Order>, ShopError>> = HashMap::new();
+        use futures_util::stream::{self, StreamExt};
+        let mut parsed = Vec::with_capacity(rows.len());
         for row in rows {
-            let n = match provider::parse(&row.provider, &row.body) {
-                Ok(n) => n,
-                Err(e) => {
-                    out.push(Prepared::Unreadable(e));
-                    continue;
+            match provider::parse(&row.provider, &row.body) {
+                Err(e) => parsed.push(Err(e)),
+                Ok(n) if n.kind == Kind::Ignored => parsed.push(Ok((n, None))),
+                Ok(n) => {
+                    let mut reference = n
+                        .merchant_reference
+                        .as_deref()
+                        .map(|r| cut_reference(self.shop.reference_pattern.as_ref(), r));
+                    if reference.is_none() {
+                        reference = self.known_order(&n).await;
+                    }
+                    let lookup = Lookup { reference, psp_reference: n.payment_id.clone() };
+                    parsed.push(Ok((n, Some(lookup))));
                 }
-            };
-            if n.kind == Kind::Ignored {
-                out.push(Prepared::Ready { n: Box::new(n), order: Ok(None) });
-                continue;
             }
-            let mut reference = n
-                .merchant_reference
-                .as_deref()
-                .map(|r| cut_reference(self.shop.reference_pattern.as_ref(), r));
-            if reference.is_none() {
-                reference = self.known_order(&n).await;
-            }
-            let lookup = Lookup { reference, psp_reference: n.payment_id.clone() };
-            let order = match cache.get(&lookup) {
-                Some(found) => found.clone(),
-                None => {
-                    let found = source.find(&lookup, &self.shop.status).await;
-                    cache.insert(lookup, found.clone());
-                    found
-                }
-            };
-            out.push(Prepared::Ready { n: Box::new(n), order });
         }
-        out
+        let mut unique: Vec<Lookup> =
+            parsed.iter().filter_map(|p| p.as_ref().ok()?.1.clone()).collect();
+        unique.sort_by(|a, b| {
+            (&a.reference, &a.psp_reference).cmp(&(&b.reference, &b.psp_reference))
+        });
+        unique.dedup();
+        let status = &self.shop.status;
+        let found: HashMap<Lookup, Result<Option<Order>, ShopError>> = stream::iter(unique)
+            .map(|lookup| async move {
+                let order = source.find(&lookup, status).await;
+                (lookup, order)
+            })
+            .buffer_unordered(self.shop.pool_size.max(1))
+            .collect()
+            .await;
+        parsed
+            .into_iter()
+            .map(|p| match p {
+                Err(e) => Prepared::Unreadable(e),
+                Ok((n, None)) => Prepared::Ready { n: Box::new(n), order: Ok(None) },
+                Ok((n, Some(lookup))) => {
+                    let order = found.get(&lookup).cloned().unwrap_or(Ok(None));
+                    Prepared::Ready { n: Box::new(n), order }
+                }
+            })
+            .collect()
     }
 
     /// The order our records matched this payment to before (refunds and disputes often
@@ -279,9 +292,10 @@ impl WorkerRef {
         let mut rows = {
             let mut stmt = tx.prepare_cached(
                 "UPDATE inbox SET status = 'processing', claimed_by = ?1, claimed_until = ?2 \
-                 WHERE id IN (SELECT id FROM inbox \
-                   WHERE (status IN ('pending', 'parked') AND next_attempt_at <= ?3) \
-                      OR (status = 'processing' AND claimed_until < ?3) \
+                 WHERE id IN (SELECT id FROM inbox INDEXED BY inbox_due \
+                   WHERE status IN ('pending', 'parked', 'processing') \
+                     AND ((status <> 'processing' AND next_attempt_at <= ?3) \
+                       OR (status = 'processing' AND claimed_until < ?3)) \
                    ORDER BY id LIMIT ?4) \
                  RETURNING id, provider, received_at, body, attempts",
             )?;

@@ -375,3 +375,114 @@ async fn a_worker_crash_before_commit_emits_every_action_exactly_once() {
     assert!(child.wait().unwrap().success());
     assert_eq!(outbox(&db), ["fulfil:order:1001", "notify:order_confirmed:1001"]);
 }
+
+/// The operator's reconciliation commands against a real store and shop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_outbox_and_replay_commands() {
+    use crate::harness::{config_text_with, pi_event, shop_config, Shop};
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let db = dir.path().join("inbox.db");
+    let text = config_text_with(&db, "", "", &shop_config(&shop, ""));
+    let cfg = write_config(dir.path(), &text);
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+
+    // check-config reaches the shop and runs the query once...
+    let out = run(bin().args(["check-config", "--config", &cfg_s]), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("reachable; the order query ran"), "{}", out.stdout);
+    // ...and names the key when it cannot.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, text.replace("FROM orders", "FROM no_such_table")).unwrap();
+    let out = run(bin().args(["check-config", "--config", broken.to_str().unwrap()]), b"");
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains("shop.query") && out.stderr.contains("no such table"),
+        "{}",
+        out.stderr
+    );
+
+    let d = crate::harness::Daemon::start_with(dir.path(), "", "", &shop_config(&shop, "")).await;
+    let (status, _) = d
+        .post_stripe(SECRET, &pi_event("evt_cli", "succeeded", "pi_cli", "1001", 10000, "usd"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    d.settle().await;
+    d.stop().await;
+
+    let out = run(bin().args(["outbox", "list", "--json", "--config", &cfg_s]), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let rows: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    let fulfil = &rows[0];
+    for key in [
+        "id",
+        "kind",
+        "order_id",
+        "provider",
+        "payment_id",
+        "amount",
+        "amount_minor",
+        "currency",
+        "reason",
+        "template",
+        "customer_email",
+        "idempotency_key",
+        "inbox_id",
+        "event_id",
+        "created_at",
+    ] {
+        assert!(fulfil.get(key).is_some(), "outbox JSON lacks {key}: {fulfil}");
+    }
+    assert_eq!(fulfil["kind"], "fulfil");
+    assert_eq!(fulfil["amount"], "100.00");
+    assert_eq!(fulfil["amount_minor"], 10000);
+    assert_eq!(fulfil["currency"], "USD");
+    assert_eq!(fulfil["customer_email"], "buyer@example.com");
+    assert_eq!(fulfil["idempotency_key"], "fulfil:order:1001");
+    let after =
+        run(bin().args(["outbox", "list", "--json", "--after", "1", "--config", &cfg_s]), b"");
+    assert_eq!(after.stdout.lines().count(), 1);
+    let kind = run(bin().args(["outbox", "list", "--kind", "fulfil", "--config", &cfg_s]), b"");
+    assert!(
+        kind.stdout.contains("fulfil") && !kind.stdout.contains("order_confirmed"),
+        "{}",
+        kind.stdout
+    );
+    let tail = run(bin().args(["outbox", "tail", "--config", &cfg_s]), b"");
+    assert!(tail.stdout.contains("order_confirmed"), "{}", tail.stdout);
+
+    // Replaying the processed row emits nothing new, dry or not.
+    let out = run(bin().args(["inbox", "replay", "1", "--dry-run", "--config", &cfg_s]), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("payment already recorded"), "{}", out.stdout);
+    // A second payment for the same order, replayed dry, shows the refund it would emit
+    // and writes nothing.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let body = pi_event("evt_cli_2", "succeeded", "pi_cli_2", "1001", 10000, "usd");
+    conn.execute(
+        "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, last_received_at, remote_addr, headers, body, status) \
+         VALUES ('stripe', 'stripe', 'evt_cli_2', 'payment_intent.succeeded', 0, 0, '127.0.0.1:1', '{}', ?1, 'dead')",
+        [body],
+    )
+    .unwrap();
+    let out = run(bin().args(["inbox", "replay", "2", "--dry-run", "--config", &cfg_s]), b"");
+    assert!(out.stdout.contains("would emit: refund 100.00 USD"), "{}", out.stdout);
+    let n: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 2, "a dry run writes nothing");
+    let out = run(bin().args(["inbox", "replay", "2", "--config", &cfg_s]), b"");
+    assert!(out.stdout.contains("emitted: refund 100.00 USD"), "{}", out.stdout);
+    let status: String =
+        conn.query_row("SELECT status FROM inbox WHERE id = 2", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "done");
+    let out = run(bin().args(["inbox", "replay", "2", "--config", &cfg_s]), b"");
+    assert!(
+        out.stdout.contains("already in the outbox") || out.stdout.contains("no actions"),
+        "{}",
+        out.stdout
+    );
+    let n: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 4, "the refund and its notice, once");
+}
