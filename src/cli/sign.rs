@@ -56,17 +56,21 @@ fn sign_stripe(args: &StripeArgs) -> anyhow::Result<()> {
     match &args.curl {
         None => println!("Stripe-Signature: {header}"),
         Some(url) => {
-            let data = match &args.body {
-                Some(path) => format!("@{}", path.display()),
-                None => String::from_utf8(body)
-                    .context("--curl needs a UTF-8 body on stdin (or use --body FILE)")?,
-            };
-            println!(
-                "curl -sS -i -X POST {} -H 'Content-Type: application/json' -H {} --data-binary {}",
+            let curl = format!(
+                "curl -sS -i -X POST {} -H 'Content-Type: application/json' -H {} --data-binary",
                 shell_quote(url),
                 shell_quote(&format!("Stripe-Signature: {header}")),
-                shell_quote(&data)
             );
+            match &args.body {
+                Some(path) => println!("{curl} {}", shell_quote(&format!("@{}", path.display()))),
+                None => {
+                    // Piped through printf (a shell builtin, so no argument-length limit) and
+                    // read by curl from stdin, so the body reaches it byte for byte.
+                    let text = String::from_utf8(body)
+                        .context("--curl needs a UTF-8 body on stdin (or use --body FILE)")?;
+                    println!("printf '%s' {} | {curl} @-", shell_quote(&text));
+                }
+            }
         }
     }
     Ok(())

@@ -173,13 +173,13 @@ async fn refused_requests_get_400_with_a_reason_and_store_nothing() {
         ),
         (
             "stale",
-            Some(stripe::sign(SECRET.as_bytes(), t - 301, &body)),
+            Some(stripe::sign(SECRET.as_bytes(), t - 400, &body)),
             body.clone(),
             "older than the tolerance",
         ),
         (
             "future",
-            Some(stripe::sign(SECRET.as_bytes(), t + 301, &body)),
+            Some(stripe::sign(SECRET.as_bytes(), t + 400, &body)),
             body.clone(),
             "in the future",
         ),
