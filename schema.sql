@@ -95,3 +95,9 @@ CREATE INDEX outbox_by_kind ON outbox (kind, id);
 -- The worker's claim walks unfinished rows in arrival order and stops after one batch; an
 -- index holding only unfinished rows keeps that independent of how many rows are done.
 CREATE INDEX inbox_due ON inbox (id) WHERE status IN ('pending', 'parked', 'processing');
+
+-- migration: 4
+-- When the worker first tried a row (the unmatched-order window runs from there, not from
+-- arrival), and which endpoint (which provider account) an action belongs to.
+ALTER TABLE inbox ADD COLUMN first_tried_at INTEGER;
+ALTER TABLE outbox ADD COLUMN endpoint TEXT;

@@ -226,7 +226,7 @@ impl Default for WorkerConfig {
     fn default() -> WorkerConfig {
         WorkerConfig {
             lease: Duration::from_secs(60),
-            max_attempts: 10,
+            max_attempts: 20,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             batch: 256,
@@ -269,6 +269,10 @@ pub struct StoreConfig {
 pub enum ProviderKind {
     /// Stripe snapshot and thin events, `Stripe-Signature` HMAC.
     Stripe,
+    /// Access Worldpay events (JSON), `Event-Signature` HMAC per key id.
+    Worldpay,
+    /// Worldpay Corporate Gateway XML order notifications (no signature: trust options).
+    WorldpayXml,
 }
 
 impl ProviderKind {
@@ -276,12 +280,16 @@ impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Stripe => "stripe",
+            ProviderKind::Worldpay => "worldpay",
+            ProviderKind::WorldpayXml => "worldpay-xml",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
         match s {
             "stripe" => Some(ProviderKind::Stripe),
+            "worldpay" => Some(ProviderKind::Worldpay),
+            "worldpay-xml" => Some(ProviderKind::WorldpayXml),
             _ => None,
         }
     }
@@ -298,6 +306,29 @@ pub struct Endpoint {
     pub secrets: Vec<Secret>,
     /// Largest accepted distance between a signature's timestamp and now, either way.
     pub tolerance: Duration,
+    /// Worldpay: signing secrets by key id (`Event-Signature: {keyId}/SHA256/{hex}`).
+    pub keys: Vec<(String, Secret)>,
+    /// Optional HTTP basic auth every request must carry.
+    pub basic_auth: Option<BasicAuth>,
+    /// Optional source-address allow-list; empty means any address.
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed when checking `allow_from`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// HTTP basic auth credentials for an endpoint.
+#[derive(Clone)]
+pub struct BasicAuth {
+    /// The user name.
+    pub user: String,
+    /// The password (redacted in `Debug`).
+    pub password: Secret,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BasicAuth({}:<redacted>)", self.user)
+    }
 }
 
 /// A signing secret. Its `Debug` and `Display` never show the value.
@@ -441,6 +472,47 @@ struct RawEndpoint {
     #[serde(default, deserialize_with = "secret_list")]
     secrets: Vec<Secret>,
     tolerance_secs: Option<u64>,
+    #[serde(default, deserialize_with = "secret_map")]
+    keys: Vec<(String, Secret)>,
+    basic_auth: Option<RawBasicAuth>,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    user: String,
+    #[serde(deserialize_with = "secret_one")]
+    password: Secret,
+}
+
+/// A table of key id → secret, never echoing a value in an error.
+fn secret_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Secret)>, D::Error> {
+    use serde::de::Error;
+    let shape =
+        || D::Error::custom("must be a table of key id = \"secret\", such as { \"1\" = \"…\" }");
+    let toml::Value::Table(items) = toml::Value::deserialize(d)? else { return Err(shape()) };
+    let mut out: Vec<(String, Secret)> = items
+        .into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::String(s) => Ok((k, Secret::new(s))),
+            _ => Err(shape()),
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// One secret string, never echoed in an error.
+fn secret_one<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(Secret::new(s)),
+        _ => Err(D::Error::custom("must be a string")),
+    }
 }
 
 /// Reads a list of secrets without ever putting a value into an error message.
@@ -606,15 +678,72 @@ impl Config {
             let provider = ProviderKind::parse(&e.provider).ok_or_else(|| {
                 invalid(
                     format!("{at}.provider"),
-                    format!("\"{}\" is not a supported provider (supported: stripe)", e.provider),
+                    format!("\"{}\" is not a supported provider (supported: stripe, worldpay, worldpay-xml)", e.provider),
                 )
             })?;
-            if e.secrets.is_empty() {
+            let has_trust = e.basic_auth.is_some() || !e.allow_from.is_empty();
+            match provider {
+                ProviderKind::Stripe if e.secrets.is_empty() => {
+                    return Err(invalid(
+                        format!("{at}.secrets"),
+                        "at least one signing secret is required".into(),
+                    ))
+                }
+                ProviderKind::Worldpay if e.keys.is_empty() => {
+                    return Err(invalid(
+                        format!("{at}.keys"),
+                        "at least one key id = \"secret\" is required (Event-Signature)".into(),
+                    ))
+                }
+                ProviderKind::WorldpayXml if !has_trust => {
+                    return Err(invalid(
+                        format!("{at}.basic_auth"),
+                        "worldpay-xml notifications carry no signature: configure basic_auth and/or allow_from".into(),
+                    ))
+                }
+                ProviderKind::Worldpay | ProviderKind::WorldpayXml if !e.secrets.is_empty() => {
+                    return Err(invalid(
+                        format!("{at}.secrets"),
+                        format!("{} does not use secrets (see keys, basic_auth)", provider.as_str()),
+                    ))
+                }
+                _ => {}
+            }
+            if let Some((id, _)) =
+                e.keys.iter().find(|(id, s)| id.is_empty() || s.expose().is_empty())
+            {
                 return Err(invalid(
-                    format!("{at}.secrets"),
-                    "at least one signing secret is required".into(),
+                    format!("{at}.keys"),
+                    format!("key id \"{id}\" or its secret is empty"),
                 ));
             }
+            let nets = |key: &str, list: &[String]| -> Result<Vec<ipnet::IpNet>, ConfigError> {
+                list.iter()
+                    .map(|n| {
+                        n.parse::<ipnet::IpNet>()
+                            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                            .map_err(|_| {
+                                invalid(format!("{at}.{key}"), format!("\"{n}\" is not an address or CIDR such as \"192.0.2.0/24\""))
+                            })
+                    })
+                    .collect()
+            };
+            let allow_from = nets("allow_from", &e.allow_from)?;
+            let trusted_proxies = nets("trusted_proxies", &e.trusted_proxies)?;
+            let basic_auth = match e.basic_auth {
+                Some(b)
+                    if b.user.is_empty()
+                        || b.user.contains(':')
+                        || b.password.expose().is_empty() =>
+                {
+                    return Err(invalid(
+                        format!("{at}.basic_auth"),
+                        "user must be non-empty without ':' and password non-empty".into(),
+                    ))
+                }
+                Some(b) => Some(BasicAuth { user: b.user, password: b.password }),
+                None => None,
+            };
             if let Some(n) = e.secrets.iter().position(|s| s.expose().is_empty()) {
                 return Err(invalid(format!("{at}.secrets[{n}]"), "is empty".into()));
             }
@@ -633,7 +762,16 @@ impl Config {
                 e.tolerance_secs,
                 DEFAULT_TOLERANCE_SECS,
             )?);
-            endpoints.push(Endpoint { name: e.name, provider, secrets: e.secrets, tolerance });
+            endpoints.push(Endpoint {
+                name: e.name,
+                provider,
+                secrets: e.secrets,
+                tolerance,
+                keys: e.keys,
+                basic_auth,
+                allow_from,
+                trusted_proxies,
+            });
         }
 
         let shop = raw.shop.map(|sh| resolve_shop(sh, source)).transpose()?;
@@ -681,10 +819,18 @@ impl Config {
             p.unmatched_retry_for.as_secs()
         );
         for e in &self.endpoints {
-            let hints: Vec<String> = e.secrets.iter().map(Secret::hint).collect();
+            let mut hints: Vec<String> = e.secrets.iter().map(Secret::hint).collect();
+            hints.extend(e.keys.iter().map(|(id, k)| format!("key {id}: {}", k.hint())));
+            if let Some(b) = &e.basic_auth {
+                hints.push(format!("basic auth user {}", b.user));
+            }
+            if !e.allow_from.is_empty() {
+                let nets: Vec<String> = e.allow_from.iter().map(ToString::to_string).collect();
+                hints.push(format!("allowed from {}", nets.join(" ")));
+            }
             let _ = writeln!(
                 out,
-                "endpoint {}: POST /webhooks/{}, provider {}, tolerance {}s, {} secret(s): {}",
+                "endpoint {}: POST /webhooks/{}, provider {}, tolerance {}s, {} secret(s); {}",
                 e.name,
                 e.name,
                 e.provider.as_str(),

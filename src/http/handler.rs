@@ -32,6 +32,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     resp
 }
 
+/// The 200 answer each provider expects for a stored or duplicate notification.
+fn ack(kind: crate::config::ProviderKind, duplicate: bool) -> Reply {
+    let (content_type, body) = provider::acknowledgement(kind, duplicate);
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
 fn method_not_allowed(allow: &'static str) -> Reply {
     let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
@@ -91,9 +99,33 @@ async fn webhook(
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Reply {
-    let Some((endpoint_name, endpoint)) = state.endpoints.get(name) else {
+    let Some((endpoint_name, endpoint, auth)) = state.endpoints.get(name) else {
         return text(StatusCode::NOT_FOUND, "unknown endpoint\n");
     };
+    if let Err(refusal) = super::trust::check(endpoint, auth.as_ref(), remote.ip(), req.headers()) {
+        tracing::debug!(endpoint = %endpoint_name, %remote, reason = refusal.code(), "request refused");
+        state.store.record_failure(FailureRecord {
+            at_ms: crate::now_ms(),
+            endpoint: endpoint_name.clone(),
+            remote_addr: remote.to_string(),
+            reason: refusal.code(),
+            detail: refusal.reason().trim_end().to_owned(),
+            body_len: 0,
+            body_prefix: Bytes::new(),
+        });
+        let status = match refusal {
+            super::trust::Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            super::trust::Refusal::Forbidden => StatusCode::FORBIDDEN,
+        };
+        let mut resp = text(status, refusal.reason());
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"reconciled\""),
+            );
+        }
+        return resp;
+    }
     let limits = &state.limits;
     let declared = req
         .headers()
@@ -169,12 +201,12 @@ async fn webhook(
                 deliveries = stored.delivery_count,
                 "duplicate delivery"
             );
-            text(StatusCode::OK, "duplicate\n")
+            ack(endpoint.provider, true)
         }
         Ok(Ok(stored)) => {
             tracing::debug!(id = stored.id, "stored");
             state.wake.notify_one();
-            text(StatusCode::OK, "stored\n")
+            ack(endpoint.provider, false)
         }
         Ok(Err(e)) => {
             tracing::error!(error = %crate::error_chain(&e), endpoint = %endpoint_name, "notification not stored; answered 503");

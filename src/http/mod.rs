@@ -11,6 +11,7 @@
 //! then closes the store.
 
 mod handler;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,8 +34,8 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// Endpoints by name, as in `POST /webhooks/{name}`.
-    endpoints: HashMap<String, (Arc<str>, Endpoint)>,
+    /// Endpoints by name, as in `POST /webhooks/{name}`, with their expected basic auth.
+    endpoints: HashMap<String, (Arc<str>, Endpoint, Option<trust::ExpectedAuth>)>,
     /// The inbox writer.
     store: Store,
     /// Body size and timeouts.
@@ -51,7 +52,10 @@ impl AppState {
         let endpoints = config
             .endpoints
             .iter()
-            .map(|e| (e.name.clone(), (Arc::from(e.name.as_str()), e.clone())))
+            .map(|e| {
+                let auth = trust::ExpectedAuth::for_endpoint(e);
+                (e.name.clone(), (Arc::from(e.name.as_str()), e.clone(), auth))
+            })
             .collect();
         AppState {
             endpoints,

@@ -4,6 +4,8 @@
 //! dispatch on [`ProviderKind`] is here. Nothing is parsed before its signature checks out.
 
 pub mod stripe;
+pub mod worldpay;
+pub mod worldpay_xml;
 
 use hyper::HeaderMap;
 use serde::Serialize;
@@ -89,6 +91,8 @@ pub struct Notification {
 pub fn parse(provider: &str, body: &[u8]) -> Result<Notification, String> {
     match provider {
         "stripe" => stripe::parse(body),
+        "worldpay" => worldpay::parse(body),
+        "worldpay-xml" => worldpay_xml::parse(body),
         other => Err(format!("no adapter for provider \"{other}\"")),
     }
 }
@@ -166,6 +170,19 @@ pub fn accept(
 ) -> Result<Accepted, Rejection> {
     match endpoint.provider {
         ProviderKind::Stripe => stripe::accept(endpoint, headers, body, now),
+        ProviderKind::Worldpay => worldpay::accept(endpoint, headers, body, now),
+        ProviderKind::WorldpayXml => worldpay_xml::accept(endpoint, headers, body, now),
+    }
+}
+
+/// The body and content type of the answer to a stored (or duplicate) notification: what
+/// each provider expects to read back.
+pub fn acknowledgement(kind: ProviderKind, duplicate: bool) -> (&'static str, &'static str) {
+    match (kind, duplicate) {
+        // Worldpay's XML service retries anything but exactly `[OK]`.
+        (ProviderKind::WorldpayXml, _) => ("text/plain", "[OK]"),
+        (_, false) => ("text/plain; charset=utf-8", "stored\n"),
+        (_, true) => ("text/plain; charset=utf-8", "duplicate\n"),
     }
 }
 

@@ -248,6 +248,13 @@ fn payment_event(f: Facts<'_>, d: Draft<'_>, policy: &Policy) -> Decision {
                 return d.done("stale: the payment is already authorized");
             }
             let next = Some(state(PaymentStatus::Pending, false));
+            if let Some(other) = f.paid_by_other {
+                return d.with(
+                    vec![],
+                    next,
+                    &format!("pending; the order was already paid by {other}"),
+                );
+            }
             if order.status != OrderStatus::AwaitingPayment {
                 return d.with(vec![], next, &format!("pending; order is {}", order.raw_status));
             }
@@ -264,7 +271,33 @@ fn payment_event(f: Facts<'_>, d: Draft<'_>, policy: &Policy) -> Decision {
             } else {
                 PaymentStatus::Canceled
             };
+            // Fulfilled on its authorization, and now the authorization is gone: the goods
+            // may have left unpaid.
+            if known.is_some_and(|p| p.fulfilled) {
+                let why = format!(
+                    "order {} was fulfilled on an authorization that is now {}",
+                    order.order_id,
+                    n.kind.as_str()
+                );
+                let next = PaymentState {
+                    status,
+                    ever_succeeded: false,
+                    order_id: Some(order.order_id.clone()),
+                    fulfilled: false,
+                };
+                let key = format!("review:authorization_lost:{}", d.payment_key());
+                return d.with(vec![d.review(why.clone(), key, n.amount)], Some(next), &why);
+            }
             let next = Some(state(status, false));
+            // Another payment already paid: telling this customer to retry would invite a
+            // second payment.
+            if let Some(other) = f.paid_by_other {
+                return d.with(
+                    vec![],
+                    next,
+                    &format!("{}; the order was already paid by {other}", n.kind.as_str()),
+                );
+            }
             if order.status != OrderStatus::AwaitingPayment {
                 return d.with(
                     vec![],
@@ -275,6 +308,9 @@ fn payment_event(f: Facts<'_>, d: Draft<'_>, policy: &Policy) -> Decision {
             let key = format!("notify:payment_failed:{}", d.payment_key());
             let reason = format!("payment {}: invite the customer to try again", n.kind.as_str());
             d.with(vec![d.notify(template::PAYMENT_FAILED, &reason, key, n.amount)], next, &reason)
+        }
+        Kind::Authorized if known.is_some_and(|p| p.fulfilled) => {
+            d.done("authorization already recorded and fulfilled")
         }
         Kind::Authorized if policy.fulfil_on == FulfilOn::Captured => d.with(
             vec![],
@@ -334,14 +370,15 @@ fn money_arrived(
         ]
     };
 
-    // The order is already paid, by this payment or by another one.
+    // The order is already paid, by this payment or by another one. Money goes back only when
+    // our own records show which other payment paid it: an id the shop stored that we do not
+    // know (a charge id, a session id) may well be this same payment, so that is a review.
     let shop_says = order.psp_reference.as_deref();
-    let other_payer = f.paid_by_other.or(shop_says.filter(|r| Some(*r) != this));
-    if shop_says.is_some() && shop_says == this {
+    if order.status == OrderStatus::Paid && shop_says.is_some() && shop_says == this {
         return d.with(vec![], recorded(false), "payment already recorded by the shop");
     }
     if order.status == OrderStatus::Paid || f.paid_by_other.is_some() {
-        return match other_payer {
+        return match f.paid_by_other {
             Some(other) => {
                 let why = format!("order {} was already paid by {other}", order.order_id);
                 d.with(
@@ -352,8 +389,10 @@ fn money_arrived(
             }
             None => {
                 let why = format!(
-                    "order {} is already paid; which payment paid it is unknown",
-                    order.order_id
+                    "order {} is already paid (the shop records {}); this payment {} is not the one we know of",
+                    order.order_id,
+                    shop_says.unwrap_or("no payment id"),
+                    this.unwrap_or("-")
                 );
                 d.with(
                     vec![d.review(

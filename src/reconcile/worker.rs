@@ -39,8 +39,12 @@ pub struct Claimed {
     pub id: i64,
     /// Provider name.
     pub provider: String,
+    /// The endpoint it arrived on.
+    pub endpoint: String,
     /// First delivery, unix ms.
     pub received_at: i64,
+    /// When the worker first tried it, unix ms.
+    pub first_tried_at: i64,
     /// The raw body.
     pub body: Vec<u8>,
     /// Failed attempts before this one.
@@ -102,11 +106,28 @@ impl Worker {
                 }
             }
         };
+        // One daemon owns a store: rows still claimed now were claimed by a run that crashed.
+        // Release them at once (in arrival order they come first) instead of after the lease.
+        match self
+            .blocking(|_, conn| {
+                conn.execute(
+                    "UPDATE inbox SET status = 'pending', claimed_by = NULL, claimed_until = NULL WHERE status = 'processing'",
+                    [],
+                )
+            })
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(rows = n, "released rows claimed by a previous run that stopped mid-batch"),
+            Err(e) => tracing::error!(error = %e, "cannot release rows of a previous run; they wait for their lease"),
+        }
         tracing::info!(driver = ?self.shop.driver, "reconciliation worker started");
         let source = Arc::new(source);
         loop {
             let wait = match self.pass(&source).await {
-                Ok(stats) if stats.claimed > 0 => continue,
+                // A backlog is worked through without sleeping, but never past a shutdown.
+                Ok(stats) if stats.claimed > 0 && !shutdown.is_cancelled() => continue,
+                Ok(stats) if stats.claimed > 0 => break,
                 Ok(_) => self.next_due().await.unwrap_or(IDLE_WAKE),
                 Err(e) => {
                     tracing::error!(error = %e, "worker pass failed; retrying");
@@ -135,7 +156,7 @@ impl Worker {
         let prepared = self.prepare(source, &claimed).await;
         let count = claimed.len();
         let actions =
-            self.blocking(move |w, conn| w.apply(conn, &claimed, prepared, false)).await?;
+            self.blocking(move |w, conn| w.apply(conn, &claimed, prepared, Mode::Worker)).await?;
         Ok(PassStats { claimed: count, actions: actions.iter().map(|(_, a)| a.len()).sum() })
     }
 
@@ -148,12 +169,12 @@ impl Worker {
         id: i64,
         dry_run: bool,
     ) -> Result<Option<(Decision, Vec<Action>)>, rusqlite::Error> {
-        let me = self.id.clone();
         let row = self
             .blocking(move |_, conn| {
                 conn.query_row(
-                    "UPDATE inbox SET claimed_by = ?2 WHERE id = ?1 RETURNING id, provider, received_at, body, attempts",
-                    params![id, me],
+                    "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts \
+                     FROM inbox WHERE id = ?1",
+                    [id],
                     claimed_row,
                 )
                 .optional()
@@ -161,9 +182,17 @@ impl Worker {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let prepared = self.prepare(source, std::slice::from_ref(&row)).await;
-        let mut out =
-            self.blocking(move |w, conn| w.apply(conn, &[row], prepared, dry_run)).await?;
-        Ok(out.pop().map(|(d, a)| (d.expect("replay decides"), a)))
+        let mode = if dry_run { Mode::DryRun } else { Mode::Replay };
+        let mut out = self.blocking(move |w, conn| w.apply(conn, &[row], prepared, mode)).await?;
+        Ok(out.pop().map(|(d, a)| {
+            let d = d.unwrap_or_else(|| Decision {
+                outcome: Outcome::Park,
+                actions: vec![],
+                payment: None,
+                note: "not decided: see the row's status and last error (inbox show)".into(),
+            });
+            (d, a)
+        }))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -279,10 +308,23 @@ fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
     Ok(Claimed {
         id: r.get(0)?,
         provider: r.get(1)?,
-        received_at: r.get(2)?,
-        body: r.get(3)?,
-        attempts: r.get(4)?,
+        endpoint: r.get(2)?,
+        received_at: r.get(3)?,
+        first_tried_at: r.get(4)?,
+        body: r.get(5)?,
+        attempts: r.get(6)?,
     })
+}
+
+/// Who is applying a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The worker, on rows it claimed: rows no longer claimed by it are skipped.
+    Worker,
+    /// `inbox replay`: one row, whatever its status.
+    Replay,
+    /// `inbox replay --dry-run`: decide, write nothing.
+    DryRun,
 }
 
 impl WorkerRef {
@@ -291,13 +333,14 @@ impl WorkerRef {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut rows = {
             let mut stmt = tx.prepare_cached(
-                "UPDATE inbox SET status = 'processing', claimed_by = ?1, claimed_until = ?2 \
+                "UPDATE inbox SET status = 'processing', claimed_by = ?1, claimed_until = ?2, \
+                 first_tried_at = coalesce(first_tried_at, ?3) \
                  WHERE id IN (SELECT id FROM inbox INDEXED BY inbox_due \
                    WHERE status IN ('pending', 'parked', 'processing') \
                      AND ((status <> 'processing' AND next_attempt_at <= ?3) \
                        OR (status = 'processing' AND claimed_until < ?3)) \
                    ORDER BY id LIMIT ?4) \
-                 RETURNING id, provider, received_at, body, attempts",
+                 RETURNING id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts",
             )?;
             let rows = stmt.query_map(
                 params![self.id, lease_until, now, self.config.batch as i64],
@@ -317,16 +360,35 @@ impl WorkerRef {
         conn: &mut Connection,
         rows: &[Claimed],
         prepared: Vec<Prepared>,
-        dry_run: bool,
+        mode: Mode,
     ) -> rusqlite::Result<Vec<(Option<Decision>, Vec<Action>)>> {
         let now = crate::now_ms();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(rows.len());
         for (row, prep) in rows.iter().zip(prepared) {
-            out.push(self.apply_one(&tx, row, prep, now)?);
+            if mode == Mode::Worker && !self.still_ours(&tx, row.id)? {
+                // The lease ran out and someone else has the row now: leave it to them.
+                tracing::warn!(inbox_id = row.id, "claim lost before commit; row skipped");
+                out.push((None, vec![]));
+                continue;
+            }
+            // Each row in its own savepoint: an error in one row cannot hold up the others.
+            let sp = tx.savepoint()?;
+            match self.apply_one(&sp, row, prep, now) {
+                Ok(result) => {
+                    sp.commit()?;
+                    out.push(result);
+                }
+                Err(e) => {
+                    drop(sp);
+                    tracing::error!(inbox_id = row.id, error = %e, "store error while deciding; will retry");
+                    self.failed(&tx, row, None, &e.to_string(), now, true)?;
+                    out.push((None, vec![]));
+                }
+            }
         }
         crate::failpoint("worker_before_commit");
-        if dry_run {
+        if mode == Mode::DryRun {
             tx.rollback()?;
         } else {
             tx.commit()?;
@@ -334,9 +396,16 @@ impl WorkerRef {
         Ok(out)
     }
 
+    fn still_ours(&self, tx: &Connection, id: i64) -> rusqlite::Result<bool> {
+        tx.prepare_cached(
+            "SELECT 1 FROM inbox WHERE id = ?1 AND status = 'processing' AND claimed_by = ?2",
+        )?
+        .exists(params![id, self.id])
+    }
+
     fn apply_one(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Connection,
         row: &Claimed,
         prep: Prepared,
         now: i64,
@@ -348,26 +417,31 @@ impl WorkerRef {
                 return Ok((None, vec![]));
             }
             Prepared::Ready { n, order: Err(e) } => {
-                self.retry_later(tx, row, &n, &e.to_string(), now)?;
+                // An unreachable database is not this row's fault: it does not use up attempts.
+                let counts = !matches!(e, ShopError::Connect { .. });
+                let key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
+                self.failed(tx, row, Some(&key), &e.to_string(), now, counts)?;
                 return Ok((None, vec![]));
             }
             Prepared::Ready { n, order: Ok(order) } => (*n, order),
         };
         let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
 
-        // One payment's notifications in order of arrival: wait behind an unfinished earlier one.
-        let blocker: Option<i64> = tx
+        // One payment's notifications in order of arrival: wait behind an earlier one that is
+        // still to be decided (retrying, or claimed). A row parked because its order is not
+        // there yet does not block: a later notification may well name the order.
+        let blocker: Option<(i64, i64)> = tx
             .prepare_cached(
-                "SELECT id FROM inbox WHERE provider = ?1 AND payment_key = ?2 AND id < ?3 \
-                 AND status IN ('pending', 'parked', 'processing') LIMIT 1",
+                "SELECT id, next_attempt_at FROM inbox WHERE provider = ?1 AND payment_key = ?2 AND id < ?3 \
+                 AND status IN ('pending', 'processing') LIMIT 1",
             )?
-            .query_row(params![row.provider, payment_key, row.id], |r| r.get(0))
+            .query_row(params![row.provider, payment_key, row.id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        if let Some(earlier) = blocker {
+        if let Some((earlier, its_next)) = blocker {
             let note = format!("waiting for earlier notification {earlier} of the same payment");
-            let next = now + self.config.retry_base.as_millis() as i64;
+            let next = its_next.max(now + self.config.retry_base.as_millis() as i64);
             tx.prepare_cached(
-                "UPDATE inbox SET status = 'parked', payment_key = ?2, outcome = ?3, next_attempt_at = ?4, \
+                "UPDATE inbox SET status = 'pending', payment_key = ?2, outcome = ?3, next_attempt_at = ?4, \
                  claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
             )?
             .execute(params![row.id, payment_key, note, next])?;
@@ -380,6 +454,7 @@ impl WorkerRef {
             Some(oid) => tx
                 .prepare_cached(
                     "SELECT provider || ':' || payment_id FROM payments WHERE order_id = ?1 AND fulfilled = 1 \
+                     AND status IN ('succeeded', 'authorized') \
                      AND NOT (provider = ?2 AND payment_id = ?3) LIMIT 1",
                 )?
                 .query_row(params![oid, n.provider, payment_key], |r| r.get(0))
@@ -402,7 +477,7 @@ impl WorkerRef {
                 order: order.as_ref(),
                 paid_by_other: paid_by_other.as_deref(),
                 own_refund,
-                unmatched_expired: now - row.received_at >= window,
+                unmatched_expired: now - row.first_tried_at >= window,
             },
             &self.policy,
         );
@@ -410,10 +485,10 @@ impl WorkerRef {
         let mut written = Vec::new();
         match decision.outcome {
             Outcome::Park => {
-                let elapsed = now - row.received_at;
+                let elapsed = now - row.first_tried_at;
                 let base = self.config.retry_base.as_millis() as i64;
                 let delay = (elapsed / 2).clamp(base, self.config.retry_max.as_millis() as i64);
-                let next = (now + delay).min(row.received_at + window);
+                let next = (now + delay).min(row.first_tried_at + window);
                 tx.prepare_cached(
                     "UPDATE inbox SET status = 'parked', payment_key = ?2, outcome = ?3, next_attempt_at = ?4, \
                      claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
@@ -422,7 +497,7 @@ impl WorkerRef {
             }
             Outcome::Done | Outcome::Ignored => {
                 for action in &decision.actions {
-                    if insert_action(tx, action, &n, row.id, now)? {
+                    if insert_action(tx, action, &n, row, now)? {
                         written.push(action.clone());
                     }
                 }
@@ -445,18 +520,19 @@ impl WorkerRef {
         Ok((Some(decision), written))
     }
 
-    /// A transient failure (the shop database): retry with backoff, or `dead` when attempts
-    /// run out.
-    fn retry_later(
+    /// A failed attempt: retry with backoff, or `dead` when attempts run out. With `counts`
+    /// false (the shop database is unreachable) the attempt is not counted: the row waits as
+    /// long as the outage lasts, backing off up to `retry_max`.
+    fn failed(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Connection,
         row: &Claimed,
-        n: &Notification,
+        payment_key: Option<&str>,
         error: &str,
         now: i64,
+        counts: bool,
     ) -> rusqlite::Result<()> {
-        let attempts = row.attempts + 1;
-        let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
+        let attempts = row.attempts + u32::from(counts);
         if attempts >= self.config.max_attempts {
             tracing::error!(
                 inbox_id = row.id,
@@ -465,16 +541,19 @@ impl WorkerRef {
                 "giving up on notification; marked dead"
             );
             tx.prepare_cached(
-                "UPDATE inbox SET status = 'dead', attempts = ?2, last_error = ?3, payment_key = ?4, \
+                "UPDATE inbox SET status = 'dead', attempts = ?2, last_error = ?3, payment_key = coalesce(?4, payment_key), \
                  claimed_by = NULL, claimed_until = NULL, processed_at = ?5 WHERE id = ?1",
             )?
             .execute(params![row.id, attempts, error, payment_key, now])?;
             return Ok(());
         }
-        let shift = (attempts - 1).min(20);
-        let delay = (self.config.retry_base.as_millis() as i64)
-            .saturating_mul(1 << shift)
-            .min(self.config.retry_max.as_millis() as i64);
+        let (base, max) =
+            (self.config.retry_base.as_millis() as i64, self.config.retry_max.as_millis() as i64);
+        let delay = if counts {
+            base.saturating_mul(1 << attempts.saturating_sub(1).min(20)).min(max)
+        } else {
+            ((now - row.first_tried_at) / 2).clamp(base, max)
+        };
         tracing::warn!(
             inbox_id = row.id,
             attempts,
@@ -484,7 +563,7 @@ impl WorkerRef {
         );
         tx.prepare_cached(
             "UPDATE inbox SET status = 'pending', attempts = ?2, last_error = ?3, next_attempt_at = ?4, \
-             payment_key = ?5, claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+             payment_key = coalesce(?5, payment_key), claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
         )?
         .execute(params![row.id, attempts, error, now + delay, payment_key])?;
         Ok(())
@@ -492,7 +571,7 @@ impl WorkerRef {
 }
 
 fn set_status(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: i64,
     status: &str,
     outcome: Option<&str>,
@@ -509,7 +588,7 @@ fn set_status(
 }
 
 fn load_payment(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     provider: &str,
     payment_id: &str,
 ) -> rusqlite::Result<Option<PaymentState>> {
@@ -527,7 +606,7 @@ fn load_payment(
 }
 
 fn save_payment(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     provider: &str,
     payment_id: &str,
     state: &PaymentState,
@@ -539,7 +618,7 @@ fn save_payment(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT (provider, payment_id) DO UPDATE SET status = excluded.status, \
            ever_succeeded = max(ever_succeeded, excluded.ever_succeeded), \
-           order_id = coalesce(excluded.order_id, order_id), fulfilled = max(fulfilled, excluded.fulfilled), \
+           order_id = coalesce(excluded.order_id, order_id), fulfilled = excluded.fulfilled, \
            updated_at = excluded.updated_at, last_inbox_id = excluded.last_inbox_id",
     )?
     .execute(params![provider, payment_id, state.status.as_str(), state.ever_succeeded, state.order_id, state.fulfilled, now, inbox_id])?;
@@ -548,17 +627,17 @@ fn save_payment(
 
 /// Writes an action unless its idempotency key is already in the outbox; true if written.
 fn insert_action(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     a: &Action,
     n: &Notification,
-    inbox_id: i64,
+    row: &Claimed,
     now: i64,
 ) -> rusqlite::Result<bool> {
     let changed = tx
         .prepare_cached(
             "INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
-             customer_email, idempotency_key, inbox_id, event_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (idempotency_key) DO NOTHING",
+             customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT (idempotency_key) DO NOTHING",
         )?
         .execute(params![
             a.kind.as_str(),
@@ -571,9 +650,10 @@ fn insert_action(
             a.template,
             a.customer_email,
             a.idempotency_key,
-            inbox_id,
+            row.id,
             n.event_id,
             now,
+            row.endpoint,
         ])?;
     Ok(changed == 1)
 }

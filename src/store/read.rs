@@ -172,6 +172,8 @@ pub struct OutboxRow {
     pub order_id: Option<String>,
     /// Provider name.
     pub provider: String,
+    /// The endpoint (provider account) the notification arrived on: refund through it.
+    pub endpoint: Option<String>,
     /// The provider's payment id.
     pub payment_id: Option<String>,
     /// The amount as a decimal string with the currency's digits (`"100.00"`).
@@ -205,7 +207,7 @@ pub fn outbox(
 ) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
-         customer_email, idempotency_key, inbox_id, event_id, created_at FROM outbox \
+         customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint FROM outbox \
          WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id LIMIT ?3",
     )?;
     let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
@@ -223,6 +225,7 @@ pub fn outbox(
             kind: r.get(1)?,
             order_id: r.get(2)?,
             provider: r.get(3)?,
+            endpoint: r.get(14)?,
             payment_id: r.get(4)?,
             amount,
             amount_minor: minor,

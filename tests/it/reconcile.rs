@@ -320,3 +320,69 @@ async fn a_row_that_keeps_failing_ends_dead_with_its_error() {
     assert_eq!(d.actions().len(), 2, "only the first order's actions");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_refund_comes_back_without_a_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(5, "pending", "200.00", "USD");
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_under", "succeeded", "pi_u", "5", 10000, "usd")).await;
+    d.settle().await;
+    // The consumer refunds with our idempotency key; Stripe reports the refund back.
+    let refund = serde_json::json!({
+        "id": "evt_refund_back", "object": "event", "type": "refund.created", "created": 1,
+        "request": {"id": "req_1", "idempotency_key": "refund:stripe:pi_u"},
+        "data": {"object": {"id": "re_1", "object": "refund", "amount": 10000, "currency": "usd",
+                            "payment_intent": "pi_u", "status": "succeeded"}}
+    });
+    send(&d, &serde_json::to_vec(&refund).unwrap()).await;
+    // A refund made by hand in the dashboard is reviewed.
+    let manual = serde_json::json!({
+        "id": "evt_refund_manual", "object": "event", "type": "refund.created", "created": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "data": {"object": {"id": "re_2", "object": "refund", "amount": 500, "currency": "usd",
+                            "payment_intent": "pi_u", "status": "succeeded"}}
+    });
+    send(&d, &serde_json::to_vec(&manual).unwrap()).await;
+    d.settle().await;
+    let kinds: Vec<String> = d.actions().into_iter().map(|a| a.0).collect();
+    assert_eq!(kinds, ["refund", "notify_customer", "review"]);
+    d.stop().await;
+}
+
+/// Stripe Checkout without metadata on the PaymentIntent: the PaymentIntent event cannot be
+/// matched, the Checkout Session names the order. The session must not wait behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmatched_row_does_not_hold_up_a_later_one_that_names_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let d = start(dir.path(), &shop, "").await;
+    let mut bare = serde_json::from_slice::<serde_json::Value>(&pi_event(
+        "evt_pi",
+        "succeeded",
+        "pi_co",
+        "x",
+        10000,
+        "usd",
+    ))
+    .unwrap();
+    bare["data"]["object"]["metadata"] = serde_json::json!({});
+    send(&d, &serde_json::to_vec(&bare).unwrap()).await;
+    d.wait_for("the bare PaymentIntent event to park", |c| {
+        c.query_row("SELECT status FROM inbox WHERE id = 1", [], |r| r.get::<_, String>(0)).unwrap()
+            == "parked"
+    })
+    .await;
+    let session = String::from_utf8(crate::harness::fixture("checkout.session.completed.json"))
+        .unwrap()
+        .replace("pi_3PqR1001TestAbCdEf", "pi_co");
+    send(&d, session.as_bytes()).await;
+    d.wait_for("the fulfil", |c| {
+        c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap() == 2
+    })
+    .await;
+    assert_eq!(d.actions()[0], a("fulfil", "1001", "100.00 USD", ""));
+    d.stop().await;
+}
