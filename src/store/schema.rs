@@ -148,7 +148,9 @@ mod tests {
         let versions: Vec<u32> = migrations().iter().map(|m| m.0).collect();
         let expected: Vec<u32> = (1..=versions.len() as u32).collect();
         assert_eq!(versions, expected);
-        assert!(migrations().iter().all(|(_, sql)| sql.contains("CREATE")));
+        assert!(migrations()
+            .iter()
+            .all(|(_, sql)| sql.contains("CREATE ") || sql.contains("ALTER ")));
     }
 
     #[test]

@@ -313,3 +313,87 @@ async fn restart_keeps_every_row_and_still_deduplicates() {
     assert_eq!(rows[7], ("evt_keep_7".to_owned(), 2));
     d.stop().await;
 }
+
+/// Trust options: basic auth (401) and a source allow-list (403), checked before the body.
+#[tokio::test]
+async fn basic_auth_and_source_allow_list() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[endpoint]]\nname = \"guarded\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+         basic_auth = {{ user = \"shop\", password = \"pa55word\" }}\n\
+         [[endpoint]]\nname = \"elsewhere\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+         allow_from = [\"192.0.2.0/24\"]\n\
+         [[endpoint]]\nname = \"proxied\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+         allow_from = [\"192.0.2.0/24\"]\ntrusted_proxies = [\"127.0.0.1\"]\n"
+    );
+    let d = Daemon::start_with(dir.path(), "", "", &extra).await;
+    let body = event("evt_guarded");
+    let sig = harness::signed(SECRET, &body);
+    let good =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("shop:pa55word"));
+    let bad = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("shop:guess"));
+
+    let (status, text) =
+        d.post("/webhooks/guarded", &[("stripe-signature", &sig)], body.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!text.contains("pa55word"));
+    let (status, _) = d
+        .post(
+            "/webhooks/guarded",
+            &[("stripe-signature", &sig), ("authorization", &bad)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = d
+        .post(
+            "/webhooks/guarded",
+            &[("stripe-signature", &sig), ("authorization", &good)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // 127.0.0.1 is not in the allow-list, and a forged X-Forwarded-For from it is not believed.
+    let body2 = event("evt_elsewhere");
+    let sig2 = harness::signed(SECRET, &body2);
+    let (status, _) =
+        d.post("/webhooks/elsewhere", &[("stripe-signature", &sig2)], body2.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = d
+        .post(
+            "/webhooks/elsewhere",
+            &[("stripe-signature", &sig2), ("x-forwarded-for", "192.0.2.7")],
+            body2.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Through a trusted proxy the forwarded client counts.
+    let (status, _) = d
+        .post(
+            "/webhooks/proxied",
+            &[("stripe-signature", &sig2), ("x-forwarded-for", "192.0.2.7")],
+            body2.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = d
+        .post(
+            "/webhooks/proxied",
+            &[("stripe-signature", &sig2), ("x-forwarded-for", "198.51.100.1")],
+            body2,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let keys: Vec<String> = d.rows().into_iter().map(|r| r.0).collect();
+    assert_eq!(keys, ["evt_guarded", "evt_elsewhere"]);
+    let reasons: Vec<String> =
+        read::failures(&d.read(), 10).unwrap().into_iter().map(|f| f.reason).collect();
+    assert!(
+        reasons.contains(&"unauthorized".to_owned()) && reasons.contains(&"forbidden".to_owned()),
+        "{reasons:?}"
+    );
+    d.stop().await;
+}
