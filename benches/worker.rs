@@ -64,7 +64,7 @@ async fn drain(config: &Config, n: u64, label: &str) {
     let source = OrderSource::connect(&shop).await.expect("shop reachable");
     let conn =
         reconciled::store::schema::open_writer(&config.store.path, Duration::from_secs(5)).unwrap();
-    let worker = Worker::new(conn, shop, config.policy, config.worker);
+    let worker = Worker::new(conn, &config.endpoints, shop, config.policy, config.worker);
     let started = Instant::now();
     let mut done = 0;
     loop {

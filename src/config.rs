@@ -273,6 +273,8 @@ pub enum ProviderKind {
     Worldpay,
     /// Worldpay Corporate Gateway XML order notifications (no signature: trust options).
     WorldpayXml,
+    /// Adflex server-to-server notifications (format assumed; field paths configurable).
+    Adflex,
 }
 
 impl ProviderKind {
@@ -282,6 +284,7 @@ impl ProviderKind {
             ProviderKind::Stripe => "stripe",
             ProviderKind::Worldpay => "worldpay",
             ProviderKind::WorldpayXml => "worldpay-xml",
+            ProviderKind::Adflex => "adflex",
         }
     }
 
@@ -290,6 +293,7 @@ impl ProviderKind {
             "stripe" => Some(ProviderKind::Stripe),
             "worldpay" => Some(ProviderKind::Worldpay),
             "worldpay-xml" => Some(ProviderKind::WorldpayXml),
+            "adflex" => Some(ProviderKind::Adflex),
             _ => None,
         }
     }
@@ -314,6 +318,39 @@ pub struct Endpoint {
     pub allow_from: Vec<ipnet::IpNet>,
     /// Proxies whose `X-Forwarded-For` is believed when checking `allow_from`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Adflex: the header carrying a hex HMAC-SHA256 of the body, if notifications are signed
+    /// (keyed with `secrets`).
+    pub signature_header: Option<String>,
+    /// Adflex: where each field sits in the JSON notification.
+    pub fields: AdflexFields,
+}
+
+/// Dotted JSON paths of the Adflex notification's fields. The format is not public: these
+/// defaults follow Adflex's hosted payment page API and can be changed per endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdflexFields {
+    /// The transaction's GUID (the payment id).
+    pub transaction_id: String,
+    /// The merchant's reference (order id).
+    pub reference: String,
+    /// The amount, a decimal string.
+    pub amount: String,
+    /// The ISO 4217 currency.
+    pub currency: String,
+    /// The status code (`Authorised`, `Settled`, `Declined`, …).
+    pub status: String,
+}
+
+impl Default for AdflexFields {
+    fn default() -> AdflexFields {
+        AdflexFields {
+            transaction_id: "transactionGUID".into(),
+            reference: "reference".into(),
+            amount: "amount.value".into(),
+            currency: "amount.currency".into(),
+            status: "statusCode".into(),
+        }
+    }
 }
 
 /// HTTP basic auth credentials for an endpoint.
@@ -479,6 +516,19 @@ struct RawEndpoint {
     allow_from: Vec<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    signature_header: Option<String>,
+    #[serde(default)]
+    fields: RawFields,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFields {
+    transaction_id: Option<String>,
+    reference: Option<String>,
+    amount: Option<String>,
+    currency: Option<String>,
+    status: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -678,7 +728,7 @@ impl Config {
             let provider = ProviderKind::parse(&e.provider).ok_or_else(|| {
                 invalid(
                     format!("{at}.provider"),
-                    format!("\"{}\" is not a supported provider (supported: stripe, worldpay, worldpay-xml)", e.provider),
+                    format!("\"{}\" is not a supported provider (supported: stripe, worldpay, worldpay-xml, adflex)", e.provider),
                 )
             })?;
             let has_trust = e.basic_auth.is_some() || !e.allow_from.is_empty();
@@ -693,6 +743,18 @@ impl Config {
                     return Err(invalid(
                         format!("{at}.keys"),
                         "at least one key id = \"secret\" is required (Event-Signature)".into(),
+                    ))
+                }
+                ProviderKind::Adflex if !has_trust && e.signature_header.is_none() => {
+                    return Err(invalid(
+                        format!("{at}.signature_header"),
+                        "adflex needs signature_header (with secrets), basic_auth or allow_from".into(),
+                    ))
+                }
+                ProviderKind::Adflex if e.signature_header.is_some() == e.secrets.is_empty() => {
+                    return Err(invalid(
+                        format!("{at}.secrets"),
+                        "signature_header and secrets go together".into(),
                     ))
                 }
                 ProviderKind::WorldpayXml if !has_trust => {
@@ -771,6 +833,17 @@ impl Config {
                 basic_auth,
                 allow_from,
                 trusted_proxies,
+                signature_header: e.signature_header.map(|h| h.to_ascii_lowercase()),
+                fields: {
+                    let d = AdflexFields::default();
+                    AdflexFields {
+                        transaction_id: e.fields.transaction_id.unwrap_or(d.transaction_id),
+                        reference: e.fields.reference.unwrap_or(d.reference),
+                        amount: e.fields.amount.unwrap_or(d.amount),
+                        currency: e.fields.currency.unwrap_or(d.currency),
+                        status: e.fields.status.unwrap_or(d.status),
+                    }
+                },
             });
         }
 

@@ -73,8 +73,13 @@ pub async fn run_server(
     let worker = match &config.shop {
         Some(shop) => {
             let conn = store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
-            let worker =
-                reconcile::worker::Worker::new(conn, shop.clone(), config.policy, config.worker);
+            let worker = reconcile::worker::Worker::new(
+                conn,
+                &config.endpoints,
+                shop.clone(),
+                config.policy,
+                config.worker,
+            );
             Some(tokio::spawn(worker.run(wake.clone(), shutdown.clone())))
         }
         None => {

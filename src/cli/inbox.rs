@@ -91,7 +91,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         let conn =
             crate::store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
         let source = OrderSource::connect(&shop).await?;
-        let worker = Worker::new(conn, shop, config.policy, config.worker);
+        let worker = Worker::new(conn, &config.endpoints, shop, config.policy, config.worker);
         let (decision, written) = worker
             .replay(&source, args.id, args.dry_run)
             .await

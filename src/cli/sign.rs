@@ -15,6 +15,21 @@ use crate::provider::stripe;
 pub enum SignCommand {
     /// Print a `Stripe-Signature` header for the body on stdin (or `--body FILE`).
     Stripe(StripeArgs),
+    /// Print a Worldpay `Event-Signature` header (`{keyId}/SHA256/{hex}`).
+    Worldpay(WorldpayArgs),
+    /// Print an Adflex HMAC-SHA256 signature header (the assumed scheme; see the README).
+    Adflex(AdflexArgs),
+}
+
+/// Where the body comes from and how to print the result.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Read the body from this file instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    body: Option<PathBuf>,
+    /// Print a complete curl command posting the signed body to this URL.
+    #[arg(long, value_name = "URL")]
+    curl: Option<String>,
 }
 
 /// Arguments of `sign stripe`.
@@ -26,51 +41,102 @@ pub struct StripeArgs {
     /// Unix seconds to sign with (default: now).
     #[arg(long)]
     timestamp: Option<i64>,
-    /// Read the body from this file instead of stdin.
-    #[arg(long, value_name = "FILE")]
-    body: Option<PathBuf>,
-    /// Print a complete curl command posting the signed body to this URL.
-    #[arg(long, value_name = "URL")]
-    curl: Option<String>,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// Arguments of `sign worldpay`.
+#[derive(Debug, Args)]
+pub struct WorldpayArgs {
+    /// The key id the secret is configured under.
+    #[arg(long, default_value = "1")]
+    key_id: String,
+    /// The key's secret.
+    #[arg(long, env = "RECONCILED_SIGN_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    secret: Secret,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// Arguments of `sign adflex`.
+#[derive(Debug, Args)]
+pub struct AdflexArgs {
+    /// The endpoint's secret.
+    #[arg(long, env = "RECONCILED_SIGN_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    secret: Secret,
+    /// The header the endpoint's `signature_header` names.
+    #[arg(long, default_value = "X-Adflex-Signature")]
+    header: String,
+    #[command(flatten)]
+    out: Output,
 }
 
 pub(super) fn run(cmd: SignCommand) -> anyhow::Result<()> {
     match cmd {
-        SignCommand::Stripe(args) => sign_stripe(&args),
+        SignCommand::Stripe(args) => {
+            let body = read_body(&args.out)?;
+            let timestamp = args.timestamp.unwrap_or_else(|| crate::now_ms().div_euclid(1000));
+            let header = stripe::sign(args.secret.expose(), timestamp, &body);
+            print_request(&args.out, body, "Stripe-Signature", &header, "application/json")
+        }
+        SignCommand::Worldpay(args) => {
+            let body = read_body(&args.out)?;
+            let header = crate::provider::worldpay::sign(&args.key_id, args.secret.expose(), &body);
+            print_request(
+                &args.out,
+                body,
+                "Event-Signature",
+                &header,
+                "application/vnd.worldpay.events-v1.hal+json",
+            )
+        }
+        SignCommand::Adflex(args) => {
+            let body = read_body(&args.out)?;
+            let header = crate::provider::adflex::sign(args.secret.expose(), &body);
+            print_request(&args.out, body, &args.header, &header, "application/json")
+        }
     }
 }
 
-fn sign_stripe(args: &StripeArgs) -> anyhow::Result<()> {
-    let body = match &args.body {
+fn read_body(out: &Output) -> anyhow::Result<Vec<u8>> {
+    match &out.body {
         Some(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
         }
         None => {
             let mut buf = Vec::new();
             std::io::stdin().read_to_end(&mut buf).context("cannot read the body from stdin")?;
-            buf
+            Ok(buf)
         }
+    }
+}
+
+/// Prints `Name: value`, or with `--curl` a complete curl command posting the body.
+fn print_request(
+    out: &Output,
+    body: Vec<u8>,
+    name: &str,
+    value: &str,
+    content_type: &str,
+) -> anyhow::Result<()> {
+    let Some(url) = &out.curl else {
+        println!("{name}: {value}");
+        return Ok(());
     };
-    let timestamp = args.timestamp.unwrap_or_else(|| crate::now_ms().div_euclid(1000));
-    let header = stripe::sign(args.secret.expose(), timestamp, &body);
-    match &args.curl {
-        None => println!("Stripe-Signature: {header}"),
-        Some(url) => {
-            let curl = format!(
-                "curl -sS -i -X POST {} -H 'Content-Type: application/json' -H {} --data-binary",
-                shell_quote(url),
-                shell_quote(&format!("Stripe-Signature: {header}")),
-            );
-            match &args.body {
-                Some(path) => println!("{curl} {}", shell_quote(&format!("@{}", path.display()))),
-                None => {
-                    // Piped through printf (a shell builtin, so no argument-length limit) and
-                    // read by curl from stdin, so the body reaches it byte for byte.
-                    let text = String::from_utf8(body)
-                        .context("--curl needs a UTF-8 body on stdin (or use --body FILE)")?;
-                    println!("printf '%s' {} | {curl} @-", shell_quote(&text));
-                }
-            }
+    let curl = format!(
+        "curl -sS -i -X POST {} -H {} -H {} --data-binary",
+        shell_quote(url),
+        shell_quote(&format!("Content-Type: {content_type}")),
+        shell_quote(&format!("{name}: {value}")),
+    );
+    match &out.body {
+        Some(path) => println!("{curl} {}", shell_quote(&format!("@{}", path.display()))),
+        None => {
+            // Piped through printf (a shell builtin, so no argument-length limit) and read by
+            // curl from stdin, so the body reaches it byte for byte.
+            let text = String::from_utf8(body)
+                .context("--curl needs a UTF-8 body on stdin (or use --body FILE)")?;
+            println!("printf '%s' {} | {curl} @-", shell_quote(&text));
         }
     }
     Ok(())

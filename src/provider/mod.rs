@@ -3,6 +3,7 @@
 //! Each provider lives in one file with the same small surface (`verify`, `identify`); the
 //! dispatch on [`ProviderKind`] is here. Nothing is parsed before its signature checks out.
 
+pub mod adflex;
 pub mod stripe;
 pub mod worldpay;
 pub mod worldpay_xml;
@@ -87,9 +88,18 @@ pub struct Notification {
     pub detail: Option<String>,
 }
 
-/// Reads a stored, verified body into a canonical notification.
-pub fn parse(provider: &str, body: &[u8]) -> Result<Notification, String> {
+/// Reads a stored, verified body into a canonical notification. `endpoint` is the
+/// configuration of the endpoint it arrived on, for adapters whose format is configurable.
+pub fn parse(
+    provider: &str,
+    endpoint: Option<&Endpoint>,
+    body: &[u8],
+) -> Result<Notification, String> {
     match provider {
+        "adflex" => {
+            let default = crate::config::AdflexFields::default();
+            adflex::parse(endpoint.map_or(&default, |e| &e.fields), body)
+        }
         "stripe" => stripe::parse(body),
         "worldpay" => worldpay::parse(body),
         "worldpay-xml" => worldpay_xml::parse(body),
@@ -172,6 +182,7 @@ pub fn accept(
         ProviderKind::Stripe => stripe::accept(endpoint, headers, body, now),
         ProviderKind::Worldpay => worldpay::accept(endpoint, headers, body, now),
         ProviderKind::WorldpayXml => worldpay_xml::accept(endpoint, headers, body, now),
+        ProviderKind::Adflex => adflex::accept(endpoint, headers, body, now),
     }
 }
 

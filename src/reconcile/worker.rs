@@ -82,13 +82,22 @@ pub struct Worker {
     config: WorkerConfig,
     /// This worker's name in `claimed_by`.
     id: String,
+    /// Endpoint configurations by name, for adapters whose format is configurable.
+    endpoints: HashMap<String, crate::config::Endpoint>,
 }
 
 impl Worker {
     /// A worker over the store at `conn`.
-    pub fn new(conn: Connection, shop: ShopConfig, policy: Policy, config: WorkerConfig) -> Worker {
+    pub fn new(
+        conn: Connection,
+        endpoints: &[crate::config::Endpoint],
+        shop: ShopConfig,
+        policy: Policy,
+        config: WorkerConfig,
+    ) -> Worker {
+        let endpoints = endpoints.iter().map(|e| (e.name.clone(), e.clone())).collect();
         let id = format!("{}-{}", std::process::id(), crate::now_ms());
-        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, id }
+        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, id, endpoints }
     }
 
     /// Runs until `shutdown`: connects to the shop (retrying while it is unreachable), then
@@ -217,7 +226,7 @@ impl Worker {
         use futures_util::stream::{self, StreamExt};
         let mut parsed = Vec::with_capacity(rows.len());
         for row in rows {
-            match provider::parse(&row.provider, &row.body) {
+            match provider::parse(&row.provider, self.endpoints.get(&row.endpoint), &row.body) {
                 Err(e) => parsed.push(Err(e)),
                 Ok(n) if n.kind == Kind::Ignored => parsed.push(Ok((n, None))),
                 Ok(n) => {

@@ -24,6 +24,12 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A fixture of another provider: `fixtures/{dir}/{name}`.
+pub fn fixture_in(dir: &str, name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir).join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The succeeded-PaymentIntent fixture with its event id replaced.
 pub fn event(id: &str) -> Vec<u8> {
     let text = String::from_utf8(fixture("payment_intent.succeeded.json")).unwrap();

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, real sockets, real SQLite files.
 
+mod adflex;
 mod cli;
 mod harness;
 mod ingest;
@@ -7,3 +8,4 @@ mod limits;
 mod reconcile;
 mod sdk;
 mod shops;
+mod worldpay;

@@ -1,0 +1,213 @@
+//! Adflex server-to-server notifications.
+//!
+//! **Assumed format.** Adflex's notification format is not public. This adapter assumes a
+//! JSON notification carrying the transaction fields of Adflex's hosted payment page API:
+//! `transactionGUID`, `reference`, `amount.value` (a decimal string), `amount.currency` and
+//! `statusCode`. Every path is configurable per endpoint (`[endpoint.fields]`). Authenticity
+//! comes from one or more of: an HMAC-SHA256 of the raw body, hex, in a configured header
+//! (`signature_header` with `secrets`), HTTP basic auth, or a source-address allow-list (the
+//! last two are checked by the HTTP layer).
+//!
+//! The same transaction is notified again as its status moves, so the dedup key is
+//! `{transactionGUID}:{statusCode}`.
+
+use hmac::{Hmac, Mac};
+use hyper::HeaderMap;
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::{keep_headers, Accepted, Kind, Notification, Rejection};
+use crate::config::{AdflexFields, Endpoint, Secret};
+use crate::money::{Currency, Money};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Longest transaction id or status accepted.
+const MAX_ID_LEN: usize = 255;
+
+/// The `{hex}` signature of `body` for a signed test request.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn verify(secrets: &[Secret], header: &str, body: &[u8]) -> Result<(), Rejection> {
+    let mut sig = [0u8; 32];
+    let text = header.trim();
+    let text = text.strip_prefix("sha256=").unwrap_or(text);
+    hex::decode_to_slice(text, &mut sig).map_err(|_| Rejection::MalformedHeader {
+        header: "signature",
+        detail: "not 64 hex digits",
+    })?;
+    let ok = secrets.iter().any(|s| {
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(s.expose()).expect("HMAC accepts any key length");
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+/// A value at a dotted path (`amount.value`), as text: strings as they are, numbers as
+/// written.
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |cur, key| cur.get(key))
+}
+
+fn text_at(v: &Value, path: &str) -> Option<String> {
+    match at(v, path)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn ids(v: &Value, f: &AdflexFields) -> Result<(String, String), Rejection> {
+    let valid = |s: &String| s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
+    let id = text_at(v, &f.transaction_id).filter(valid).ok_or_else(|| {
+        Rejection::MalformedBody(format!("no {} in the notification", f.transaction_id))
+    })?;
+    let status = text_at(v, &f.status)
+        .filter(valid)
+        .ok_or_else(|| Rejection::MalformedBody(format!("no {} in the notification", f.status)))?;
+    Ok((id, status))
+}
+
+/// Verifies (when the endpoint signs) and identifies a request.
+pub fn accept(
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    body: &[u8],
+    _now: i64,
+) -> Result<Accepted, Rejection> {
+    let kept: &[&'static str] = &["content-type", "user-agent"];
+    if let Some(name) = &endpoint.signature_header {
+        let value = headers.get(name.as_str()).ok_or(Rejection::MissingHeader("signature"))?;
+        let value = value.to_str().map_err(|_| Rejection::MalformedHeader {
+            header: "signature",
+            detail: "not visible ASCII",
+        })?;
+        verify(&endpoint.secrets, value, body)?;
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Rejection::MalformedBody(format!("not JSON: {e}")))?;
+    let (id, status) = ids(&v, &endpoint.fields)?;
+    let mut headers_json = keep_headers(headers, kept);
+    if let Some(name) = &endpoint.signature_header {
+        // Keep the configured signature header too, so the row can be verified again.
+        if let Some(value) = headers.get(name.as_str()).and_then(|h| h.to_str().ok()) {
+            let mut map: serde_json::Map<String, Value> =
+                serde_json::from_str(&headers_json).unwrap_or_default();
+            map.insert(name.clone(), value.into());
+            headers_json = Value::Object(map).to_string();
+        }
+    }
+    Ok(Accepted { dedup_key: format!("{id}:{status}"), event_type: Some(status), headers_json })
+}
+
+/// What an Adflex `statusCode` means. Assumptions (the format is not public): `Authorised`
+/// and `Settled` count as paid, `AuthorisedOnly` as authorized (capture later).
+pub fn kind(status: &str) -> Kind {
+    match status {
+        "Authorised" | "Settled" | "MerchantAccepted" => Kind::Succeeded,
+        "AuthorisedOnly" => Kind::Authorized,
+        "MerchantPending" | "ReferralA" => Kind::Pending,
+        "Declined" | "MerchantRejected" => Kind::Failed,
+        "Cancelled" => Kind::Canceled,
+        _ => Kind::Ignored,
+    }
+}
+
+/// Reads a stored notification with the endpoint's field paths.
+pub fn parse(fields: &AdflexFields, body: &[u8]) -> Result<Notification, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let (id, status) = ids(&v, fields).map_err(|e| e.to_string())?;
+    let amount = match (text_at(&v, &fields.amount), text_at(&v, &fields.currency)) {
+        (Some(value), Some(code)) => {
+            let currency = Currency::parse(&code).map_err(|e| e.to_string())?;
+            Some(
+                Money::parse_exact(&value, currency)
+                    .map_err(|e| format!("{}: {e}", fields.amount))?,
+            )
+        }
+        _ => None,
+    };
+    let kind = kind(&status);
+    Ok(Notification {
+        provider: "adflex",
+        event_id: format!("{id}:{status}"),
+        kind,
+        raw_type: status.clone(),
+        payment_id: Some(id),
+        merchant_reference: text_at(&v, &fields.reference),
+        amount,
+        occurred_at: 0,
+        customer_email: None,
+        object_id: None,
+        request_key: None,
+        detail: (kind == Kind::Ignored)
+            .then(|| format!("Adflex status {status} needs no reconciliation")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"transactionGUID":"3f1c2a9e-0d1b-4c1e-9a7e-5b2f6c8d9e01","reference":"3001","amount":{"value":"49.99","currency":"GBP"},"statusCode":"Authorised"}"#;
+
+    #[test]
+    fn statuses_map_and_amounts_are_exact() {
+        let n = parse(&AdflexFields::default(), BODY).unwrap();
+        assert_eq!(n.kind, Kind::Succeeded);
+        assert_eq!(n.merchant_reference.as_deref(), Some("3001"));
+        assert_eq!(n.amount.unwrap().minor, 4999);
+        assert_eq!(n.event_id, "3f1c2a9e-0d1b-4c1e-9a7e-5b2f6c8d9e01:Authorised");
+        for (s, k) in [
+            ("Authorised", Kind::Succeeded),
+            ("Settled", Kind::Succeeded),
+            ("AuthorisedOnly", Kind::Authorized),
+            ("Declined", Kind::Failed),
+            ("MerchantRejected", Kind::Failed),
+            ("Cancelled", Kind::Canceled),
+            ("MerchantPending", Kind::Pending),
+            ("CardRegistered", Kind::Ignored),
+            ("Validated", Kind::Ignored),
+        ] {
+            assert_eq!(kind(s), k, "{s}");
+        }
+    }
+
+    #[test]
+    fn field_paths_are_configurable() {
+        let fields = AdflexFields {
+            transaction_id: "txn.guid".into(),
+            reference: "txn.merchantRef".into(),
+            amount: "txn.total".into(),
+            currency: "txn.ccy".into(),
+            status: "txn.state".into(),
+        };
+        let body = br#"{"txn":{"guid":"g-1","merchantRef":"7","total":"10.50","ccy":"EUR","state":"Settled"}}"#;
+        let n = parse(&fields, body).unwrap();
+        assert_eq!(
+            (n.payment_id.as_deref(), n.amount.unwrap().minor, n.kind),
+            (Some("g-1"), 1050, Kind::Succeeded)
+        );
+        assert!(parse(&AdflexFields::default(), body).is_err(), "default paths do not find it");
+    }
+
+    #[test]
+    fn signatures() {
+        let secrets = [Secret::new("adflex_secret")];
+        let sig = sign(b"adflex_secret", BODY);
+        verify(&secrets, &sig, BODY).unwrap();
+        verify(&secrets, &format!("sha256={}", sig.to_uppercase()), BODY).unwrap();
+        assert_eq!(verify(&secrets, &sig, b"{}").unwrap_err(), Rejection::BadSignature);
+        assert_eq!(verify(&secrets, "zz", BODY).unwrap_err().code(), "malformed_header");
+    }
+}
