@@ -511,6 +511,7 @@ struct RawEndpoint {
     tolerance_secs: Option<u64>,
     #[serde(default, deserialize_with = "secret_map")]
     keys: Vec<(String, Secret)>,
+    #[serde(default, deserialize_with = "basic_auth_table")]
     basic_auth: Option<RawBasicAuth>,
     #[serde(default)]
     allow_from: Vec<String>,
@@ -531,12 +532,26 @@ struct RawFields {
     status: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBasicAuth {
     user: String,
-    #[serde(deserialize_with = "secret_one")]
     password: Secret,
+}
+
+/// `{ user = "…", password = "…" }`, never echoing the value in an error (a wrong shape such
+/// as `basic_auth = "user:password"` would otherwise print the password).
+fn basic_auth_table<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawBasicAuth>, D::Error> {
+    use serde::de::Error;
+    let shape = || D::Error::custom("must be a table { user = \"…\", password = \"…\" }");
+    let toml::Value::Table(mut t) = toml::Value::deserialize(d)? else { return Err(shape()) };
+    let (Some(toml::Value::String(user)), Some(toml::Value::String(password))) =
+        (t.remove("user"), t.remove("password"))
+    else {
+        return Err(shape());
+    };
+    if !t.is_empty() {
+        return Err(shape());
+    }
+    Ok(Some(RawBasicAuth { user, password: Secret::new(password) }))
 }
 
 /// A table of key id → secret, never echoing a value in an error.
@@ -554,15 +569,6 @@ fn secret_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Secret)>, 
         .collect::<Result<_, _>>()?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
-}
-
-/// One secret string, never echoed in an error.
-fn secret_one<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
-    use serde::de::Error;
-    match toml::Value::deserialize(d)? {
-        toml::Value::String(s) => Ok(Secret::new(s)),
-        _ => Err(D::Error::custom("must be a string")),
-    }
 }
 
 /// Reads a list of secrets without ever putting a value into an error message.
@@ -1194,6 +1200,23 @@ tolerance_secs = 120
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.starts_with(&format!("test.toml: {key}")), "want key {key}, got: {err}");
+        }
+    }
+
+    #[test]
+    fn a_wrongly_shaped_basic_auth_is_refused_without_echoing_the_password() {
+        for value in [
+            "\"wp:s3cret_pw\"",
+            "{ user = \"wp\", password = \"s3cret_pw\", extra = 1 }",
+            "{ user = \"wp\", password = 5 }",
+        ] {
+            let text = GOOD.replace(
+                "tolerance_secs = 120",
+                &format!("tolerance_secs = 120\nbasic_auth = {value}"),
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("endpoint[0].basic_auth: must be a table"), "{err}");
+            assert!(!err.contains("s3cret_pw"), "{err}");
         }
     }
 

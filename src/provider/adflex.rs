@@ -114,10 +114,10 @@ pub fn accept(
 /// and `Settled` count as paid, `AuthorisedOnly` as authorized (capture later).
 pub fn kind(status: &str) -> Kind {
     match status {
-        "Authorised" | "Settled" | "MerchantAccepted" => Kind::Succeeded,
+        "Authorised" | "Settled" => Kind::Succeeded,
         "AuthorisedOnly" => Kind::Authorized,
-        "MerchantPending" | "ReferralA" => Kind::Pending,
-        "Declined" | "MerchantRejected" => Kind::Failed,
+        "MerchantPending" => Kind::Pending,
+        "Declined" | "MerchantRejected" | "ReferralA" => Kind::Failed,
         "Cancelled" => Kind::Canceled,
         _ => Kind::Ignored,
     }
@@ -127,7 +127,19 @@ pub fn kind(status: &str) -> Kind {
 pub fn parse(fields: &AdflexFields, body: &[u8]) -> Result<Notification, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let (id, status) = ids(&v, fields).map_err(|e| e.to_string())?;
-    let amount = match (text_at(&v, &fields.amount), text_at(&v, &fields.currency)) {
+    // The amount must be a decimal string (as in Adflex's API): a JSON number could be minor
+    // units or whole units, and guessing wrong is a 100x error.
+    let value = match at(&v, &fields.amount) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.starts_with('-') => Some(s.clone()),
+        Some(_) => {
+            return Err(format!(
+                "{} must be a non-negative decimal string such as \"49.99\"",
+                fields.amount
+            ))
+        }
+    };
+    let amount = match (value, text_at(&v, &fields.currency)) {
         (Some(value), Some(code)) => {
             let currency = Currency::parse(&code).map_err(|e| e.to_string())?;
             Some(
@@ -176,6 +188,8 @@ mod tests {
             ("MerchantRejected", Kind::Failed),
             ("Cancelled", Kind::Canceled),
             ("MerchantPending", Kind::Pending),
+            ("ReferralA", Kind::Failed),
+            ("MerchantAccepted", Kind::Ignored),
             ("CardRegistered", Kind::Ignored),
             ("Validated", Kind::Ignored),
         ] {
@@ -199,6 +213,11 @@ mod tests {
             (Some("g-1"), 1050, Kind::Succeeded)
         );
         assert!(parse(&AdflexFields::default(), body).is_err(), "default paths do not find it");
+        // A number or a negative amount is refused rather than guessed.
+        for bad in [&br#"{"transactionGUID":"g","statusCode":"Settled","amount":{"value":4999,"currency":"GBP"}}"#[..],
+                    br#"{"transactionGUID":"g","statusCode":"Settled","amount":{"value":"-1.00","currency":"GBP"}}"#] {
+            assert!(parse(&AdflexFields::default(), bad).is_err());
+        }
     }
 
     #[test]

@@ -108,12 +108,16 @@ fn mac(secret: &[u8], body: &[u8]) -> HmacSha256 {
 pub fn verify(keys: &[(String, Secret)], header: &str, body: &[u8]) -> Result<(), Rejection> {
     let entries = parse_header(header)?;
     let mut known = false;
-    for entry in &entries {
-        for (_, secret) in keys.iter().filter(|(id, _)| id == entry.key_id) {
-            known = true;
-            if mac(secret.expose(), body).verify_slice(&entry.mac).is_ok() {
-                return Ok(());
-            }
+    // One MAC per configured key named in the header, however many entries name it.
+    for (id, secret) in keys {
+        let named: Vec<_> = entries.iter().filter(|e| e.key_id == id.as_str()).collect();
+        if named.is_empty() {
+            continue;
+        }
+        known = true;
+        let keyed = mac(secret.expose(), body);
+        if named.iter().any(|e| keyed.clone().verify_slice(&e.mac).is_ok()) {
+            return Ok(());
         }
     }
     if known {
@@ -251,6 +255,9 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
             n.kind = Kind::Disputed;
             n.detail = Some(format!("chargeback: {raw_type}"));
         }
+        other if !other.is_empty() && other != "payment" => {
+            n.detail = Some(format!("classification {other}: not a payment event"));
+        }
         // `payment`, and events that do not say.
         _ => match payment_kind(&raw_type) {
             Some(kind) => {
@@ -286,8 +293,8 @@ fn amount(details: &Value) -> Option<Result<Money, String>> {
     let amount = details.get("amount").filter(|a| !a.is_null())?;
     let value = amount.get("value").and_then(Value::as_i64);
     let code = amount.get("currencyCode").and_then(Value::as_str);
-    let (Some(value), Some(code)) = (value, code) else {
-        return Some(Err("amount needs an integer value and a currencyCode".into()));
+    let (Some(value), Some(code)) = (value.filter(|v| *v >= 0), code) else {
+        return Some(Err("amount needs a non-negative integer value and a currencyCode".into()));
     };
     Some(
         Currency::parse(code)

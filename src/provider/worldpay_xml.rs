@@ -79,11 +79,12 @@ pub struct OrderNotification {
 }
 
 impl OrderNotification {
-    /// The inbox dedup key: `{orderCode}:{lastEvent}:{journalType}:{date}`. Unambiguous:
-    /// only the order code may contain `:`, and it comes first.
+    /// The inbox dedup key: `{merchantCode}/{orderCode}:{lastEvent}:{journalType}:{date}`.
+    /// The merchant code keeps two Worldpay merchant accounts of one shop apart.
     pub fn dedup_key(&self) -> String {
         format!(
-            "{}:{}:{}:{}",
+            "{}/{}:{}:{}:{}",
+            self.merchant_code.as_deref().unwrap_or(""),
             self.order_code,
             self.last_event,
             self.journal_type.as_deref().unwrap_or(""),
@@ -270,6 +271,9 @@ fn at(stack: &[Vec<u8>], path: &[&str]) -> bool {
     stack.len() == path.len() && stack.iter().zip(path).all(|(a, b)| a.as_slice() == b.as_bytes())
 }
 
+/// Most attributes accepted on one element (Worldpay's have a handful).
+const MAX_ATTRIBUTES: usize = 32;
+
 /// An element name for a message, cut short.
 fn name_of(e: &BytesStart<'_>) -> String {
     String::from_utf8_lossy(e.name().as_ref()).chars().take(40).collect()
@@ -280,6 +284,11 @@ fn name_of(e: &BytesStart<'_>) -> String {
 /// be ambiguous.
 fn collect(stack: &[Vec<u8>], e: &BytesStart<'_>, got: &mut Collected) -> Result<(), String> {
     let mut attrs = Vec::new();
+    // Attributes are checked pairwise for duplicates by the parser: bound their number so a
+    // hostile element cannot make that quadratic.
+    if e.attributes().with_checks(false).take(MAX_ATTRIBUTES + 1).count() > MAX_ATTRIBUTES {
+        return Err(format!("more than {MAX_ATTRIBUTES} attributes on <{}>", name_of(e)));
+    }
     for attr in e.attributes() {
         let attr = attr.map_err(|err| format!("bad attribute: {err}"))?;
         let value = attr.unescape_value().map_err(|err| format!("refused attribute: {err}"))?;
@@ -456,7 +465,7 @@ mod tests {
         assert_eq!(n.journal_type.as_deref(), Some("CAPTURED"));
         assert_eq!(n.journal_date.as_deref(), Some("2024-05-14"));
         assert_eq!(n.journal_day, Some(1_715_644_800));
-        assert_eq!(n.dedup_key(), "2001:CAPTURED:CAPTURED:2024-05-14");
+        assert_eq!(n.dedup_key(), "SHOPEUR/2001:CAPTURED:CAPTURED:2024-05-14");
         let a = n.amount.unwrap();
         assert_eq!(
             (a.value.as_deref(), a.currency_code.as_deref(), a.exponent.as_deref()),
@@ -466,7 +475,7 @@ mod tests {
         // Without a journal, and without a declaration or DOCTYPE.
         let bare = r#"<paymentService merchantCode="M"><notify><orderStatusEvent orderCode="7:a&amp;b&#x41;"><payment><lastEvent><![CDATA[REFUSED]]></lastEvent></payment></orderStatusEvent></notify></paymentService>"#;
         let n = read(bare.as_bytes()).unwrap();
-        assert_eq!(n.dedup_key(), "7:a&bA:REFUSED::");
+        assert_eq!(n.dedup_key(), "M/7:a&bA:REFUSED::");
         assert_eq!(n.amount, None);
     }
 
@@ -558,11 +567,11 @@ mod tests {
     #[test]
     fn accept_identifies_and_keeps_no_credentials() {
         let a = accept_body(doc("CAPTURED", AMOUNT, JOURNAL).as_bytes()).unwrap();
-        assert_eq!(a.dedup_key, "2001:CAPTURED:CAPTURED:2024-05-14");
+        assert_eq!(a.dedup_key, "SHOPEUR/2001:CAPTURED:CAPTURED:2024-05-14");
         assert_eq!(a.event_type.as_deref(), Some("CAPTURED"));
         assert_eq!(a.headers_json, r#"{"content-type":"text/xml"}"#);
         let a = accept_body(doc("AUTHORISED", AMOUNT, "").as_bytes()).unwrap();
-        assert_eq!(a.dedup_key, "2001:AUTHORISED::");
+        assert_eq!(a.dedup_key, "SHOPEUR/2001:AUTHORISED::");
     }
 
     #[test]
@@ -593,7 +602,7 @@ mod tests {
             assert_eq!(n.kind, kind, "{event}");
             assert_eq!(n.provider, "worldpay-xml");
             assert_eq!(n.raw_type, event);
-            assert_eq!(n.event_id, format!("2001:{event}::"));
+            assert_eq!(n.event_id, format!("SHOPEUR/2001:{event}::"));
             assert_eq!(n.payment_id.as_deref(), Some("2001"));
             assert_eq!(n.merchant_reference.as_deref(), Some("2001"));
             assert_eq!(
@@ -657,43 +666,49 @@ mod tests {
                 Kind::Authorized,
                 "2001",
                 (2500, "EUR"),
-                "2001:AUTHORISED:AUTHORISED:2024-05-14",
+                "SHOPEUR/2001:AUTHORISED:AUTHORISED:2024-05-14",
             ),
             (
                 "CAPTURED.xml",
                 Kind::Succeeded,
                 "2001",
                 (2500, "EUR"),
-                "2001:CAPTURED:CAPTURED:2024-05-14",
+                "SHOPEUR/2001:CAPTURED:CAPTURED:2024-05-14",
             ),
-            ("REFUSED.xml", Kind::Failed, "2002", (4550, "EUR"), "2002:REFUSED:REFUSED:2024-05-14"),
+            (
+                "REFUSED.xml",
+                Kind::Failed,
+                "2002",
+                (4550, "EUR"),
+                "SHOPEUR/2002:REFUSED:REFUSED:2024-05-14",
+            ),
             (
                 "REFUNDED.xml",
                 Kind::Refunded,
                 "2001",
                 (2500, "EUR"),
-                "2001:REFUNDED:REFUNDED:2024-05-20",
+                "SHOPEUR/2001:REFUNDED:REFUNDED:2024-05-20",
             ),
             (
                 "CHARGED_BACK.xml",
                 Kind::Disputed,
                 "2001",
                 (2500, "EUR"),
-                "2001:CHARGED_BACK:CHARGED_BACK:2024-06-03",
+                "SHOPEUR/2001:CHARGED_BACK:CHARGED_BACK:2024-06-03",
             ),
             (
                 "SENT_FOR_AUTHORISATION.xml",
                 Kind::Pending,
                 "2003",
                 (1999, "GBP"),
-                "2003:SENT_FOR_AUTHORISATION::",
+                "SHOPGBP/2003:SENT_FOR_AUTHORISATION::",
             ),
             (
                 "CAPTURED.jpy.xml",
                 Kind::Succeeded,
                 "2005",
                 (5000, "JPY"),
-                "2005:CAPTURED:CAPTURED:2024-05-14",
+                "SHOPJPY/2005:CAPTURED:CAPTURED:2024-05-14",
             ),
         ];
         for (file, kind, order, (minor, code), key) in cases {

@@ -389,6 +389,13 @@ async fn basic_auth_and_source_allow_list() {
 
     let keys: Vec<String> = d.rows().into_iter().map(|r| r.0).collect();
     assert_eq!(keys, ["evt_guarded", "evt_elsewhere"]);
+    // The credentials are never stored with the row.
+    let headers: String =
+        d.read().query_row("SELECT headers FROM inbox WHERE id = 1", [], |r| r.get(0)).unwrap();
+    assert!(
+        headers.contains("stripe-signature") && !headers.to_lowercase().contains("authorization"),
+        "{headers}"
+    );
     let reasons: Vec<String> =
         read::failures(&d.read(), 10).unwrap().into_iter().map(|f| f.reason).collect();
     assert!(

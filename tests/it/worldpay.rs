@@ -161,8 +161,8 @@ async fn xml_notifications_are_acknowledged_with_ok_and_stored_once() {
     assert_eq!(
         d.rows(),
         vec![
-            ("2001:AUTHORISED:AUTHORISED:2024-05-14".to_owned(), 2),
-            ("2001:CAPTURED:CAPTURED:2024-05-14".to_owned(), 1)
+            ("SHOPEUR/2001:AUTHORISED:AUTHORISED:2024-05-14".to_owned(), 2),
+            ("SHOPEUR/2001:CAPTURED:CAPTURED:2024-05-14".to_owned(), 1)
         ]
     );
     for kept in stored_headers(&d) {
