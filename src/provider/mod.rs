@@ -197,6 +197,15 @@ pub fn acknowledgement(kind: ProviderKind, duplicate: bool) -> (&'static str, &'
     }
 }
 
+/// A string at a path of JSON object keys, if present and non-empty.
+pub(crate) fn str_at(v: &serde_json::Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(key)?;
+    }
+    cur.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
 /// Serialises the named headers that are present into a JSON object (lower-case names).
 pub(crate) fn keep_headers(headers: &HeaderMap, names: &[&'static str]) -> String {
     let mut map = serde_json::Map::new();

@@ -16,7 +16,7 @@ use sha2::Sha256;
 
 use serde_json::Value;
 
-use super::{keep_headers, Accepted, Kind, Notification, Rejection};
+use super::{keep_headers, str_at, Accepted, Kind, Notification, Rejection};
 use crate::config::{Endpoint, Secret};
 use crate::money::{stripe_exponent, Currency, Money};
 
@@ -336,15 +336,6 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
         n.detail = Some(format!("{raw_type} needs no reconciliation"));
     }
     Ok(n)
-}
-
-/// A string at a path of object keys, if present and non-empty.
-fn str_at(v: &Value, path: &[&str]) -> Option<String> {
-    let mut cur = v;
-    for key in path {
-        cur = cur.get(key)?;
-    }
-    cur.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// `obj[field]` in Stripe's minor units with `obj.currency`, as exact money.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{keep_headers, Accepted, Kind, Notification, Rejection};
+use super::{keep_headers, str_at, Accepted, Kind, Notification, Rejection};
 use crate::config::{Endpoint, Secret};
 use crate::money::{Currency, Money};
 
@@ -276,15 +276,6 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
     }
     n.amount = amount(details).transpose()?;
     Ok(n)
-}
-
-/// A string at a path of object keys, if present and non-empty.
-fn str_at(v: &Value, path: &[&str]) -> Option<String> {
-    let mut cur = v;
-    for key in path {
-        cur = cur.get(key)?;
-    }
-    cur.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// `amount {value, currencyCode}`: integer minor units of the currency (its ISO exponent).

@@ -370,6 +370,16 @@ fn money_arrived(
         ]
     };
 
+    // The choices the policy leaves open: give the money back (and tell the customer), or
+    // leave it to an admin.
+    let refund_or_review = |choice, tpl, review: &str, why: String| match choice {
+        RefundOrReview::Refund => d.with(refund_all(&d, tpl, &why), recorded(false), &why),
+        RefundOrReview::Review => {
+            let key = format!("review:{review}:{}", d.payment_key());
+            d.with(vec![d.review(why.clone(), key, Some(paid))], recorded(false), &why)
+        }
+    };
+
     // The order is already paid, by this payment or by another one. Money goes back only when
     // our own records show which other payment paid it: an id the shop stored that we do not
     // know (a charge id, a session id) may well be this same payment, so that is a review.
@@ -409,22 +419,12 @@ fn money_arrived(
     match order.status {
         OrderStatus::Cancelled => {
             let why = format!("payment for order {} which is {}", order.order_id, order.raw_status);
-            match policy.on_paid_after_cancel {
-                RefundOrReview::Refund => d.with(
-                    refund_all(&d, template::ORDER_CANCELLED_REFUNDED, &why),
-                    recorded(false),
-                    &why,
-                ),
-                RefundOrReview::Review => d.with(
-                    vec![d.review(
-                        why.clone(),
-                        format!("review:paid_after_cancel:{}", d.payment_key()),
-                        Some(paid),
-                    )],
-                    recorded(false),
-                    &why,
-                ),
-            }
+            refund_or_review(
+                policy.on_paid_after_cancel,
+                template::ORDER_CANCELLED_REFUNDED,
+                "paid_after_cancel",
+                why,
+            )
         }
         OrderStatus::Other => {
             let why = format!(
@@ -449,44 +449,24 @@ fn money_arrived(
                     "paid {paid} for order {} of {expected}: other currency",
                     order.order_id
                 );
-                return match policy.on_currency_mismatch {
-                    RefundOrReview::Refund => d.with(
-                        refund_all(&d, template::PAYMENT_MISMATCH, &why),
-                        recorded(false),
-                        &why,
-                    ),
-                    RefundOrReview::Review => d.with(
-                        vec![d.review(
-                            why.clone(),
-                            format!("review:currency:{}", d.payment_key()),
-                            Some(paid),
-                        )],
-                        recorded(false),
-                        &why,
-                    ),
-                };
+                return refund_or_review(
+                    policy.on_currency_mismatch,
+                    template::PAYMENT_MISMATCH,
+                    "currency",
+                    why,
+                );
             }
             if paid.minor < expected.minor {
                 let why = format!(
                     "paid {paid} for order {} of {expected}: less than the order",
                     order.order_id
                 );
-                return match policy.on_underpaid {
-                    RefundOrReview::Refund => d.with(
-                        refund_all(&d, template::PAYMENT_MISMATCH, &why),
-                        recorded(false),
-                        &why,
-                    ),
-                    RefundOrReview::Review => d.with(
-                        vec![d.review(
-                            why.clone(),
-                            format!("review:underpaid:{}", d.payment_key()),
-                            Some(paid),
-                        )],
-                        recorded(false),
-                        &why,
-                    ),
-                };
+                return refund_or_review(
+                    policy.on_underpaid,
+                    template::PAYMENT_MISMATCH,
+                    "underpaid",
+                    why,
+                );
             }
             let fulfil = d.fulfil(paid);
             let confirm = d.notify(
