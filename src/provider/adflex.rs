@@ -85,7 +85,6 @@ pub fn accept(
     body: &[u8],
     _now: i64,
 ) -> Result<Accepted, Rejection> {
-    let kept: &[&'static str] = &["content-type", "user-agent"];
     if let Some(name) = &endpoint.signature_header {
         let value = headers.get(name.as_str()).ok_or(Rejection::MissingHeader("signature"))?;
         let value = value.to_str().map_err(|_| Rejection::MalformedHeader {
@@ -97,16 +96,10 @@ pub fn accept(
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Rejection::MalformedBody(format!("not JSON: {e}")))?;
     let (id, status) = ids(&v, &endpoint.fields)?;
-    let mut headers_json = keep_headers(headers, kept);
-    if let Some(name) = &endpoint.signature_header {
-        // Keep the configured signature header too, so the row can be verified again.
-        if let Some(value) = headers.get(name.as_str()).and_then(|h| h.to_str().ok()) {
-            let mut map: serde_json::Map<String, Value> =
-                serde_json::from_str(&headers_json).unwrap_or_default();
-            map.insert(name.clone(), value.into());
-            headers_json = Value::Object(map).to_string();
-        }
-    }
+    // The configured signature header is kept too, so the row can be verified again.
+    let mut kept = vec!["content-type", "user-agent"];
+    kept.extend(endpoint.signature_header.as_deref());
+    let headers_json = keep_headers(headers, &kept);
     Ok(Accepted { dedup_key: format!("{id}:{status}"), event_type: Some(status), headers_json })
 }
 

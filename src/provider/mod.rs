@@ -207,7 +207,7 @@ pub(crate) fn str_at(v: &serde_json::Value, path: &[&str]) -> Option<String> {
 }
 
 /// Serialises the named headers that are present into a JSON object (lower-case names).
-pub(crate) fn keep_headers(headers: &HeaderMap, names: &[&'static str]) -> String {
+pub(crate) fn keep_headers(headers: &HeaderMap, names: &[&str]) -> String {
     let mut map = serde_json::Map::new();
     for name in names {
         if let Some(v) = headers.get(*name) {

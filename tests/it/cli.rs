@@ -202,15 +202,7 @@ async fn an_acknowledged_notification_survives_sigkill() {
     for i in 0..20 {
         let id = format!("evt_before_kill_{i}");
         let body = event(&id);
-        let sig = harness::signed(SECRET, &body);
-        let (status, _) = harness::request(
-            addr,
-            "POST",
-            "/webhooks/stripe",
-            &[("stripe-signature", &sig)],
-            body.into(),
-        )
-        .await;
+        let (status, _) = harness::post_signed(addr, body).await;
         assert_eq!(status, StatusCode::OK);
         acked.push(id);
     }
@@ -326,20 +318,12 @@ async fn a_worker_crash_before_commit_emits_every_action_exactly_once() {
     );
     let cfg = cfg.to_str().unwrap().to_owned();
     let body = pi_event("evt_crash", "succeeded", "pi_crash", "1001", 10000, "usd");
-    let sig = harness::signed(SECRET, &body);
 
     // First run: the worker aborts right before its commit.
     std::env::set_var("RECONCILED_FAILPOINT", "worker_before_commit");
     let (mut child, addr, _log) = spawn_serve(&["serve", "--config", &cfg], dir.path());
     std::env::remove_var("RECONCILED_FAILPOINT");
-    let (status, _) = harness::request(
-        addr,
-        "POST",
-        "/webhooks/stripe",
-        &[("stripe-signature", &sig)],
-        body.clone().into(),
-    )
-    .await;
+    let (status, _) = harness::post_signed(addr, body.clone()).await;
     assert_eq!(status, StatusCode::OK, "ingest commits before the worker runs");
     let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(!exit.success(), "the failpoint aborted the daemon");
@@ -361,14 +345,7 @@ async fn a_worker_crash_before_commit_emits_every_action_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The provider redelivers: no new row, no new action.
-    let (status, text) = harness::request(
-        addr,
-        "POST",
-        "/webhooks/stripe",
-        &[("stripe-signature", &sig)],
-        body.into(),
-    )
-    .await;
+    let (status, text) = harness::post_signed(addr, body).await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "duplicate\n"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();

@@ -129,6 +129,12 @@ impl Daemon {
     }
 }
 
+/// POSTs `body` to the Stripe endpoint of a daemon at `addr`, signed with [`SECRET`].
+pub async fn post_signed(addr: SocketAddr, body: Vec<u8>) -> (StatusCode, String) {
+    let sig = signed(SECRET, &body);
+    request(addr, "POST", "/webhooks/stripe", &[("stripe-signature", &sig)], body.into()).await
+}
+
 /// One request on a fresh connection.
 pub async fn request(
     addr: SocketAddr,
