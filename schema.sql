@@ -101,3 +101,8 @@ CREATE INDEX inbox_due ON inbox (id) WHERE status IN ('pending', 'parked', 'proc
 -- arrival), and which endpoint (which provider account) an action belongs to.
 ALTER TABLE inbox ADD COLUMN first_tried_at INTEGER;
 ALTER TABLE outbox ADD COLUMN endpoint TEXT;
+
+-- migration: 5
+-- PayPal IPN rows are stored unverified; the worker posts them back to PayPal and records
+-- here when PayPal answered VERIFIED (NULL: not verified by postback, or not an IPN row).
+ALTER TABLE inbox ADD COLUMN verified_at INTEGER;

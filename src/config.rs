@@ -275,6 +275,10 @@ pub enum ProviderKind {
     WorldpayXml,
     /// Adflex server-to-server notifications (format assumed; field paths configurable).
     Adflex,
+    /// PayPal REST webhooks, RSA-signed transmissions.
+    Paypal,
+    /// PayPal IPN, verified by posting it back to PayPal.
+    PaypalIpn,
 }
 
 impl ProviderKind {
@@ -285,6 +289,8 @@ impl ProviderKind {
             ProviderKind::Worldpay => "worldpay",
             ProviderKind::WorldpayXml => "worldpay-xml",
             ProviderKind::Adflex => "adflex",
+            ProviderKind::Paypal => "paypal",
+            ProviderKind::PaypalIpn => "paypal-ipn",
         }
     }
 
@@ -294,6 +300,8 @@ impl ProviderKind {
             "worldpay" => Some(ProviderKind::Worldpay),
             "worldpay-xml" => Some(ProviderKind::WorldpayXml),
             "adflex" => Some(ProviderKind::Adflex),
+            "paypal" => Some(ProviderKind::Paypal),
+            "paypal-ipn" => Some(ProviderKind::PaypalIpn),
             _ => None,
         }
     }
@@ -323,6 +331,84 @@ pub struct Endpoint {
     pub signature_header: Option<String>,
     /// Adflex: where each field sits in the JSON notification.
     pub fields: AdflexFields,
+    /// PayPal webhooks: the subscription's id and where signing certificates come from.
+    pub paypal: Option<PaypalSettings>,
+    /// PayPal IPN: whose notifications these are and where to verify them.
+    pub ipn: Option<IpnSettings>,
+    /// Worldpay XML: the merchant codes whose notifications this endpoint takes (empty: any).
+    pub merchant_codes: Vec<String>,
+}
+
+/// PayPal's API hosts, the default `cert_hosts`: certificate URLs on any other host are refused.
+pub const PAYPAL_CERT_HOSTS: &[&str] =
+    &["api.paypal.com", "api-m.paypal.com", "api.sandbox.paypal.com", "api-m.sandbox.paypal.com"];
+/// The default `cert_subjects`.
+pub const PAYPAL_CERT_SUBJECTS: &[&str] = &["*.paypal.com"];
+/// PayPal's live IPN verification URL, the default `verify_url`.
+pub const IPN_VERIFY_URL: &str = "https://ipnpb.paypal.com/cgi-bin/webscr";
+
+/// `provider = "paypal"` settings.
+#[derive(Debug, Clone)]
+pub struct PaypalSettings {
+    /// The id of our webhook subscription: part of the signed string.
+    pub webhook_id: String,
+    /// Pinned signing certificates (PEM files), tried before any download.
+    pub certs: Vec<crate::provider::paypal::Certificate>,
+    /// Whether certificates may be downloaded from `PAYPAL-CERT-URL` (allowed hosts only).
+    pub cert_url_fetch: bool,
+    /// Hosts (`host` or `host:port`) a certificate URL may name.
+    pub cert_hosts: Vec<String>,
+    /// Subject name patterns a signing certificate must match (`*.paypal.com`).
+    pub cert_subjects: Vec<String>,
+    /// Extra trusted roots (PEM) for the HTTPS download.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Which resource field holds the shop's order reference.
+    pub reference: PaypalReference,
+}
+
+/// Where a PayPal resource carries the shop's reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaypalReference {
+    /// `custom_id`, then `invoice_id`.
+    CustomId,
+    /// `invoice_id`, then `custom_id`.
+    InvoiceId,
+}
+
+/// `provider = "paypal-ipn"` settings.
+#[derive(Debug, Clone)]
+pub struct IpnSettings {
+    /// Our PayPal account's email; the message's `receiver_email` must equal it.
+    pub receiver_email: Option<String>,
+    /// Our PayPal account's merchant id; the message's `receiver_id` must equal it.
+    pub receiver_id: Option<String>,
+    /// Where messages are posted back for verification (https).
+    pub verify_url: String,
+    /// Extra trusted roots (PEM) for the postback.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Which field holds the shop's order reference.
+    pub reference: IpnReference,
+}
+
+impl Default for IpnSettings {
+    fn default() -> IpnSettings {
+        IpnSettings {
+            receiver_email: None,
+            receiver_id: None,
+            verify_url: IPN_VERIFY_URL.into(),
+            tls_ca: None,
+            reference: IpnReference::Invoice,
+        }
+    }
+}
+
+/// Where an IPN message carries the shop's reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpnReference {
+    /// `invoice`, then `custom`.
+    Invoice,
+    /// `custom`, then `invoice`.
+    Custom,
 }
 
 /// Dotted JSON paths of the Adflex notification's fields. The format is not public: these
@@ -520,6 +606,18 @@ struct RawEndpoint {
     signature_header: Option<String>,
     #[serde(default)]
     fields: RawFields,
+    webhook_id: Option<String>,
+    #[serde(default)]
+    certs: Vec<PathBuf>,
+    cert_url_fetch: Option<bool>,
+    cert_hosts: Option<Vec<String>>,
+    cert_subjects: Option<Vec<String>>,
+    tls_ca_file: Option<PathBuf>,
+    reference: Option<String>,
+    receiver_email: Option<String>,
+    receiver_id: Option<String>,
+    verify_url: Option<String>,
+    merchant_codes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -734,7 +832,7 @@ impl Config {
             let provider = ProviderKind::parse(&e.provider).ok_or_else(|| {
                 invalid(
                     format!("{at}.provider"),
-                    format!("\"{}\" is not a supported provider (supported: stripe, worldpay, worldpay-xml, adflex)", e.provider),
+                    format!("\"{}\" is not a supported provider (supported: stripe, paypal, paypal-ipn, worldpay, worldpay-xml, adflex)", e.provider),
                 )
             })?;
             let has_trust = e.basic_auth.is_some() || !e.allow_from.is_empty();
@@ -769,7 +867,12 @@ impl Config {
                         "worldpay-xml notifications carry no signature: configure basic_auth and/or allow_from".into(),
                     ))
                 }
-                ProviderKind::Worldpay | ProviderKind::WorldpayXml if !e.secrets.is_empty() => {
+                ProviderKind::Worldpay
+                | ProviderKind::WorldpayXml
+                | ProviderKind::Paypal
+                | ProviderKind::PaypalIpn
+                    if !e.secrets.is_empty() =>
+                {
                     return Err(invalid(
                         format!("{at}.secrets"),
                         format!("{} does not use secrets (see keys, basic_auth)", provider.as_str()),
@@ -825,6 +928,180 @@ impl Config {
                     "is the example's placeholder or the demo's public test secret; use the signing secret from the provider's dashboard".into(),
                 ));
             }
+            let beside = |p: &Path| match source.parent() {
+                Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
+                _ => p.to_owned(),
+            };
+            let read = |key: &str, p: &Path| {
+                std::fs::read(beside(p)).map_err(|err| {
+                    invalid(
+                        format!("{at}.{key}"),
+                        format!("cannot read {}: {err}", beside(p).display()),
+                    )
+                })
+            };
+            let tls_ca = match &e.tls_ca_file {
+                Some(p) => {
+                    let pem = read("tls_ca_file", p)?;
+                    match reqwest::Certificate::from_pem_bundle(&pem) {
+                        Ok(v) if !v.is_empty() => Some(pem),
+                        _ => {
+                            return Err(invalid(
+                                format!("{at}.tls_ca_file"),
+                                "holds no PEM certificate".into(),
+                            ))
+                        }
+                    }
+                }
+                None => None,
+            };
+            let misplaced = |key: &str, set: bool, only: &str| {
+                if set {
+                    Err(invalid(
+                        format!("{at}.{key}"),
+                        format!("applies only to provider = \"{only}\""),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            let is_paypal = provider == ProviderKind::Paypal;
+            let is_ipn = provider == ProviderKind::PaypalIpn;
+            if !is_paypal {
+                misplaced("webhook_id", e.webhook_id.is_some(), "paypal")?;
+                misplaced("certs", !e.certs.is_empty(), "paypal")?;
+                misplaced("cert_url_fetch", e.cert_url_fetch.is_some(), "paypal")?;
+                misplaced("cert_hosts", e.cert_hosts.is_some(), "paypal")?;
+                misplaced("cert_subjects", e.cert_subjects.is_some(), "paypal")?;
+            }
+            if !is_ipn {
+                misplaced("receiver_email", e.receiver_email.is_some(), "paypal-ipn")?;
+                misplaced("receiver_id", e.receiver_id.is_some(), "paypal-ipn")?;
+                misplaced("verify_url", e.verify_url.is_some(), "paypal-ipn")?;
+            }
+            if provider != ProviderKind::WorldpayXml {
+                misplaced("merchant_codes", e.merchant_codes.is_some(), "worldpay-xml")?;
+            }
+            let merchant_codes = e.merchant_codes.clone().unwrap_or_default();
+            if merchant_codes.iter().any(|c| c.trim().is_empty()) {
+                return Err(invalid(format!("{at}.merchant_codes"), "holds an empty code".into()));
+            }
+            if !is_paypal && !is_ipn {
+                misplaced("tls_ca_file", e.tls_ca_file.is_some(), "paypal or paypal-ipn")?;
+                misplaced("reference", e.reference.is_some(), "paypal or paypal-ipn")?;
+            }
+            let paypal = if is_paypal {
+                let webhook_id = e.webhook_id.clone().unwrap_or_default();
+                if webhook_id.is_empty() || !webhook_id.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(invalid(
+                        format!("{at}.webhook_id"),
+                        "the id of the webhook in PayPal's developer dashboard is required (it is part of what PayPal signs)".into(),
+                    ));
+                }
+                let mut certs = Vec::with_capacity(e.certs.len());
+                for (n, p) in e.certs.iter().enumerate() {
+                    let pem = read(&format!("certs[{n}]"), p)?;
+                    let cert =
+                        crate::provider::paypal::Certificate::from_pem(&pem).map_err(|err| {
+                            invalid(
+                                format!("{at}.certs[{n}]"),
+                                format!("{}: {err}", beside(p).display()),
+                            )
+                        })?;
+                    certs.push(cert);
+                }
+                let cert_url_fetch = e.cert_url_fetch.unwrap_or(false);
+                if certs.is_empty() && !cert_url_fetch {
+                    return Err(invalid(
+                        format!("{at}.certs"),
+                        "pin PayPal's signing certificate (certs = [\"paypal-cert.pem\"]) and/or set cert_url_fetch = true".into(),
+                    ));
+                }
+                let lower = |v: &Option<Vec<String>>, default: &[&str]| -> Vec<String> {
+                    match v {
+                        Some(list) => list.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+                        None => default.iter().map(|h| (*h).to_owned()).collect(),
+                    }
+                };
+                let cert_hosts = lower(&e.cert_hosts, PAYPAL_CERT_HOSTS);
+                if let Some(h) =
+                    cert_hosts.iter().find(|h| h.is_empty() || h.contains('/') || h.contains('@'))
+                {
+                    return Err(invalid(
+                        format!("{at}.cert_hosts"),
+                        format!("\"{h}\" is not a host or host:port"),
+                    ));
+                }
+                let cert_subjects = lower(&e.cert_subjects, PAYPAL_CERT_SUBJECTS);
+                if cert_subjects.is_empty() {
+                    return Err(invalid(format!("{at}.cert_subjects"), "must not be empty".into()));
+                }
+                let reference = match e.reference.as_deref() {
+                    None | Some("custom_id") => PaypalReference::CustomId,
+                    Some("invoice_id") => PaypalReference::InvoiceId,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{at}.reference"),
+                            format!("\"{other}\" is not custom_id or invoice_id"),
+                        ))
+                    }
+                };
+                Some(PaypalSettings {
+                    webhook_id,
+                    certs,
+                    cert_url_fetch,
+                    cert_hosts,
+                    cert_subjects,
+                    tls_ca: tls_ca.clone(),
+                    reference,
+                })
+            } else {
+                None
+            };
+            let ipn = if is_ipn {
+                let nonempty = |v: &Option<String>| {
+                    v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+                };
+                let (receiver_email, receiver_id) =
+                    (nonempty(&e.receiver_email), nonempty(&e.receiver_id));
+                if receiver_email.is_none() && receiver_id.is_none() {
+                    return Err(invalid(
+                        format!("{at}.receiver_email"),
+                        "set receiver_email and/or receiver_id (your PayPal account's): messages for other accounts are refused".into(),
+                    ));
+                }
+                let verify_url = e.verify_url.clone().unwrap_or_else(|| IPN_VERIFY_URL.into());
+                match url::Url::parse(&verify_url) {
+                    Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {}
+                    _ => {
+                        return Err(invalid(
+                            format!("{at}.verify_url"),
+                            format!(
+                            "\"{verify_url}\" is not an https URL (PayPal's is {IPN_VERIFY_URL})"
+                        ),
+                        ))
+                    }
+                }
+                let reference = match e.reference.as_deref() {
+                    None | Some("invoice") => IpnReference::Invoice,
+                    Some("custom") => IpnReference::Custom,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{at}.reference"),
+                            format!("\"{other}\" is not invoice or custom"),
+                        ))
+                    }
+                };
+                Some(IpnSettings {
+                    receiver_email,
+                    receiver_id,
+                    verify_url,
+                    tls_ca: tls_ca.clone(),
+                    reference,
+                })
+            } else {
+                None
+            };
             let tolerance = Duration::from_secs(positive(
                 &format!("{at}.tolerance_secs"),
                 e.tolerance_secs,
@@ -850,6 +1127,9 @@ impl Config {
                         status: e.fields.status.unwrap_or(d.status),
                     }
                 },
+                paypal,
+                ipn,
+                merchant_codes,
             });
         }
 
@@ -906,6 +1186,23 @@ impl Config {
             if !e.allow_from.is_empty() {
                 let nets: Vec<String> = e.allow_from.iter().map(ToString::to_string).collect();
                 hints.push(format!("allowed from {}", nets.join(" ")));
+            }
+            if let Some(p) = &e.paypal {
+                hints.push(format!(
+                    "webhook id {}, {} pinned certificate(s), certificate download {} (hosts {})",
+                    p.webhook_id,
+                    p.certs.len(),
+                    if p.cert_url_fetch { "on" } else { "off" },
+                    p.cert_hosts.join(" ")
+                ));
+            }
+            if let Some(i) = &e.ipn {
+                let receiver = [i.receiver_email.as_deref(), i.receiver_id.as_deref()];
+                hints.push(format!(
+                    "receiver {}, verified by postback to {}",
+                    receiver.iter().flatten().copied().collect::<Vec<_>>().join(" / "),
+                    i.verify_url
+                ));
             }
             let _ = writeln!(
                 out,
@@ -1270,6 +1567,38 @@ tolerance_secs = 120
         ] {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.starts_with(&format!("test.toml: {key}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn paypal_endpoints_need_their_settings_and_refuse_others() {
+        let pinned = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/paypal/test-only-signing.pem");
+        let ok = format!(
+            "[[endpoint]]\nname = \"p\"\nprovider = \"paypal\"\nwebhook_id = \"WH1\"\ncerts = [\"{pinned}\"]\n\
+             [[endpoint]]\nname = \"i\"\nprovider = \"paypal-ipn\"\nreceiver_id = \"S8XG\"\n"
+        );
+        let c = parse(&ok).unwrap();
+        let p = c.endpoints[0].paypal.as_ref().unwrap();
+        assert_eq!((p.certs.len(), p.cert_url_fetch), (1, false));
+        assert_eq!(p.cert_hosts[0], "api.paypal.com");
+        assert_eq!(c.endpoints[1].ipn.as_ref().unwrap().verify_url, IPN_VERIFY_URL);
+        for (text, key, says) in [
+            ("provider = \"paypal\"\ncert_url_fetch = true", "webhook_id", "is required"),
+            ("provider = \"paypal\"\nwebhook_id = \"WH1\"", "certs", "cert_url_fetch"),
+            ("provider = \"paypal-ipn\"", "receiver_email", "receiver_id"),
+            (
+                "provider = \"paypal-ipn\"\nreceiver_id = \"X\"\nverify_url = \"http://ipnpb.paypal.com/cgi-bin/webscr\"",
+                "verify_url",
+                "not an https URL",
+            ),
+            ("provider = \"paypal\"\nwebhook_id = \"W\"\ncerts = [\"/nonexistent.pem\"]", "certs[0]", "cannot read"),
+            ("provider = \"stripe\"\nsecrets = [\"whsec_x1\"]\nwebhook_id = \"W\"", "webhook_id", "only to provider = \"paypal\""),
+            ("provider = \"stripe\"\nsecrets = [\"whsec_x1\"]\nreceiver_id = \"R\"", "receiver_id", "paypal-ipn"),
+            ("provider = \"paypal-ipn\"\nreceiver_id = \"R\"\nsecrets = [\"s\"]", "secrets", "does not use secrets"),
+        ] {
+            let err = parse(&format!("[[endpoint]]\nname = \"e\"\n{text}\n")).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("test.toml: endpoint \"e\".{key}: ")), "{err}");
+            assert!(err.contains(says), "{says}: {err}");
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod provider;
 pub mod reconcile;
 pub mod shop;
 pub mod store;
+pub mod systemd;
 
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ pub async fn run_server(
     listener: TcpListener,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(std::net::SocketAddr),
-) -> Result<(), StoreError> {
+) -> anyhow::Result<()> {
     let store = Store::open(&config.store)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let worker = match &config.shop {
@@ -87,11 +88,15 @@ pub async fn run_server(
             None
         }
     };
+    let state = Arc::new(
+        http::AppState::new(config, store.clone(), wake).map_err(|why| anyhow::anyhow!(why))?,
+    );
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
         on_ready(addr);
+        systemd::ready(addr);
     }
-    let state = Arc::new(http::AppState::new(config, store.clone(), wake));
+    let systemd_watchdog = systemd::watchdog(store.clone(), shutdown.clone());
     // A dead writer stops the daemon (and systemd restarts it) instead of leaving it up and
     // answering 503 to everything.
     let watchdog = {
@@ -105,13 +110,16 @@ pub async fn run_server(
     };
     http::serve(listener, state, shutdown.clone()).await;
     watchdog.abort();
+    if let Some(w) = systemd_watchdog {
+        w.abort();
+    }
     if let Some(worker) = worker {
         // The worker finishes the batch it is on (a commit, or nothing) and stops.
         shutdown.cancel();
         let _ = worker.await;
     }
     if store.is_dead() {
-        return Err(StoreError::WriterDied);
+        return Err(StoreError::WriterDied.into());
     }
     store.close().await;
     tracing::info!("store closed");

@@ -192,6 +192,12 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     if let Some(error) = &s.last_error {
         writeln!(out, "last error:     {error} (after {} attempt(s))", s.attempts)?;
     }
+    if s.provider == "paypal-ipn" {
+        match s.verified_at {
+            Some(at) => writeln!(out, "verified:       by PayPal's postback at {}", utc(at))?,
+            None => writeln!(out, "verified:       not yet (the worker posts it back to PayPal)")?,
+        }
+    }
     writeln!(out, "received:       {} from {}", utc(s.received_at), s.remote_addr)?;
     writeln!(out, "deliveries:     {} (last {})", s.delivery_count, utc(s.last_received_at))?;
     writeln!(out, "headers:")?;

@@ -19,6 +19,8 @@ pub enum SignCommand {
     Worldpay(WorldpayArgs),
     /// Print an Adflex HMAC-SHA256 signature header (the assumed scheme; see the README).
     Adflex(AdflexArgs),
+    /// Print PayPal's five webhook transmission headers, signed with an RSA private key.
+    Paypal(PaypalArgs),
 }
 
 /// Where the body comes from and how to print the result.
@@ -71,13 +73,36 @@ pub struct AdflexArgs {
     out: Output,
 }
 
+/// Arguments of `sign paypal`.
+#[derive(Debug, Args)]
+pub struct PaypalArgs {
+    /// The RSA private key (unencrypted PKCS#8 PEM) whose certificate the endpoint trusts
+    /// (pinned in `certs`, or served at `--cert-url`).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The `PAYPAL-CERT-URL` to send; it must be on one of the endpoint's `cert_hosts`.
+    #[arg(long, value_name = "URL")]
+    cert_url: String,
+    /// The endpoint's `webhook_id`.
+    #[arg(long)]
+    webhook_id: String,
+    /// `PAYPAL-TRANSMISSION-ID` (default: a new one).
+    #[arg(long)]
+    transmission_id: Option<String>,
+    /// `PAYPAL-TRANSMISSION-TIME`, RFC 3339 (default: now).
+    #[arg(long)]
+    time: Option<String>,
+    #[command(flatten)]
+    out: Output,
+}
+
 pub(super) fn run(cmd: SignCommand) -> anyhow::Result<()> {
     match cmd {
         SignCommand::Stripe(args) => {
             let body = read_body(&args.out)?;
             let timestamp = args.timestamp.unwrap_or_else(|| crate::now_ms().div_euclid(1000));
             let header = stripe::sign(args.secret.expose(), timestamp, &body);
-            print_request(&args.out, body, "Stripe-Signature", &header, "application/json")
+            print_request(&args.out, body, &[("Stripe-Signature", header)], "application/json")
         }
         SignCommand::Worldpay(args) => {
             let body = read_body(&args.out)?;
@@ -85,15 +110,34 @@ pub(super) fn run(cmd: SignCommand) -> anyhow::Result<()> {
             print_request(
                 &args.out,
                 body,
-                "Event-Signature",
-                &header,
+                &[("Event-Signature", header)],
                 "application/vnd.worldpay.events-v1.hal+json",
             )
         }
         SignCommand::Adflex(args) => {
             let body = read_body(&args.out)?;
             let header = crate::provider::adflex::sign(args.secret.expose(), &body);
-            print_request(&args.out, body, &args.header, &header, "application/json")
+            print_request(&args.out, body, &[(&args.header, header)], "application/json")
+        }
+        SignCommand::Paypal(args) => {
+            use crate::provider::paypal;
+            let body = read_body(&args.out)?;
+            let key = std::fs::read(&args.key)
+                .with_context(|| format!("cannot read {}", args.key.display()))?;
+            let now = crate::now_ms();
+            let id = args.transmission_id.unwrap_or_else(|| format!("reconciled-test-{now}"));
+            let time = args.time.unwrap_or_else(|| super::utc(now));
+            let message = paypal::signed_message(&id, &time, &args.webhook_id, &body);
+            let signature = paypal::sign(&key, message.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.key.display()))?;
+            let headers = [
+                ("PAYPAL-TRANSMISSION-ID", id),
+                ("PAYPAL-TRANSMISSION-TIME", time),
+                ("PAYPAL-TRANSMISSION-SIG", signature),
+                ("PAYPAL-CERT-URL", args.cert_url),
+                ("PAYPAL-AUTH-ALGO", paypal::ALGORITHM.to_owned()),
+            ];
+            print_request(&args.out, body, &headers, "application/json")
         }
     }
 }
@@ -111,24 +155,29 @@ fn read_body(out: &Output) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Prints `Name: value`, or with `--curl` a complete curl command posting the body.
+/// Prints `Name: value` lines, or with `--curl` a complete curl command posting the body.
 fn print_request(
     out: &Output,
     body: Vec<u8>,
-    name: &str,
-    value: &str,
+    headers: &[(&str, String)],
     content_type: &str,
 ) -> anyhow::Result<()> {
     let Some(url) = &out.curl else {
-        println!("{name}: {value}");
+        for (name, value) in headers {
+            println!("{name}: {value}");
+        }
         return Ok(());
     };
-    let curl = format!(
-        "curl -sS -i -X POST {} -H {} -H {} --data-binary",
+    let mut curl = format!(
+        "curl -sS -i -X POST {} -H {}",
         shell_quote(url),
         shell_quote(&format!("Content-Type: {content_type}")),
-        shell_quote(&format!("{name}: {value}")),
     );
+    for (name, value) in headers {
+        curl.push_str(" -H ");
+        curl.push_str(&shell_quote(&format!("{name}: {value}")));
+    }
+    curl.push_str(" --data-binary");
     match &out.body {
         Some(path) => println!("{curl} {}", shell_quote(&format!("@{}", path.display()))),
         None => {

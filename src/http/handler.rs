@@ -99,9 +99,10 @@ async fn webhook(
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Reply {
-    let Some((endpoint_name, endpoint, auth)) = state.endpoints.get(name) else {
+    let Some(served) = state.endpoints.get(name) else {
         return text(StatusCode::NOT_FOUND, "unknown endpoint\n");
     };
+    let (endpoint_name, endpoint, auth) = (&served.name, &served.endpoint, &served.auth);
     if let Err(refusal) = super::trust::check(endpoint, auth.as_ref(), remote.ip(), req.headers()) {
         tracing::debug!(endpoint = %endpoint_name, %remote, reason = refusal.code(), "request refused");
         state.store.record_failure(FailureRecord {
@@ -150,7 +151,15 @@ async fn webhook(
     };
 
     let now_ms = crate::now_ms();
-    let accepted = match provider::accept(endpoint, &parts.headers, &body, now_ms.div_euclid(1000))
+    let now = now_ms.div_euclid(1000);
+    let accepted = match provider::accept(
+        endpoint,
+        served.certs.as_ref(),
+        &parts.headers,
+        &body,
+        now,
+    )
+    .await
     {
         Ok(a) => a,
         Err(rejection) => {
@@ -180,6 +189,11 @@ async fn webhook(
                 body_len: body.len(),
                 body_prefix: body.slice(..body.len().min(FAILURE_BODY_PREFIX)),
             });
+            if rejection.is_temporary() {
+                let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, format!("{detail}\n"));
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("30"));
+                return resp;
+            }
             return text(StatusCode::BAD_REQUEST, format!("{detail}\n"));
         }
     };
@@ -194,6 +208,17 @@ async fn webhook(
         headers_json: accepted.headers_json,
         body,
     };
+    // Test-only and broken on purpose: acknowledge first, store a little later.
+    #[cfg(feature = "test-ack-before-commit")]
+    {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ = store.insert(row).await;
+        });
+        return ack(endpoint.provider, false);
+    }
+    #[cfg_attr(feature = "test-ack-before-commit", allow(unreachable_code))]
     match tokio::time::timeout(limits.request_timeout, state.store.insert(row)).await {
         Ok(Ok(stored)) if stored.is_duplicate() => {
             tracing::debug!(

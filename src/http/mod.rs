@@ -28,14 +28,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Endpoint, ServerConfig};
 use crate::store::Store;
 
+/// The read buffer per connection: the largest request head accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Pause after a failed `accept` (for example too many open files) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// Endpoints by name, as in `POST /webhooks/{name}`, with their expected basic auth.
-    endpoints: HashMap<String, (Arc<str>, Endpoint, Option<trust::ExpectedAuth>)>,
+    /// Endpoints by name, as in `POST /webhooks/{name}`.
+    endpoints: HashMap<String, Served>,
     /// The inbox writer.
     store: Store,
     /// Body size and timeouts.
@@ -46,24 +49,59 @@ pub struct AppState {
     last_refusal_warning: std::sync::atomic::AtomicI64,
 }
 
+/// One endpoint as served: its configuration and what verifying it needs.
+#[derive(Debug)]
+struct Served {
+    /// Its name, shared by every row and log line.
+    name: Arc<str>,
+    /// Its configuration.
+    endpoint: Endpoint,
+    /// The basic auth header it expects, if any.
+    auth: Option<trust::ExpectedAuth>,
+    /// PayPal webhooks: pinned and downloaded signing certificates.
+    certs: Option<crate::provider::paypal::CertSource>,
+}
+
 impl AppState {
-    /// State for serving `config`'s endpoints into `store`.
-    pub fn new(config: &Config, store: Store, wake: Arc<tokio::sync::Notify>) -> AppState {
-        let endpoints = config
-            .endpoints
-            .iter()
-            .map(|e| {
-                let auth = trust::ExpectedAuth::for_endpoint(e);
-                (e.name.clone(), (Arc::from(e.name.as_str()), e.clone(), auth))
-            })
-            .collect();
-        AppState {
+    /// State for serving `config`'s endpoints into `store`. Fails only when an endpoint's
+    /// HTTPS client cannot be built (its `tls_ca_file`).
+    pub fn new(
+        config: &Config,
+        store: Store,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Result<AppState, String> {
+        let mut endpoints = HashMap::new();
+        for e in &config.endpoints {
+            let certs = match &e.paypal {
+                Some(settings) => {
+                    let now = crate::now_ms() / 1000;
+                    for (n, cert) in settings.certs.iter().enumerate() {
+                        if let Err(why) = cert.check_validity(now) {
+                            tracing::warn!(endpoint = %e.name, "pinned certificate certs[{n}]: {why}");
+                        }
+                    }
+                    Some(
+                        crate::provider::paypal::CertSource::new(settings)
+                            .map_err(|why| format!("endpoint \"{}\": {why}", e.name))?,
+                    )
+                }
+                None => None,
+            };
+            let served = Served {
+                name: Arc::from(e.name.as_str()),
+                endpoint: e.clone(),
+                auth: trust::ExpectedAuth::for_endpoint(e),
+                certs,
+            };
+            endpoints.insert(e.name.clone(), served);
+        }
+        Ok(AppState {
             endpoints,
             store,
             wake,
             limits: config.server.clone(),
             last_refusal_warning: std::sync::atomic::AtomicI64::new(i64::MIN),
-        }
+        })
     }
 }
 
@@ -74,6 +112,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.limits.header_read_timeout)
+        // A connection's read buffer, and so the most header bytes a request may have: hyper's
+        // default (about 400 KiB) would let 1,024 idle connections pin 400 MB. Providers'
+        // headers are a few KiB; more gets 431.
+        .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(state.limits.max_connections));
@@ -111,6 +153,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         });
     }
     drop(listener);
+    crate::systemd::stopping();
 
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),

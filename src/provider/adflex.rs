@@ -22,9 +22,6 @@ use crate::money::{Currency, Money};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Longest transaction id or status accepted.
-const MAX_ID_LEN: usize = 255;
-
 /// The `{hex}` signature of `body` for a signed test request.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
@@ -68,7 +65,7 @@ fn text_at(v: &Value, path: &str) -> Option<String> {
 }
 
 fn ids(v: &Value, f: &AdflexFields) -> Result<(String, String), Rejection> {
-    let valid = |s: &String| s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control);
+    let valid = |s: &String| super::is_plain_id(s);
     let id = text_at(v, &f.transaction_id).filter(valid).ok_or_else(|| {
         Rejection::MalformedBody(format!("no {} in the notification", f.transaction_id))
     })?;
@@ -86,11 +83,7 @@ pub fn accept(
     _now: i64,
 ) -> Result<Accepted, Rejection> {
     if let Some(name) = &endpoint.signature_header {
-        let value = headers.get(name.as_str()).ok_or(Rejection::MissingHeader("signature"))?;
-        let value = value.to_str().map_err(|_| Rejection::MalformedHeader {
-            header: "signature",
-            detail: "not visible ASCII",
-        })?;
+        let value = super::header_text(headers, name, "signature")?;
         verify(&endpoint.secrets, value, body)?;
     }
     let v: Value = serde_json::from_slice(body)
@@ -104,7 +97,8 @@ pub fn accept(
 }
 
 /// What an Adflex `statusCode` means. Assumptions (the format is not public): `Authorised`
-/// and `Settled` count as paid, `AuthorisedOnly` as authorized (capture later).
+/// and `Settled` count as paid, `AuthorisedOnly` as authorized (capture later); a refund or a
+/// chargeback comes as the transaction's own GUID with `Refunded` or `Chargeback`.
 pub fn kind(status: &str) -> Kind {
     match status {
         "Authorised" | "Settled" => Kind::Succeeded,
@@ -112,6 +106,8 @@ pub fn kind(status: &str) -> Kind {
         "MerchantPending" => Kind::Pending,
         "Declined" | "MerchantRejected" | "ReferralA" => Kind::Failed,
         "Cancelled" => Kind::Canceled,
+        "Refunded" | "PartiallyRefunded" => Kind::Refunded,
+        "Chargeback" | "ChargedBack" => Kind::Disputed,
         _ => Kind::Ignored,
     }
 }
@@ -155,6 +151,7 @@ pub fn parse(fields: &AdflexFields, body: &[u8]) -> Result<Notification, String>
         customer_email: None,
         object_id: None,
         request_key: None,
+        related_payment_id: None,
         detail: (kind == Kind::Ignored)
             .then(|| format!("Adflex status {status} needs no reconciliation")),
     })

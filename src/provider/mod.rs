@@ -4,9 +4,13 @@
 //! dispatch on [`ProviderKind`] is here. Nothing is parsed before its signature checks out.
 
 pub mod adflex;
+pub mod paypal;
+pub mod paypal_ipn;
 pub mod stripe;
 pub mod worldpay;
 pub mod worldpay_xml;
+
+use std::time::Duration;
 
 use hyper::HeaderMap;
 use serde::Serialize;
@@ -84,6 +88,9 @@ pub struct Notification {
     pub object_id: Option<String>,
     /// The idempotency key of the API request that caused the event (our own refunds).
     pub request_key: Option<String>,
+    /// Another id of this same payment at the provider: the authorization a capture settles
+    /// (PayPal). It is never taken for another payment of the order.
+    pub related_payment_id: Option<String>,
     /// A short human detail (decline message, dispute reason, why ignored).
     pub detail: Option<String>,
 }
@@ -96,6 +103,8 @@ pub fn parse(
     body: &[u8],
 ) -> Result<Notification, String> {
     match provider {
+        "paypal" => paypal::parse(endpoint.and_then(|e| e.paypal.as_ref()), body),
+        "paypal-ipn" => paypal_ipn::parse(endpoint.and_then(|e| e.ipn.as_ref()), body),
         "adflex" => {
             let default = crate::config::AdflexFields::default();
             adflex::parse(endpoint.map_or(&default, |e| &e.fields), body)
@@ -155,6 +164,15 @@ pub enum Rejection {
     /// The signature is good but the body is not a notification we understand.
     #[error("malformed body: {0}")]
     MalformedBody(String),
+    /// The signing certificate or its URL is not acceptable (PayPal).
+    #[error("{0}")]
+    Certificate(String),
+    /// The signing certificate cannot be had right now (PayPal): answered 503, PayPal retries.
+    #[error("{0}")]
+    CertificateUnavailable(String),
+    /// The notification is for another account (PayPal IPN `receiver_email`/`receiver_id`).
+    #[error("{0} is not this endpoint's")]
+    WrongReceiver(&'static str),
 }
 
 impl Rejection {
@@ -167,18 +185,39 @@ impl Rejection {
             Rejection::Stale { .. } => "stale_timestamp",
             Rejection::Future { .. } => "future_timestamp",
             Rejection::MalformedBody(_) => "malformed_body",
+            Rejection::Certificate(_) => "bad_certificate",
+            Rejection::CertificateUnavailable(_) => "certificate_unavailable",
+            Rejection::WrongReceiver(_) => "wrong_receiver",
         }
+    }
+
+    /// Whether the sender should simply try again later (answered 503, not 400).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Rejection::CertificateUnavailable(_))
     }
 }
 
-/// Verifies a request for `endpoint` and identifies it. `now` is unix seconds.
-pub fn accept(
+/// Verifies a request for `endpoint` and identifies it. `now` is unix seconds. `certs` is
+/// the endpoint's certificate source when it is a PayPal webhook endpoint (the only provider
+/// whose verification may need the network).
+pub async fn accept(
     endpoint: &Endpoint,
+    certs: Option<&paypal::CertSource>,
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
 ) -> Result<Accepted, Rejection> {
     match endpoint.provider {
+        ProviderKind::Paypal => match certs {
+            Some(certs) => certs.accept(headers, body, now).await,
+            None => Err(Rejection::CertificateUnavailable(
+                "no certificate source for this PayPal endpoint".into(),
+            )),
+        },
+        ProviderKind::PaypalIpn => match &endpoint.ipn {
+            Some(settings) => paypal_ipn::accept(settings, headers, body),
+            None => Err(Rejection::WrongReceiver("receiver_email")),
+        },
         ProviderKind::Stripe => stripe::accept(endpoint, headers, body, now),
         ProviderKind::Worldpay => worldpay::accept(endpoint, headers, body, now),
         ProviderKind::WorldpayXml => worldpay_xml::accept(endpoint, headers, body, now),
@@ -192,9 +231,42 @@ pub fn acknowledgement(kind: ProviderKind, duplicate: bool) -> (&'static str, &'
     match (kind, duplicate) {
         // Worldpay's XML service retries anything but exactly `[OK]`.
         (ProviderKind::WorldpayXml, _) => ("text/plain", "[OK]"),
+        // IPN wants an empty 200.
+        (ProviderKind::PaypalIpn, _) => ("text/plain", ""),
         (_, false) => ("text/plain; charset=utf-8", "stored\n"),
         (_, true) => ("text/plain; charset=utf-8", "duplicate\n"),
     }
+}
+
+/// Providers that report the same payments through two channels share a family: a PayPal
+/// capture comes as a webhook and, when IPN is on too, as an IPN with the same id.
+pub fn family(provider: &str) -> &str {
+    match provider {
+        "paypal-ipn" => "paypal",
+        other => other,
+    }
+}
+
+/// Longest notification id (dedup key) or event type accepted from any provider.
+pub(crate) const MAX_ID_LEN: usize = 255;
+
+/// Whether `s` can be a notification id or type: non-empty, at most [`MAX_ID_LEN`] bytes, no
+/// control characters.
+pub(crate) fn is_plain_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control)
+}
+
+/// A required header as text: [`Rejection::MissingHeader`] when absent, and
+/// [`Rejection::MalformedHeader`] when it is not visible ASCII. `label` names it in both.
+pub(crate) fn header_text<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+    label: &'static str,
+) -> Result<&'a str, Rejection> {
+    let value = headers.get(name).ok_or(Rejection::MissingHeader(label))?;
+    value
+        .to_str()
+        .map_err(|_| Rejection::MalformedHeader { header: label, detail: "not visible ASCII" })
 }
 
 /// A string at a path of JSON object keys, if present and non-empty.
@@ -218,4 +290,33 @@ pub(crate) fn keep_headers(headers: &HeaderMap, names: &[&str]) -> String {
         }
     }
     serde_json::Value::Object(map).to_string()
+}
+
+/// The HTTPS client for PayPal's certificate URL and IPN postback: https only, no redirects
+/// (a redirect could lead anywhere), bounded in time, trusting the public web PKI plus the
+/// PEM certificates in `extra_roots` (a test CA, a corporate proxy's).
+pub fn https_client(
+    extra_roots: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .user_agent(concat!("reconciled/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = extra_roots {
+        let roots = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("tls_ca_file: {}", crate::error_chain(&e)))?;
+        if roots.is_empty() {
+            return Err("tls_ca_file holds no certificate".into());
+        }
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTPS client: {}", crate::error_chain(&e)))
 }

@@ -16,7 +16,9 @@ use sha2::Sha256;
 
 use serde_json::Value;
 
-use super::{keep_headers, str_at, Accepted, Kind, Notification, Rejection};
+use super::{
+    header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
+};
 use crate::config::{Endpoint, Secret};
 use crate::money::{stripe_exponent, Currency, Money};
 
@@ -26,8 +28,6 @@ type HmacSha256 = Hmac<Sha256>;
 pub const HEADER: &str = "stripe-signature";
 /// Headers kept with the row: enough to verify it again.
 const KEPT_HEADERS: &[&str] = &[HEADER, "content-type", "user-agent"];
-/// Longest event id we accept; Stripe's are about 30 characters.
-const MAX_EVENT_ID_LEN: usize = 255;
 /// More signatures than this in one header is an attack, not a secret roll.
 const MAX_SIGNATURES: usize = 16;
 
@@ -155,8 +155,7 @@ pub fn identify(body: &[u8]) -> Result<EventId, Rejection> {
             truncate(&env.object, 40)
         )));
     }
-    if env.id.is_empty() || env.id.len() > MAX_EVENT_ID_LEN || env.id.chars().any(char::is_control)
-    {
+    if !is_plain_id(&env.id) {
         return Err(Rejection::MalformedBody(
             "event id is empty, too long or has control characters".into(),
         ));
@@ -178,11 +177,7 @@ pub fn accept(
     body: &[u8],
     now: i64,
 ) -> Result<Accepted, Rejection> {
-    let header = headers.get(HEADER).ok_or(Rejection::MissingHeader("Stripe-Signature"))?;
-    let header = header.to_str().map_err(|_| Rejection::MalformedHeader {
-        header: "Stripe-Signature",
-        detail: "not visible ASCII",
-    })?;
+    let header = header_text(headers, HEADER, "Stripe-Signature")?;
     verify(&endpoint.secrets, endpoint.tolerance.as_secs(), header, body, now)?;
     let event = identify(body)?;
     Ok(Accepted {
@@ -214,6 +209,7 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
         customer_email: None,
         object_id: None,
         request_key: str_at(&event, &["request", "idempotency_key"]),
+        related_payment_id: None,
         detail: None,
     };
     if str_at(&event, &["object"]).as_deref() == Some("v2.core.event") {

@@ -22,7 +22,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{keep_headers, str_at, Accepted, Kind, Notification, Rejection};
+use super::{
+    header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
+};
 use crate::config::{Endpoint, Secret};
 use crate::money::{Currency, Money};
 
@@ -34,8 +36,6 @@ pub const HEADER: &str = "event-signature";
 const HEADER_NAME: &str = "Event-Signature";
 /// Headers kept with the row: enough to verify it again.
 const KEPT_HEADERS: &[&str] = &[HEADER, "content-type", "user-agent"];
-/// Longest event id we accept; Worldpay's are UUIDs (36 characters).
-const MAX_EVENT_ID_LEN: usize = 255;
 /// More entries than this in one header is an attack, not a key rotation.
 const MAX_ENTRIES: usize = 16;
 
@@ -159,13 +159,13 @@ pub fn identify(body: &[u8]) -> Result<EventId, Rejection> {
     let env: Envelope<'_> = serde_json::from_slice(body)
         .map_err(|e| Rejection::MalformedBody(format!("not an Access Worldpay event: {e}")))?;
     let id = env.event_id;
-    if id.is_empty() || id.len() > MAX_EVENT_ID_LEN || id.chars().any(char::is_control) {
+    if !is_plain_id(&id) {
         return Err(Rejection::MalformedBody(
             "eventId is empty, too long or has control characters".into(),
         ));
     }
     let kind = env.details.kind;
-    if kind.is_empty() || kind.len() > MAX_EVENT_ID_LEN || kind.chars().any(char::is_control) {
+    if !is_plain_id(&kind) {
         return Err(Rejection::MalformedBody(
             "eventDetails.type is empty, too long or has control characters".into(),
         ));
@@ -181,11 +181,7 @@ pub fn accept(
     body: &[u8],
     _now: i64,
 ) -> Result<Accepted, Rejection> {
-    let header = headers.get(HEADER).ok_or(Rejection::MissingHeader(HEADER_NAME))?;
-    let header = header.to_str().map_err(|_| Rejection::MalformedHeader {
-        header: HEADER_NAME,
-        detail: "not visible ASCII",
-    })?;
+    let header = header_text(headers, HEADER, HEADER_NAME)?;
     verify(&endpoint.keys, header, body)?;
     let event = identify(body)?;
     Ok(Accepted {
@@ -247,6 +243,7 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
         customer_email: None,
         object_id: str_at(details, &["reference"]),
         request_key: None,
+        related_payment_id: None,
         detail: None,
     };
     match classification.as_str() {

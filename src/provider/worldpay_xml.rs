@@ -43,6 +43,12 @@ const AMOUNT: &[&str] = &["paymentService", "notify", "orderStatusEvent", "payme
 const LAST_EVENT: &[&str] =
     &["paymentService", "notify", "orderStatusEvent", "payment", "lastEvent"];
 const JOURNAL: &[&str] = &["paymentService", "notify", "orderStatusEvent", "journal"];
+const ACCOUNT_TX: &[&str] =
+    &["paymentService", "notify", "orderStatusEvent", "journal", "accountTx"];
+const ACCOUNT_TX_AMOUNT: &[&str] =
+    &["paymentService", "notify", "orderStatusEvent", "journal", "accountTx", "amount"];
+/// More account transactions than this in one journal is not a Worldpay notification.
+const MAX_ACCOUNT_TX: usize = 16;
 const BOOKING_DATE: &[&str] =
     &["paymentService", "notify", "orderStatusEvent", "journal", "bookingDate", "date"];
 
@@ -76,20 +82,42 @@ pub struct OrderNotification {
     pub journal_date: Option<String>,
     /// The journal date as unix seconds (midnight UTC), if present.
     pub journal_day: Option<i64>,
+    /// `journal/accountTx`: `(batchId, amount)` of each account transaction, in order.
+    pub account_tx: Vec<(Option<String>, Option<RawAmount>)>,
 }
 
 impl OrderNotification {
     /// The inbox dedup key: `{merchantCode}/{orderCode}:{lastEvent}:{journalType}:{date}`.
-    /// The merchant code keeps two Worldpay merchant accounts of one shop apart.
+    /// The merchant code keeps two Worldpay merchant accounts of one shop apart. A refund's
+    /// key also holds its journal's first account transaction (`:{batchId}/{value}`): an
+    /// order may be refunded in parts, twice on one day, and each part must be its own row.
     pub fn dedup_key(&self) -> String {
-        format!(
+        let mut key = format!(
             "{}/{}:{}:{}:{}",
             self.merchant_code.as_deref().unwrap_or(""),
             self.order_code,
             self.last_event,
             self.journal_type.as_deref().unwrap_or(""),
             self.journal_date.as_deref().unwrap_or("")
-        )
+        );
+        if kind_of(&self.last_event) == Some(Kind::Refunded) {
+            if let Some((batch, amount)) = self.account_tx.first() {
+                let value = amount.as_ref().and_then(|a| a.value.as_deref()).unwrap_or("");
+                key.push_str(&format!(":{}/{value}", batch.as_deref().unwrap_or("")));
+            }
+        }
+        key
+    }
+
+    /// The amount the notification is about: for a refund, its journal's account transaction
+    /// (a partial refund is less than the order); otherwise `payment/amount`.
+    pub fn event_amount(&self) -> Option<&RawAmount> {
+        let journal =
+            self.account_tx.iter().find_map(|(_, a)| a.as_ref()).filter(|a| a.value.is_some());
+        match kind_of(&self.last_event) {
+            Some(Kind::Refunded) => journal.or(self.amount.as_ref()),
+            _ => self.amount.as_ref(),
+        }
     }
 }
 
@@ -102,6 +130,7 @@ struct Collected {
     amount: Option<RawAmount>,
     journal_type: Option<String>,
     date: Option<(String, String, String)>,
+    account_tx: Vec<(Option<String>, Option<RawAmount>)>,
 }
 
 /// Reads an order notification from raw bytes, refusing unsafe or malformed XML with a short
@@ -221,6 +250,9 @@ fn finish(got: Collected) -> Result<OrderNotification, String> {
     if let Some(t) = &got.journal_type {
         word(t, "journalType")?;
     }
+    for batch in got.account_tx.iter().filter_map(|(b, _)| b.as_deref()) {
+        word(batch, "accountTx batchId")?;
+    }
     let (journal_date, journal_day) = match got.date {
         None => (None, None),
         Some((d, m, y)) => {
@@ -251,6 +283,7 @@ fn finish(got: Collected) -> Result<OrderNotification, String> {
         journal_type: got.journal_type,
         journal_date,
         journal_day,
+        account_tx: got.account_tx,
     })
 }
 
@@ -324,6 +357,23 @@ fn collect(stack: &[Vec<u8>], e: &BytesStart<'_>, got: &mut Collected) -> Result
             return twice("journal");
         }
         got.journal_type = get("journalType");
+    } else if at(stack, ACCOUNT_TX) {
+        if got.account_tx.len() == MAX_ACCOUNT_TX {
+            return Err(format!("more than {MAX_ACCOUNT_TX} journal/accountTx"));
+        }
+        got.account_tx.push((get("batchId"), None));
+    } else if at(stack, ACCOUNT_TX_AMOUNT) {
+        match got.account_tx.last_mut() {
+            Some((_, slot @ None)) => {
+                *slot = Some(RawAmount {
+                    value: get("value"),
+                    currency_code: get("currencyCode"),
+                    exponent: get("exponent"),
+                    debit_credit: get("debitCreditIndicator"),
+                })
+            }
+            _ => return twice("accountTx/amount"),
+        }
     } else if at(stack, BOOKING_DATE) {
         if got.date.is_some() {
             return twice("journal bookingDate");
@@ -340,12 +390,17 @@ fn collect(stack: &[Vec<u8>], e: &BytesStart<'_>, got: &mut Collected) -> Result
 /// Identifies a request to a Worldpay XML endpoint. There is no signature: trust was checked
 /// by the HTTP layer. Unsafe or malformed XML is [`Rejection::MalformedBody`].
 pub fn accept(
-    _endpoint: &Endpoint,
+    endpoint: &Endpoint,
     headers: &HeaderMap,
     body: &[u8],
     _now: i64,
 ) -> Result<Accepted, Rejection> {
     let order = read(body).map_err(Rejection::MalformedBody)?;
+    if !endpoint.merchant_codes.is_empty()
+        && !order.merchant_code.as_ref().is_some_and(|c| endpoint.merchant_codes.contains(c))
+    {
+        return Err(Rejection::WrongReceiver("merchantCode"));
+    }
     Ok(Accepted {
         dedup_key: order.dedup_key(),
         event_type: Some(order.last_event),
@@ -378,7 +433,7 @@ fn kind_of(last_event: &str) -> Option<Kind> {
 pub fn parse(body: &[u8]) -> Result<Notification, String> {
     let order = read(body)?;
     let event_id = order.dedup_key();
-    let amount = match &order.amount {
+    let amount = match order.event_amount() {
         None => None,
         Some(raw) => Some(amount(raw)?),
     };
@@ -402,6 +457,7 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
         customer_email: None,
         object_id: None,
         request_key: None,
+        related_payment_id: None,
         detail,
     })
 }
@@ -687,7 +743,7 @@ mod tests {
                 Kind::Refunded,
                 "2001",
                 (2500, "EUR"),
-                "SHOPEUR/2001:REFUNDED:REFUNDED:2024-05-20",
+                "SHOPEUR/2001:REFUNDED:REFUNDED:2024-05-20:30/2500",
             ),
             (
                 "CHARGED_BACK.xml",
@@ -722,6 +778,22 @@ mod tests {
             assert_eq!(n.event_id, *key, "{file}");
             assert_eq!(accept_body(&body).unwrap().dedup_key, *key, "{file}");
         }
+        // Two partial refunds of one order on one day: two rows, each with its own amount
+        // (the journal's, not the order's).
+        let full = String::from_utf8(fixture("REFUNDED.xml")).unwrap();
+        let part = |batch: &str, value: &str| {
+            full.replace(
+                "batchId=\"30\">\n          <amount value=\"2500\"",
+                &format!("batchId=\"{batch}\">\n          <amount value=\"{value}\""),
+            )
+        };
+        let (first, second) = (part("31", "1000"), part("32", "500"));
+        assert_ne!(first, full, "the fixture's accountTx was replaced");
+        let (a, b) = (parse(first.as_bytes()).unwrap(), parse(second.as_bytes()).unwrap());
+        assert_ne!(a.event_id, b.event_id);
+        assert_eq!((a.amount.unwrap().minor, b.amount.unwrap().minor), (1000, 500));
+        // A capture's amount stays the order's.
+        assert_eq!(parse(&fixture("CAPTURED.xml")).unwrap().amount.unwrap().minor, 2500);
         for (file, reason) in [
             ("xxe-external-entity.xml", "internal subset"),
             ("billion-laughs.xml", "internal subset"),

@@ -384,7 +384,9 @@ fn money_arrived(
     // our own records show which other payment paid it: an id the shop stored that we do not
     // know (a charge id, a session id) may well be this same payment, so that is a review.
     let shop_says = order.psp_reference.as_deref();
-    if order.status == OrderStatus::Paid && shop_says.is_some() && shop_says == this {
+    let same_payment =
+        shop_says.is_some() && (shop_says == this || shop_says == n.related_payment_id.as_deref());
+    if order.status == OrderStatus::Paid && same_payment {
         return d.with(vec![], recorded(false), "payment already recorded by the shop");
     }
     if order.status == OrderStatus::Paid || f.paid_by_other.is_some() {

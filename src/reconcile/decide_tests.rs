@@ -20,6 +20,7 @@ fn note(kind: Kind, amount: Option<Money>) -> Notification {
         customer_email: Some("psp@example.com".into()),
         object_id: None,
         request_key: None,
+        related_payment_id: None,
         detail: None,
     }
 }

@@ -14,7 +14,7 @@
 //! The worker wakes when the ingest path stores a row ([`tokio::sync::Notify`]) or when the
 //! earliest parked row or lease falls due; it does not poll on a fixed tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,11 +24,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::{decide, Action, Decision, Facts, Outcome, PaymentState, PaymentStatus};
 use crate::config::{Policy, ShopConfig, WorkerConfig};
+use crate::provider::paypal_ipn::{PostbackError, Verdict};
 use crate::provider::{self, Kind, Notification};
 use crate::shop::{cut_reference, Lookup, Order, OrderSource, ShopError};
 
 /// Longest sleep with nothing due: a safety net for rows written by other processes.
 const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// IPN postbacks of one batch in flight at once.
+const IPN_POSTBACKS_AT_ONCE: usize = 8;
+/// IPN postbacks per pass; further unverified rows wait for the next pass.
+const IPN_POSTBACKS_PER_PASS: usize = 16;
 /// Wait before reconnecting to an unreachable shop database.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -49,15 +54,31 @@ pub struct Claimed {
     pub body: Vec<u8>,
     /// Failed attempts before this one.
     pub attempts: u32,
+    /// When PayPal verified it by postback (IPN rows only).
+    pub verified_at: Option<i64>,
+}
+
+impl Claimed {
+    /// Whether the row must be posted back to PayPal before anything is decided on it.
+    fn needs_postback(&self) -> bool {
+        self.provider == "paypal-ipn" && self.verified_at.is_none()
+    }
 }
 
 /// A claimed row after the no-transaction phase.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Prepared {
     /// The body could not be read: it will not get better by retrying.
     Unreadable(String),
-    /// Parsed, and the order looked up (or the lookup failed).
-    Ready { n: Box<Notification>, order: Result<Option<Order>, ShopError> },
+    /// PayPal answered INVALID to the IPN postback: not a genuine notification.
+    Invalid,
+    /// The IPN postback failed (network, timeout, an unexpected answer): try again later. The
+    /// payment it names (read, not acted on) makes later rows of that payment wait behind it.
+    /// `counts`: whether the failure uses up an attempt (not when PayPal is down).
+    Unverified { error: String, payment_key: Option<String>, counts: bool },
+    /// Parsed, and the order looked up (or the lookup failed). `verified` is set when the
+    /// row was verified by postback in this pass (recorded with the row).
+    Ready { n: Box<Notification>, order: Result<Option<Order>, ShopError>, verified: bool },
 }
 
 /// What a pass did.
@@ -84,6 +105,8 @@ pub struct Worker {
     id: String,
     /// Endpoint configurations by name, for adapters whose format is configurable.
     endpoints: HashMap<String, crate::config::Endpoint>,
+    /// PayPal IPN endpoints' HTTPS clients for the postback, by endpoint name.
+    postback: HashMap<String, reqwest::Client>,
 }
 
 impl Worker {
@@ -95,9 +118,28 @@ impl Worker {
         policy: Policy,
         config: WorkerConfig,
     ) -> Worker {
+        // A batch dirties a few hundred pages: with SQLite's default 2 MB cache they would be
+        // spilled to the WAL mid-transaction, written twice. Best effort: only speed.
+        if let Err(e) = conn.execute_batch("PRAGMA cache_size = -16384") {
+            tracing::debug!(error = %e, "worker page cache left at its default");
+        }
+        let mut postback = HashMap::new();
+        for e in endpoints {
+            let Some(ipn) = &e.ipn else { continue };
+            match provider::https_client(
+                ipn.tls_ca.as_deref(),
+                provider::paypal_ipn::POSTBACK_TIMEOUT,
+            ) {
+                Ok(client) => {
+                    postback.insert(e.name.clone(), client);
+                }
+                // Its rows wait (and say why) until the daemon is restarted with a fixed config.
+                Err(why) => tracing::error!(endpoint = %e.name, "IPN postback client: {why}"),
+            }
+        }
         let endpoints = endpoints.iter().map(|e| (e.name.clone(), e.clone())).collect();
         let id = format!("{}-{}", std::process::id(), crate::now_ms());
-        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, id, endpoints }
+        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, id, endpoints, postback }
     }
 
     /// Runs until `shutdown`: connects to the shop (retrying while it is unreachable), then
@@ -162,7 +204,7 @@ impl Worker {
         if claimed.is_empty() {
             return Ok(PassStats::default());
         }
-        let prepared = self.prepare(source, &claimed).await;
+        let prepared = self.prepare(source, &claimed, true).await;
         let count = claimed.len();
         let actions =
             self.blocking(move |w, conn| w.apply(conn, &claimed, prepared, Mode::Worker)).await?;
@@ -181,8 +223,8 @@ impl Worker {
         let row = self
             .blocking(move |_, conn| {
                 conn.query_row(
-                    "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts \
-                     FROM inbox WHERE id = ?1",
+                    "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts, \
+                     verified_at FROM inbox WHERE id = ?1",
                     [id],
                     claimed_row,
                 )
@@ -190,7 +232,7 @@ impl Worker {
             })
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let prepared = self.prepare(source, std::slice::from_ref(&row)).await;
+        let prepared = self.prepare(source, std::slice::from_ref(&row), !dry_run).await;
         let mode = if dry_run { Mode::DryRun } else { Mode::Replay };
         let mut out = self.blocking(move |w, conn| w.apply(conn, &[row], prepared, mode)).await?;
         Ok(out.pop().map(|(d, a)| {
@@ -222,12 +264,64 @@ impl Worker {
 
     /// Parses each row and looks its order up; no transaction is open meanwhile. Lookups are
     /// deduplicated and run concurrently, up to the shop's pool size.
-    async fn prepare(&self, source: &OrderSource, rows: &[Claimed]) -> Vec<Prepared> {
+    ///
+    /// IPN rows are posted back to PayPal first (with `postback`; a dry run does not) and
+    /// nothing is decided on an unverified one. At most [`IPN_POSTBACKS_PER_PASS`] are posted
+    /// back per pass, so a slow PayPal holds up the rest of the batch for a bounded time.
+    async fn prepare(
+        &self,
+        source: &OrderSource,
+        rows: &[Claimed],
+        postback: bool,
+    ) -> Vec<Prepared> {
         use futures_util::stream::{self, StreamExt};
+        let not_now = |message: &str| PostbackError { message: message.into(), transient: true };
+        let mut verdicts: HashMap<i64, Result<Verdict, PostbackError>> = HashMap::new();
+        let mut unverified = Vec::new();
+        for row in rows.iter().filter(|r| r.needs_postback()) {
+            if !postback {
+                verdicts.insert(row.id, Err(not_now("dry run: not posted back to PayPal")));
+            } else if unverified.len() == IPN_POSTBACKS_PER_PASS {
+                verdicts.insert(row.id, Err(not_now("waiting for its turn to be posted back")));
+            } else {
+                unverified.push((row.id, row.endpoint.clone(), row.body.clone()));
+            }
+        }
+        let answered: Vec<(i64, Result<Verdict, PostbackError>)> =
+            stream::iter(unverified)
+                .map(|(id, endpoint, body)| async move {
+                    (id, self.verify_ipn(id, &endpoint, &body).await)
+                })
+                .buffer_unordered(IPN_POSTBACKS_AT_ONCE)
+                .collect()
+                .await;
+        verdicts.extend(answered);
         let mut parsed = Vec::with_capacity(rows.len());
         for row in rows {
+            match verdicts.get(&row.id) {
+                None | Some(Ok(Verdict::Verified)) => {}
+                Some(Ok(Verdict::Invalid)) => {
+                    parsed.push(Err(Prepared::Invalid));
+                    continue;
+                }
+                Some(Err(e)) => {
+                    let payment_key = provider::parse(
+                        &row.provider,
+                        self.endpoints.get(&row.endpoint),
+                        &row.body,
+                    )
+                    .ok()
+                    .map(|n| n.payment_id.unwrap_or(n.event_id));
+                    parsed.push(Err(Prepared::Unverified {
+                        error: e.message.clone(),
+                        payment_key,
+                        counts: !e.transient,
+                    }));
+                    continue;
+                }
+            }
             match provider::parse(&row.provider, self.endpoints.get(&row.endpoint), &row.body) {
-                Err(e) => parsed.push(Err(e)),
+                Err(e) => parsed.push(Err(Prepared::Unreadable(e))),
                 Ok(n) if n.kind == Kind::Ignored => parsed.push(Ok((n, None))),
                 Ok(n) => {
                     let mut reference = n
@@ -248,26 +342,50 @@ impl Worker {
             (&a.reference, &a.psp_reference).cmp(&(&b.reference, &b.psp_reference))
         });
         unique.dedup();
-        let status = &self.shop.status;
-        let found: HashMap<Lookup, Result<Option<Order>, ShopError>> = stream::iter(unique)
-            .map(|lookup| async move {
-                let order = source.find(&lookup, status).await;
-                (lookup, order)
-            })
-            .buffer_unordered(self.shop.pool_size.max(1))
-            .collect()
-            .await;
+        let orders = source.find_many(&unique, &self.shop.status, self.shop.pool_size).await;
+        let found: HashMap<Lookup, Result<Option<Order>, ShopError>> =
+            unique.into_iter().zip(orders).collect();
         parsed
             .into_iter()
-            .map(|p| match p {
-                Err(e) => Prepared::Unreadable(e),
-                Ok((n, None)) => Prepared::Ready { n: Box::new(n), order: Ok(None) },
-                Ok((n, Some(lookup))) => {
-                    let order = found.get(&lookup).cloned().unwrap_or(Ok(None));
-                    Prepared::Ready { n: Box::new(n), order }
+            .zip(rows)
+            .map(|(p, row)| {
+                let verified = verdicts.contains_key(&row.id);
+                match p {
+                    Err(prepared) => prepared,
+                    Ok((n, None)) => Prepared::Ready { n: Box::new(n), order: Ok(None), verified },
+                    Ok((n, Some(lookup))) => {
+                        let order = found.get(&lookup).cloned().unwrap_or(Ok(None));
+                        Prepared::Ready { n: Box::new(n), order, verified }
+                    }
                 }
             })
             .collect()
+    }
+
+    /// Posts an IPN row back to its endpoint's verification URL.
+    async fn verify_ipn(
+        &self,
+        id: i64,
+        endpoint: &str,
+        body: &[u8],
+    ) -> Result<Verdict, PostbackError> {
+        let setup = |message: String| PostbackError { message, transient: false };
+        let ipn = self.endpoints.get(endpoint).and_then(|e| e.ipn.as_ref()).ok_or_else(|| {
+            setup(format!(
+                "endpoint \"{endpoint}\" is no longer a configured paypal-ipn endpoint; cannot verify"
+            ))
+        })?;
+        let client = self.postback.get(endpoint).ok_or_else(|| {
+            setup("no HTTPS client for the IPN postback (see the error at startup)".into())
+        })?;
+        let verdict = provider::paypal_ipn::postback(client, &ipn.verify_url, body).await;
+        match &verdict {
+            Ok(v) => tracing::debug!(inbox_id = id, verdict = ?v, "IPN postback answered"),
+            Err(e) => {
+                tracing::warn!(inbox_id = id, error = %e.message, "IPN postback failed; will retry")
+            }
+        }
+        verdict
     }
 
     /// The order our records matched this payment to before (refunds and disputes often
@@ -322,6 +440,7 @@ fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
         first_tried_at: r.get(4)?,
         body: r.get(5)?,
         attempts: r.get(6)?,
+        verified_at: r.get(7)?,
     })
 }
 
@@ -349,7 +468,8 @@ impl WorkerRef {
                      AND ((status <> 'processing' AND next_attempt_at <= ?3) \
                        OR (status = 'processing' AND claimed_until < ?3)) \
                    ORDER BY id LIMIT ?4) \
-                 RETURNING id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts",
+                 RETURNING id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts, \
+                   verified_at",
             )?;
             let rows = stmt.query_map(
                 params![self.id, lease_until, now, self.config.batch as i64],
@@ -372,18 +492,46 @@ impl WorkerRef {
         mode: Mode,
     ) -> rusqlite::Result<Vec<(Option<Decision>, Vec<Action>)>> {
         let now = crate::now_ms();
+        // Most batches have no store error: decide them without a savepoint per row. If one
+        // row fails, the whole batch is rolled back and done again with each row in its own
+        // savepoint, so that the error holds up only that row.
+        match self.apply_batch(conn, rows, &prepared, mode, now, false) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                tracing::debug!(error = %e, "batch failed; deciding it again row by row");
+                self.apply_batch(conn, rows, &prepared, mode, now, true)
+            }
+        }
+    }
+
+    fn apply_batch(
+        &self,
+        conn: &mut Connection,
+        rows: &[Claimed],
+        prepared: &[Prepared],
+        mode: Mode,
+        now: i64,
+        isolate: bool,
+    ) -> rusqlite::Result<Vec<(Option<Decision>, Vec<Action>)>> {
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let ours = match mode {
+            Mode::Worker => self.still_ours(&tx, rows)?,
+            Mode::Replay | Mode::DryRun => HashSet::new(),
+        };
         let mut out = Vec::with_capacity(rows.len());
         for (row, prep) in rows.iter().zip(prepared) {
-            if mode == Mode::Worker && !self.still_ours(&tx, row.id)? {
+            if mode == Mode::Worker && !ours.contains(&row.id) {
                 // The lease ran out and someone else has the row now: leave it to them.
                 tracing::warn!(inbox_id = row.id, "claim lost before commit; row skipped");
                 out.push((None, vec![]));
                 continue;
             }
-            // Each row in its own savepoint: an error in one row cannot hold up the others.
+            if !isolate {
+                out.push(self.apply_one(&tx, row, prep.clone(), now)?);
+                continue;
+            }
             let sp = tx.savepoint()?;
-            match self.apply_one(&sp, row, prep, now) {
+            match self.apply_one(&sp, row, prep.clone(), now) {
                 Ok(result) => {
                     sp.commit()?;
                     out.push(result);
@@ -405,11 +553,17 @@ impl WorkerRef {
         Ok(out)
     }
 
-    fn still_ours(&self, tx: &Connection, id: i64) -> rusqlite::Result<bool> {
-        tx.prepare_cached(
-            "SELECT 1 FROM inbox WHERE id = ?1 AND status = 'processing' AND claimed_by = ?2",
-        )?
-        .exists(params![id, self.id])
+    /// Which of `rows` (sorted by id) this worker still holds, in one query.
+    fn still_ours(&self, tx: &Connection, rows: &[Claimed]) -> rusqlite::Result<HashSet<i64>> {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(HashSet::new());
+        };
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM inbox INDEXED BY inbox_due WHERE status IN ('pending', 'parked', 'processing') \
+             AND id BETWEEN ?1 AND ?2 AND status = 'processing' AND claimed_by = ?3",
+        )?;
+        let ids = stmt.query_map(params![first.id, last.id, self.id], |r| r.get(0))?;
+        ids.collect()
     }
 
     fn apply_one(
@@ -419,20 +573,36 @@ impl WorkerRef {
         prep: Prepared,
         now: i64,
     ) -> rusqlite::Result<(Option<Decision>, Vec<Action>)> {
+        if let Prepared::Ready { verified: true, .. } = prep {
+            tx.prepare_cached("UPDATE inbox SET verified_at = ?2 WHERE id = ?1")?
+                .execute(params![row.id, now])?;
+        }
         let (n, order) = match prep {
             Prepared::Unreadable(e) => {
                 set_status(tx, row.id, "dead", None, Some(&e), now, None)?;
                 tracing::error!(inbox_id = row.id, error = %e, "notification cannot be read; marked dead");
                 return Ok((None, vec![]));
             }
-            Prepared::Ready { n, order: Err(e) } => {
+            Prepared::Invalid => {
+                let why =
+                    "PayPal answered INVALID to the IPN postback: not sent by PayPal, or altered";
+                set_status(tx, row.id, "rejected", Some(why), None, now, None)?;
+                tracing::warn!(inbox_id = row.id, "{why}; rejected with no action");
+                return Ok((None, vec![]));
+            }
+            Prepared::Unverified { error, payment_key, counts } => {
+                // PayPal or the network down is not the row's fault: no attempt is used up.
+                self.failed(tx, row, payment_key.as_deref(), &error, now, counts)?;
+                return Ok((None, vec![]));
+            }
+            Prepared::Ready { n, order: Err(e), .. } => {
                 // An unreachable database is not this row's fault: it does not use up attempts.
                 let counts = !matches!(e, ShopError::Connect { .. });
                 let key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
                 self.failed(tx, row, Some(&key), &e.to_string(), now, counts)?;
                 return Ok((None, vec![]));
             }
-            Prepared::Ready { n, order: Ok(order) } => (*n, order),
+            Prepared::Ready { n, order: Ok(order), .. } => (*n, order),
         };
         let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
 
@@ -459,15 +629,28 @@ impl WorkerRef {
 
         let payment = load_payment(tx, n.provider, &payment_key)?;
         let order_id = order.as_ref().map(|o| o.order_id.clone());
+        // Another payment that paid this order: not this one, under any of its ids, through
+        // any channel of its provider (a PayPal capture comes as a webhook and as an IPN).
+        let same_payment = |provider: &str, id: &str| {
+            provider::family(provider) == provider::family(n.provider)
+                && (id == payment_key || Some(id) == n.related_payment_id.as_deref())
+        };
         let paid_by_other: Option<String> = match &order_id {
-            Some(oid) => tx
-                .prepare_cached(
-                    "SELECT provider || ':' || payment_id FROM payments WHERE order_id = ?1 AND fulfilled = 1 \
-                     AND status IN ('succeeded', 'authorized') \
-                     AND NOT (provider = ?2 AND payment_id = ?3) LIMIT 1",
-                )?
-                .query_row(params![oid, n.provider, payment_key], |r| r.get(0))
-                .optional()?,
+            Some(oid) => {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT provider, payment_id FROM payments WHERE order_id = ?1 AND fulfilled = 1 \
+                     AND status IN ('succeeded', 'authorized')",
+                )?;
+                let mut payers = stmt
+                    .query_map([oid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                payers
+                    .find_map(|p| match p {
+                        Ok((provider, id)) if same_payment(&provider, &id) => None,
+                        Ok((provider, id)) => Some(Ok(format!("{provider}:{id}"))),
+                        Err(e) => Some(Err(e)),
+                    })
+                    .transpose()?
+            }
             None => None,
         };
         let own_refund = match &n.request_key {

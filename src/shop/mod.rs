@@ -180,14 +180,40 @@ impl OrderSource {
         status: &StatusMap,
     ) -> Result<Option<Order>, ShopError> {
         let rows = self.fetch(lookup).await?;
-        let wanted = lookup.reference.as_deref();
-        let row = rows
-            .iter()
-            .find(|r| {
-                wanted.is_some() && r.order_id.as_ref().and_then(Cell::text).as_deref() == wanted
-            })
-            .or(rows.first());
-        row.map(|r| to_order(r, status)).transpose()
+        pick(&rows, lookup, status)
+    }
+
+    /// [`OrderSource::find`] for many lookups, answered in the same order. A MySQL/MariaDB
+    /// shop answers a whole chunk of lookups in one statement (see [`mysql::MysqlShop::fetch_many`]);
+    /// the others run single lookups, `concurrency` at a time.
+    pub async fn find_many(
+        &self,
+        lookups: &[Lookup],
+        status: &StatusMap,
+        concurrency: usize,
+    ) -> Vec<Result<Option<Order>, ShopError>> {
+        use futures_util::stream::{self, StreamExt};
+        let batched = match self {
+            OrderSource::Mysql(s) => Some(s.fetch_many(lookups, concurrency).await),
+            // One connection: lookups one after the other on one blocking thread.
+            OrderSource::Sqlite(s) => Some(s.fetch_many(lookups).await),
+            OrderSource::Postgres(_) => None,
+        };
+        if let Some(rows) = batched {
+            return rows
+                .into_iter()
+                .zip(lookups)
+                .map(|(rows, lookup)| pick(&rows?, lookup, status))
+                .collect();
+        }
+        let mut found: Vec<(usize, Result<Option<Order>, ShopError>)> =
+            stream::iter(lookups.iter().cloned().enumerate())
+                .map(|(i, lookup)| async move { (i, self.find(&lookup, status).await) })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+        found.sort_by_key(|(i, _)| *i);
+        found.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Closes pools.
@@ -198,6 +224,21 @@ impl OrderSource {
             OrderSource::Postgres(s) => s.close().await,
         }
     }
+}
+
+/// The order among a lookup's rows: the row whose `order_id` equals the reference if there is
+/// one, else the first row; `None` when there are none.
+fn pick(
+    rows: &[RawOrder],
+    lookup: &Lookup,
+    status: &StatusMap,
+) -> Result<Option<Order>, ShopError> {
+    let wanted = lookup.reference.as_deref();
+    let row = rows
+        .iter()
+        .find(|r| wanted.is_some() && r.order_id.as_ref().and_then(Cell::text).as_deref() == wanted)
+        .or(rows.first());
+    row.map(|r| to_order(r, status)).transpose()
 }
 
 /// Applies `reference_pattern` to a merchant reference: the first capture group if the

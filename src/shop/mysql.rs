@@ -30,6 +30,38 @@ pub struct MysqlShop {
     /// The URL with its password redacted, for messages.
     url: String,
     pool_size: usize,
+    /// Whether the query's only parameters are `:reference` and `:psp_reference`, so that
+    /// lookups can be batched (see [`MysqlShop::fetch_many`]).
+    batchable: bool,
+}
+
+/// Lookups answered by one statement in [`MysqlShop::fetch_many`]. Statements are prepared
+/// and cached per connection by size, so at most this many distinct ones exist.
+pub const BATCH: usize = 32;
+/// The column that tags each row of a batched statement with its lookup's position.
+const POSITION_COLUMN: &str = "reconciled_lookup";
+
+/// The order query repeated `n` times as `UNION ALL` branches: branch `i` has its parameters
+/// renamed to `:reference_{i}` / `:psp_reference_{i}` and its rows tagged with `i`.
+fn batch_query(query: &str, n: usize) -> String {
+    let query = query.trim().trim_end_matches(';').trim_end();
+    let params = super::named_parameters(query);
+    let mut out = String::with_capacity((query.len() + 64) * n);
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(" UNION ALL ");
+        }
+        out.push_str(&format!("SELECT {i} AS {POSITION_COLUMN}, q{i}.* FROM ("));
+        let mut at = 0;
+        for (range, name) in &params {
+            out.push_str(&query[at..range.start]);
+            out.push_str(&format!(":{name}_{i}"));
+            at = range.end;
+        }
+        out.push_str(&query[at..]);
+        out.push_str(&format!(") AS q{i}"));
+    }
+    out
 }
 
 impl fmt::Debug for MysqlShop {
@@ -78,12 +110,29 @@ impl MysqlShop {
             disconnect(pool).await;
             return Err(connect_err(m));
         }
-        Ok(MysqlShop { pool, query: config.query.clone(), url, pool_size: config.pool_size })
+        let batchable = super::named_parameters(&config.query)
+            .iter()
+            .all(|(_, name)| matches!(*name, "reference" | "psp_reference"));
+        Ok(MysqlShop {
+            pool,
+            query: config.query.clone(),
+            url,
+            pool_size: config.pool_size,
+            batchable,
+        })
     }
 
     /// Runs the order query.
     pub async fn fetch(&self, lookup: &Lookup) -> Result<Vec<RawOrder>, ShopError> {
-        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch_rows(lookup)).await {
+        self.bounded(self.fetch_rows(lookup)).await
+    }
+
+    /// A query bounded by [`FETCH_TIMEOUT`], its error as a [`ShopError::Query`].
+    async fn bounded<T>(
+        &self,
+        query: impl Future<Output = Result<T, mysql_async::Error>>,
+    ) -> Result<T, ShopError> {
+        match tokio::time::timeout(FETCH_TIMEOUT, query).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(ShopError::Query(message(&e))),
             Err(_) => Err(ShopError::Query(format!(
@@ -107,6 +156,68 @@ impl MysqlShop {
         );
         let rows: Vec<Row> = conn.exec(self.query.as_str(), params).await?;
         Ok(rows.into_iter().map(to_raw).collect())
+    }
+
+    /// Runs the order query for many lookups, [`BATCH`] per statement and up to
+    /// `concurrency` statements at once: the query is repeated as `UNION ALL` branches, each
+    /// with its own parameters and tagged with its lookup's position, so a chunk costs one
+    /// round trip instead of one per lookup. Answers are in the order of `lookups`; a failed
+    /// statement fails the lookups of its chunk. A query whose parameters are not only
+    /// `:reference` and `:psp_reference` is run once per lookup.
+    pub async fn fetch_many(
+        &self,
+        lookups: &[Lookup],
+        concurrency: usize,
+    ) -> Vec<Result<Vec<RawOrder>, ShopError>> {
+        use futures_util::stream::{self, StreamExt};
+        let size = if self.batchable { BATCH } else { 1 };
+        type ChunkRows = Result<Vec<Vec<RawOrder>>, ShopError>;
+        let mut chunks: Vec<(usize, ChunkRows)> =
+            stream::iter(lookups.chunks(size).map(<[Lookup]>::to_vec).enumerate())
+                .map(|(n, chunk)| async move { (n, self.bounded(self.fetch_chunk(&chunk)).await) })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+        chunks.sort_by_key(|(n, _)| *n);
+        let mut out = Vec::with_capacity(lookups.len());
+        for ((_, rows), chunk) in chunks.into_iter().zip(lookups.chunks(size)) {
+            match rows {
+                Ok(rows) => out.extend(rows.into_iter().map(Ok)),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        out
+    }
+
+    async fn fetch_chunk(
+        &self,
+        chunk: &[Lookup],
+    ) -> Result<Vec<Vec<RawOrder>>, mysql_async::Error> {
+        if chunk.len() == 1 {
+            return Ok(vec![self.fetch_rows(&chunk[0]).await?]);
+        }
+        let mut conn = self.pool.get_conn().await?;
+        let mut params = std::collections::HashMap::with_capacity(chunk.len() * 2);
+        for (i, lookup) in chunk.iter().enumerate() {
+            params.insert(
+                format!("reference_{i}").into_bytes(),
+                Value::from(lookup.reference.as_deref()),
+            );
+            params.insert(
+                format!("psp_reference_{i}").into_bytes(),
+                Value::from(lookup.psp_reference.as_deref()),
+            );
+        }
+        let rows: Vec<Row> =
+            conn.exec(batch_query(&self.query, chunk.len()), Params::Named(params)).await?;
+        let mut out = vec![Vec::new(); chunk.len()];
+        for row in rows {
+            let position: Option<u64> = row.get(0);
+            if let Some(slot) = position.and_then(|p| out.get_mut(usize::try_from(p).ok()?)) {
+                slot.push(to_raw(row));
+            }
+        }
+        Ok(out)
     }
 
     /// Closes the pool's connections.
@@ -255,5 +366,19 @@ mod tests {
         assert!(url_password("mysql://u:@h/db").is_empty());
         assert_eq!(url_password("postgres://u:a:b@c@h/db"), ["a:b@c"]);
         assert_eq!(scrub("nothing", &[]), "nothing");
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    #[test]
+    fn batch_query_renames_each_branchs_parameters() {
+        let q = "SELECT id AS order_id FROM t WHERE id = :reference OR tx = :psp_reference ;";
+        let b = super::batch_query(q, 2);
+        assert_eq!(
+            b,
+            "SELECT 0 AS reconciled_lookup, q0.* FROM (SELECT id AS order_id FROM t WHERE id = :reference_0 OR tx = :psp_reference_0) AS q0 \
+             UNION ALL SELECT 1 AS reconciled_lookup, q1.* FROM (SELECT id AS order_id FROM t WHERE id = :reference_1 OR tx = :psp_reference_1) AS q1"
+        );
     }
 }

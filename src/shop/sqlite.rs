@@ -50,6 +50,19 @@ impl SqliteShop {
             .map_err(|e| ShopError::Query(format!("lookup task failed: {e}")))?
     }
 
+    /// Runs the order query for each lookup, in order, in one blocking task: one thread hop
+    /// and one lock for the batch instead of one per lookup.
+    pub async fn fetch_many(&self, lookups: &[Lookup]) -> Vec<Result<Vec<RawOrder>, ShopError>> {
+        let this = self.clone();
+        let batch = lookups.to_vec();
+        let n = batch.len();
+        tokio::task::spawn_blocking(move || batch.iter().map(|l| this.fetch_blocking(l)).collect())
+            .await
+            .unwrap_or_else(|e| {
+                (0..n).map(|_| Err(ShopError::Query(format!("lookup task failed: {e}")))).collect()
+            })
+    }
+
     /// Runs the order query on the calling thread.
     pub fn fetch_blocking(&self, lookup: &Lookup) -> Result<Vec<RawOrder>, ShopError> {
         let query_err = |e: rusqlite::Error| ShopError::Query(e.to_string());

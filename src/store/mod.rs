@@ -155,6 +155,18 @@ impl Store {
     /// Opens and migrates the database, then starts the writer thread.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let conn = schema::open_writer(&config.path, config.busy_timeout)?;
+        let open_err = |e: rusqlite::Error| StoreError::open(&config.path, e);
+        // Checkpoints run on their own thread (see writer::Checkpointer), and a larger page
+        // cache keeps the unique index's pages in memory: fewer reads per insert.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32768;")
+            .map_err(open_err)?;
+        let checkpoint_conn = rusqlite::Connection::open(&config.path).map_err(open_err)?;
+        checkpoint_conn.busy_timeout(config.busy_timeout).map_err(open_err)?;
+        let checkpointer =
+            writer::Checkpointer::start(checkpoint_conn).map_err(|e| StoreError::Open {
+                path: config.path.clone(),
+                message: format!("cannot start checkpoint thread: {e}"),
+            })?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let settings =
             writer::Settings { max_batch: config.max_batch, failures_kept: config.failures_kept };
@@ -162,7 +174,7 @@ impl Store {
         let guard = writer::DeathGuard::new(died.clone());
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(conn, rx, settings, guard))
+            .spawn(move || writer::run(conn, rx, settings, Some(checkpointer), guard))
             .map_err(|e| StoreError::Open {
                 path: config.path.clone(),
                 message: format!("cannot start writer thread: {e}"),

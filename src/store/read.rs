@@ -34,6 +34,8 @@ pub struct InboxSummary {
     pub attempts: i64,
     /// Why the last attempt failed (a `dead` row keeps it).
     pub last_error: Option<String>,
+    /// PayPal IPN: when PayPal answered VERIFIED to the postback, unix milliseconds.
+    pub verified_at: Option<i64>,
 }
 
 /// A full inbox row.
@@ -80,7 +82,8 @@ pub struct ListFilter {
 }
 
 const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
-     last_received_at, remote_addr, delivery_count, status, length(body), outcome, attempts, last_error";
+     last_received_at, remote_addr, delivery_count, status, length(body), outcome, attempts, last_error, \
+     verified_at";
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
     Ok(InboxSummary {
@@ -98,6 +101,7 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
         outcome: r.get(11)?,
         attempts: r.get(12)?,
         last_error: r.get(13)?,
+        verified_at: r.get(14)?,
     })
 }
 
@@ -133,7 +137,7 @@ pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else { return Ok(None) };
-    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(14)?, body: r.get(15)? }))
+    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(15)?, body: r.get(16)? }))
 }
 
 /// The number of inbox rows.

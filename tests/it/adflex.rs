@@ -19,6 +19,7 @@ async fn signed_notifications_are_verified_stored_once_and_decided() {
     let shop = Shop::create(dir.path());
     shop.add(3001, "pending", "49.99", "GBP");
     shop.add(3002, "pending", "12.00", "GBP");
+    shop.add(3003, "pending", "20.00", "GBP");
     let extra = format!("{}\n{}", shop_config(&shop, ""), endpoint());
     let d = Daemon::start_with(dir.path(), "", "", &extra).await;
     let paid = fixture_in("adflex", "authorised.json");
@@ -43,22 +44,30 @@ async fn signed_notifications_are_verified_stored_once_and_decided() {
         let (status, _) = d.post("/webhooks/adflex", &headers, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
-    let declined = fixture_in("adflex", "declined.json");
-    let sig2 = adflex::sign(KEY.as_bytes(), &declined);
-    assert_eq!(
-        d.post("/webhooks/adflex", &[("x-adflex-signature", &sig2)], declined).await.0,
-        StatusCode::OK
-    );
-    d.settle().await;
-    assert_eq!(d.rows().len(), 2);
-    let got: Vec<(String, String, String)> =
-        d.actions().into_iter().map(|a| (a.0, a.1, a.3)).collect();
+    for f in ["declined.json", "pending.json", "refunded.json", "chargeback.json"] {
+        let body = fixture_in("adflex", f);
+        let sig = adflex::sign(KEY.as_bytes(), &body);
+        assert_eq!(
+            d.post("/webhooks/adflex", &[("x-adflex-signature", &sig)], body).await.0,
+            StatusCode::OK
+        );
+        d.settle().await;
+    }
+    assert_eq!(d.rows().len(), 5);
+    let got: Vec<(String, String, String, String)> = d.actions();
+    let a = |kind: &str, order: &str, amount: &str, template: &str| {
+        (kind.to_owned(), order.to_owned(), amount.to_owned(), template.to_owned())
+    };
     assert_eq!(
         got,
         [
-            ("fulfil".into(), "3001".into(), "".into()),
-            ("notify_customer".into(), "3001".into(), "order_confirmed".into()),
-            ("notify_customer".into(), "3002".into(), "payment_failed".into()),
+            a("fulfil", "3001", "49.99 GBP", ""),
+            a("notify_customer", "3001", "49.99 GBP", "order_confirmed"),
+            a("notify_customer", "3002", "12.00 GBP", "payment_failed"),
+            a("notify_customer", "3003", "20.00 GBP", "payment_pending"),
+            // The partial refund and the chargeback: each to an admin, with its own amount.
+            a("review", "3001", "10.00 GBP", ""),
+            a("review", "3001", "49.99 GBP", ""),
         ]
     );
     d.stop().await;

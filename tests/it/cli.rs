@@ -1,6 +1,6 @@
 //! The `reconciled` binary as an operator runs it: exit codes, messages, signals.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -125,24 +125,27 @@ fn spawn_serve(
     args: &[&str],
     dir: &Path,
 ) -> (std::process::Child, SocketAddr, std::thread::JoinHandle<String>) {
+    spawn_serve_with(args, dir, &[])
+}
+
+/// As [`spawn_serve`], with environment variables for the child only (never `set_var`: the
+/// in-process daemons of other tests share this process's environment).
+fn spawn_serve_with(
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, SocketAddr, std::thread::JoinHandle<String>) {
     let mut child = bin()
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("daemon exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe; return it for asserts.
-    let rest =
-        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    let (addr, _, rest) = harness::listening(&mut child);
+    let rest = std::thread::spawn(move || rest.join().unwrap().join("\n"));
     (child, addr, rest)
 }
 
@@ -263,6 +266,12 @@ async fn inbox_list_and_show_read_the_store() {
     assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
     assert_eq!(d.post_stripe(SECRET, &harness::fixture("thin_event.json")).await.0, StatusCode::OK);
     assert_eq!(d.post_stripe("whsec_wrong", &body).await.0, StatusCode::BAD_REQUEST);
+    // Failure records are written behind the answer.
+    d.wait_for("the failure record", |c| {
+        c.query_row("SELECT count(*) FROM verify_failures", [], |r| r.get::<_, i64>(0)).unwrap()
+            == 1
+    })
+    .await;
     let db = d.db.to_str().unwrap().to_owned();
 
     let out = run(bin().args(["inbox", "list", "--db", &db, "--json"]), b"");
@@ -320,9 +329,11 @@ async fn a_worker_crash_before_commit_emits_every_action_exactly_once() {
     let body = pi_event("evt_crash", "succeeded", "pi_crash", "1001", 10000, "usd");
 
     // First run: the worker aborts right before its commit.
-    std::env::set_var("RECONCILED_FAILPOINT", "worker_before_commit");
-    let (mut child, addr, _log) = spawn_serve(&["serve", "--config", &cfg], dir.path());
-    std::env::remove_var("RECONCILED_FAILPOINT");
+    let (mut child, addr, _log) = spawn_serve_with(
+        &["serve", "--config", &cfg],
+        dir.path(),
+        &[("RECONCILED_FAILPOINT", "worker_before_commit")],
+    );
     let (status, _) = harness::post_signed(addr, body.clone()).await;
     assert_eq!(status, StatusCode::OK, "ingest commits before the worker runs");
     let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
@@ -462,4 +473,74 @@ async fn check_config_outbox_and_replay_commands() {
     );
     let n: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 4, "the refund and its notice, once");
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once it answers, watchdog pings while
+/// the store commits, STOPPING=1 on SIGTERM. A unix datagram socket plays systemd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_pings_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let cfg = write_config(dir.path(), &config_text(&db, "", ""));
+    let socket_path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // systemd names the watched process in WATCHDOG_PID; `exec` keeps the shell's pid.
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_reconciled"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let recv = move || {
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).expect("a notification within 10 s");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), systemd)
+    };
+    let (first, systemd) = tokio::task::spawn_blocking(recv).await.unwrap();
+    assert!(first.starts_with("READY=1\nSTATUS=listening on http://127.0.0.1:"), "{first:?}");
+    let addr: SocketAddr = first.rsplit("http://").next().unwrap().trim().parse().unwrap();
+    assert_eq!(
+        harness::request(addr, "GET", "/readyz", &[], Default::default()).await.0,
+        StatusCode::OK
+    );
+    let mut systemd = systemd;
+    for _ in 0..2 {
+        let (ping, s) = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 512];
+            let n = systemd.recv(&mut buf).expect("a watchdog ping within 10 s");
+            (String::from_utf8_lossy(&buf[..n]).into_owned(), systemd)
+        })
+        .await
+        .unwrap();
+        assert_eq!(ping.trim_end(), "WATCHDOG=1");
+        systemd = s;
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = systemd.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            if seen.last().is_some_and(|m| m.starts_with("STOPPING=1")) {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert!(rest.last().is_some_and(|m| m.starts_with("STOPPING=1")), "{rest:?}");
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
 }

@@ -129,6 +129,29 @@ impl Daemon {
     }
 }
 
+/// Reads a spawned daemon's stderr (piped) until it says where it listens. Returns that
+/// address, the lines read so far, and a thread that collects the rest of its output (so the
+/// daemon never blocks on a full pipe) until it exits.
+pub fn listening(
+    child: &mut std::process::Child,
+) -> (SocketAddr, Vec<String>, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("daemon exited before listening").unwrap();
+        let addr = line
+            .split("listening on http://")
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap());
+        seen.push(line);
+        if let Some(addr) = addr {
+            let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+            return (addr, seen, rest);
+        }
+    }
+}
+
 /// POSTs `body` to the Stripe endpoint of a daemon at `addr`, signed with [`SECRET`].
 pub async fn post_signed(addr: SocketAddr, body: Vec<u8>) -> (StatusCode, String) {
     let sig = signed(SECRET, &body);

@@ -3,9 +3,13 @@
 mod adflex;
 mod cli;
 mod harness;
+mod hostile;
 mod ingest;
 mod limits;
+mod paypal;
 mod reconcile;
 mod sdk;
+mod secrets;
 mod shops;
+mod tls;
 mod worldpay;

@@ -280,7 +280,12 @@ async fn an_unreachable_shop_loses_nothing_and_recovers() {
     let d = start(dir.path(), &shop, "").await;
     send(&d, &pi_event("evt_wait", "succeeded", "pi_50", "50", 700, "usd")).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(d.statuses(), ["pending"], "stored and waiting");
+    let statuses = d.statuses();
+    // Waiting: `pending` between attempts, `processing` while an attempt holds it.
+    assert!(
+        statuses == ["pending"] || statuses == ["processing"],
+        "stored and waiting: {statuses:?}"
+    );
     // The shop database comes (back) up.
     let real = Shop::create(dir.path());
     real.add(50, "pending", "7.00", "USD");
@@ -384,5 +389,68 @@ async fn an_unmatched_row_does_not_hold_up_a_later_one_that_names_the_order() {
     })
     .await;
     assert_eq!(d.actions()[0], a("fulfil", "1001", "100.00 USD", ""));
+    d.stop().await;
+}
+
+/// A store error while deciding one row of a batch holds up that row only: the others of the
+/// same batch commit, and the failing row is retried (and counted) until the error is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_error_in_one_row_holds_up_only_that_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for id in [1001, 1002, 1003] {
+        shop.add(id, "pending", "10.00", "USD");
+    }
+    // Stored by a daemon without a shop: nothing is decided yet, so all three rows wait to be
+    // claimed together in the next daemon's first batch.
+    let d = Daemon::start_in(dir.path(), "", "").await;
+    for id in [1001, 1002, 1003] {
+        let body = pi_event(
+            &format!("evt_{id}"),
+            "succeeded",
+            &format!("pi_{id}"),
+            &id.to_string(),
+            1000,
+            "usd",
+        );
+        send(&d, &body).await;
+    }
+    d.stop().await;
+    let db = dir.path().join("inbox.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON outbox WHEN NEW.order_id = '1002' \
+             BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+        )
+        .unwrap();
+
+    let d = start(dir.path(), &shop, "").await;
+    d.wait_for("the failing row to be retried twice", |c| {
+        c.query_row("SELECT attempts >= 2 FROM inbox WHERE dedup_key = 'evt_1002'", [], |r| {
+            r.get::<_, bool>(0)
+        })
+        .unwrap()
+    })
+    .await;
+    let orders: Vec<String> = d.actions().into_iter().map(|a| a.1).collect();
+    assert_eq!(orders, ["1001", "1001", "1003", "1003"], "the other rows of the batch committed");
+    let error: String = d
+        .read()
+        .query_row("SELECT last_error FROM inbox WHERE dedup_key = 'evt_1002'", [], |r| r.get(0))
+        .unwrap();
+    assert!(error.contains("disk on fire"), "{error}");
+
+    rusqlite::Connection::open(&db).unwrap().execute_batch("DROP TRIGGER boom").unwrap();
+    d.wait_for("the row to be decided once the error is gone", |c| {
+        c.query_row("SELECT status FROM inbox WHERE dedup_key = 'evt_1002'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+            == "done"
+    })
+    .await;
+    let orders: Vec<String> = d.actions().into_iter().map(|a| a.1).collect();
+    assert_eq!(orders, ["1001", "1001", "1003", "1003", "1002", "1002"]);
     d.stop().await;
 }

@@ -123,6 +123,29 @@ impl Shop {
     async fn close(self) {
         self.source.close().await;
     }
+
+    /// Batched lookups (MySQL: `UNION ALL` chunks of 32) answer exactly as single ones: each
+    /// of `cases`, repeated to span several chunks, in a shuffled order.
+    async fn batched_answers_match_single_ones(&self, cases: &[(Option<&str>, Option<&str>)]) {
+        let status = &self.config.shop.as_ref().unwrap().status;
+        let lookup = |(r, p): &(Option<&str>, Option<&str>)| Lookup {
+            reference: r.map(str::to_owned),
+            psp_reference: p.map(str::to_owned),
+        };
+        let mut lookups: Vec<Lookup> = Vec::new();
+        for round in 0..(40 / cases.len().max(1) + 1) {
+            let mut these: Vec<Lookup> = cases.iter().map(lookup).collect();
+            these.rotate_left(round % cases.len().max(1));
+            lookups.extend(these);
+        }
+        assert!(lookups.len() > 32, "spans more than one chunk");
+        let batched = self.source.find_many(&lookups, status, 2).await;
+        assert_eq!(batched.len(), lookups.len());
+        for (l, got) in lookups.iter().zip(batched) {
+            let single = self.source.find(l, status).await.unwrap();
+            assert_eq!(got.unwrap(), single, "{l:?}");
+        }
+    }
 }
 
 fn money(minor: i64, code: &str) -> Money {
@@ -289,6 +312,17 @@ async fn woocommerce_hpos_preset_finds_and_maps_orders() {
     ] {
         assert_eq!(shop.find(reference, psp).await, None, "{reference:?}/{psp:?}");
     }
+    shop.batched_answers_match_single_ones(&[
+        (Some("1001"), None),
+        (None, Some("pi_1002")),
+        (Some("1003"), None),
+        (Some("1004"), Some("pi_1002")),
+        (Some("9999"), None),
+        (None, None),
+        (Some("1008"), None),
+        (Some("1006"), None),
+    ])
+    .await;
     shop.close().await;
     db.drop().await;
 }
@@ -355,6 +389,16 @@ async fn magento2_preset_finds_and_maps_orders() {
     {
         assert_eq!(shop.find(reference, psp).await, None, "{reference:?}/{psp:?}");
     }
+    shop.batched_answers_match_single_ones(&[
+        (Some("000000123"), None),
+        (None, Some("pi_124")),
+        (Some("000000125"), None),
+        (Some("000000126"), Some("pi_124")),
+        (Some("000000124"), Some("pi_124")),
+        (Some("000000129"), None),
+        (Some("nope"), None),
+    ])
+    .await;
     shop.close().await;
     db.drop().await;
 }
@@ -425,6 +469,15 @@ async fn prestashop_preset_finds_and_maps_orders() {
     {
         assert_eq!(shop.find(reference, psp).await, None, "{reference:?}/{psp:?}");
     }
+    shop.batched_answers_match_single_ones(&[
+        (Some("XKBKNABJK"), None),
+        (None, Some("pi_ps_2")),
+        (Some("QWERTYUIO"), None),
+        (Some("MIXEDSTAT"), None),
+        (Some("DELIVERED"), None),
+        (Some("NOPE"), None),
+    ])
+    .await;
     shop.close().await;
     db.drop().await;
 }

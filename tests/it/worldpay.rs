@@ -275,3 +275,15 @@ async fn xml_notifications_reach_the_outbox() {
     assert_eq!(d.statuses(), vec!["done"; 8]);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_for_another_merchant_code_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "merchant_codes = [\"SHOPEUR\"]").await;
+    send_xml(&d, &xml("CAPTURED.xml")).await;
+    let (status, text) = post_xml(&d, &xml("SENT_FOR_AUTHORISATION.xml")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("merchantCode is not this endpoint's"), "{text}");
+    assert_eq!(d.rows().len(), 1);
+    d.stop().await;
+}

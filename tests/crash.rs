@@ -1,0 +1,359 @@
+//! The crash harness: "acknowledged means durable, and nothing is done twice", checked the way
+//! Jepsen checks databases, against the real daemon binary.
+//!
+//! Eight senders post signed Stripe notifications over loopback as Stripe does: every
+//! notification until it gets a 2xx, retrying on connection errors and 5xx; about 10% are
+//! delivered again after their 2xx; a tenth of the payments also get a `processing` event, in
+//! random order with their `succeeded`; some requests carry a bad signature. Meanwhile the
+//! daemon is killed with SIGKILL at random moments (while it takes notifications and while its
+//! worker decides them), the store's `PRAGMA integrity_check` is run, and the daemon restarted.
+//! At the end the worker is drained and the harness checks:
+//! - every acknowledged notification is in the inbox exactly once (lost = 0, duplicate rows = 0);
+//! - nothing that was not sent, or failed verification, is there;
+//! - every order has exactly one `fulfil` and one `order_confirmed` notice (missing = 0).
+//!
+//! It prints its figures. Defaults: 20 kills, 5,000 payments (what `.ci/run` runs). A longer
+//! run: `RECONCILED_CRASH_KILLS=500 RECONCILED_CRASH_PAYMENTS=50000 cargo test --release --test
+//! crash -- --nocapture`. `RECONCILED_CRASH_SEED` repeats a run.
+//!
+//! The harness proves it can fail: built with `--features test-ack-before-commit` (answers
+//! before storing) it must find losses, and with `--features test-no-dedup` duplicate rows;
+//! under those features the test passes only if it does.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use reconciled::provider::stripe;
+use rusqlite::Connection;
+
+const SECRET: &str = "whsec_crash_harness_0123456789";
+const SENDERS: usize = 8;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A small deterministic generator (xorshift), so a seed repeats a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn event(id: &str, action: &str, order: u64) -> Vec<u8> {
+    let status = if action == "succeeded" { "succeeded" } else { "processing" };
+    let received = if action == "succeeded" { 1000 } else { 0 };
+    format!(
+        r#"{{"id":"{id}","object":"event","api_version":"2024-06-20","created":1795000000,"livemode":false,"type":"payment_intent.{action}","data":{{"object":{{"id":"pi_crash_{order}","object":"payment_intent","amount":1000,"amount_received":{received},"currency":"usd","metadata":{{"order_id":"{order}"}},"receipt_email":"buyer{order}@example.com","status":"{status}"}}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// One notification to deliver.
+#[derive(Clone)]
+struct Delivery {
+    id: String,
+    body: Vec<u8>,
+    /// Signed with the wrong secret: must be refused and never stored.
+    forged: bool,
+    /// Already a redelivery (not to be repeated again).
+    again: bool,
+}
+
+/// What the senders saw.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicU64,
+    acknowledged: Mutex<HashSet<String>>,
+    acks: AtomicU64,
+    refused: Mutex<HashSet<String>>,
+}
+
+struct Daemon {
+    bin: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["serve", "--config", self.config.to_str().unwrap()])
+            .env("RECONCILED_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn post(addr: SocketAddr, body: &[u8], signature: &str) -> Option<u16> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/webhooks/stripe")
+        .header("host", addr.to_string())
+        .header("stripe-signature", signature)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap();
+    let resp =
+        tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.ok()?.ok()?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    Some(status)
+}
+
+async fn sender(
+    addr: SocketAddr,
+    queue: Arc<Mutex<VecDeque<Delivery>>>,
+    seen: Arc<Seen>,
+    mut rng: Rng,
+) {
+    loop {
+        let Some(d) = queue.lock().unwrap().pop_front() else { return };
+        loop {
+            let secret = if d.forged { "whsec_not_the_secret" } else { SECRET };
+            let sig = stripe::sign(secret.as_bytes(), reconciled::now_ms() / 1000, &d.body);
+            seen.requests.fetch_add(1, Ordering::Relaxed);
+            match post(addr, &d.body, &sig).await {
+                Some(s) if (200..300).contains(&s) && !d.forged => {
+                    seen.acks.fetch_add(1, Ordering::Relaxed);
+                    seen.acknowledged.lock().unwrap().insert(d.id.clone());
+                    if !d.again && rng.below(10) == 0 {
+                        queue.lock().unwrap().push_back(Delivery { again: true, ..d.clone() });
+                    }
+                    break;
+                }
+                Some(400) if d.forged => {
+                    seen.refused.lock().unwrap().insert(d.id.clone());
+                    break;
+                }
+                Some(s) if (200..300).contains(&s) => panic!("a forged notification got {s}"),
+                Some(s) if s < 500 => panic!("{} got {s}", d.id),
+                // Down, restarting, or 503: retry, as Stripe does (faster).
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+fn integrity(db: &Path) -> String {
+    let conn = Connection::open(db).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_means_stored_once_and_acted_on_once_across_sigkills() {
+    let kills = env_or("RECONCILED_CRASH_KILLS", 20);
+    let payments = env_or("RECONCILED_CRASH_PAYMENTS", 5000);
+    let seed = env_or("RECONCILED_CRASH_SEED", reconciled::now_ms() as u64) | 1;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let shop = dir.path().join("shop.db");
+    {
+        let conn = Connection::open(&shop).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT NOT NULL, total TEXT NOT NULL, currency TEXT NOT NULL)",
+        )
+        .unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in 1..=payments {
+            tx.execute("INSERT INTO orders VALUES (?1, 'pending', '10.00', 'USD')", [i]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.path().join("reconciled.toml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    write!(
+        f,
+        "[server]\nlisten = \"{addr}\"\nshutdown_grace_secs = 1\n[store]\npath = \"{}\"\n\
+         [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+         [shop]\ndriver = \"sqlite\"\nurl = \"{}\"\n\
+         query = \"SELECT id AS order_id, status, total AS amount, currency FROM orders WHERE id = :reference\"\n\
+         [shop.status]\nawaiting_payment = [\"pending\"]\npaid = [\"paid\"]\ncancelled = [\"cancelled\"]\n\
+         [worker]\nlease = \"1s\"\nretry_base = \"50ms\"\nretry_max = \"500ms\"\n",
+        db.display(),
+        shop.display()
+    )
+    .unwrap();
+
+    // The deliveries, shuffled: a payment's processing and succeeded events in either order.
+    let mut rng = Rng(seed);
+    let mut all = Vec::new();
+    for i in 1..=payments {
+        let id = format!("evt_ok_{i}");
+        all.push(Delivery { body: event(&id, "succeeded", i), id, forged: false, again: false });
+        if i % 10 == 0 {
+            let id = format!("evt_processing_{i}");
+            all.push(Delivery {
+                body: event(&id, "processing", i),
+                id,
+                forged: false,
+                again: false,
+            });
+        }
+        if i % 100 == 0 {
+            let id = format!("evt_forged_{i}");
+            all.push(Delivery { body: event(&id, "succeeded", i), id, forged: true, again: false });
+        }
+    }
+    for i in (1..all.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        all.swap(i, j);
+    }
+    let sent: HashSet<String> = all.iter().filter(|d| !d.forged).map(|d| d.id.clone()).collect();
+    let forged: HashSet<String> = all.iter().filter(|d| d.forged).map(|d| d.id.clone()).collect();
+
+    let mut daemon = Daemon {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_reconciled")),
+        config,
+        log: dir.path().join("daemon.log"),
+        child: None,
+    };
+    daemon.start();
+    let started = Instant::now();
+    let queue = Arc::new(Mutex::new(VecDeque::from(all)));
+    let seen = Arc::new(Seen::default());
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|n| {
+            tokio::spawn(sender(
+                addr,
+                queue.clone(),
+                seen.clone(),
+                Rng(seed.wrapping_add(n as u64 * 7919) | 1),
+            ))
+        })
+        .collect();
+    let sending = Arc::new(AtomicBool::new(true));
+
+    // The killer: SIGKILL at random moments, check the store, restart.
+    let mut done_kills = 0;
+    let mut kills_while_sending = 0;
+    while done_kills < kills {
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(300))).await;
+        if senders.iter().all(|s| s.is_finished()) {
+            sending.store(false, Ordering::Relaxed);
+        } else {
+            kills_while_sending += 1;
+        }
+        daemon.kill();
+        done_kills += 1;
+        let check = integrity(&db);
+        assert_eq!(check, "ok", "integrity_check after kill {done_kills}");
+        daemon.start();
+    }
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(300), s).await.expect("senders finish").unwrap();
+    }
+
+    // Drain: the worker decides everything that is stored.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let open = Connection::open(&db).and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM inbox WHERE status IN ('pending', 'processing', 'parked')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        });
+        if open.is_ok_and(|n| n == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker did not drain the inbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill();
+    assert_eq!(integrity(&db), "ok");
+
+    let conn = Connection::open(&db).unwrap();
+    let mut rows: HashMap<String, i64> = HashMap::new();
+    {
+        let mut stmt = conn.prepare("SELECT dedup_key FROM inbox").unwrap();
+        for key in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+            // A build without dedup suffixes its keys: count them by the event id.
+            let key = key.unwrap();
+            let id = key.split('#').next().unwrap().to_owned();
+            *rows.entry(id).or_default() += 1;
+        }
+    }
+    let acknowledged = seen.acknowledged.lock().unwrap().clone();
+    let lost = acknowledged.iter().filter(|id| !rows.contains_key(*id)).count();
+    let duplicate_rows: i64 = rows.values().map(|n| n - 1).sum();
+    let strangers = rows.keys().filter(|id| !sent.contains(*id)).count();
+    let forged_stored = rows.keys().filter(|id| forged.contains(*id)).count();
+    let mut actions: HashMap<String, i64> = HashMap::new();
+    {
+        let mut stmt = conn.prepare("SELECT idempotency_key FROM outbox").unwrap();
+        for key in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+            *actions.entry(key.unwrap()).or_default() += 1;
+        }
+    }
+    let duplicate_actions: i64 = actions.values().map(|n| n - 1).sum();
+    let mut missing_actions = 0;
+    for i in 1..=payments {
+        for key in [format!("fulfil:order:{i}"), format!("notify:order_confirmed:{i}")] {
+            if !actions.contains_key(&key) {
+                missing_actions += 1;
+            }
+        }
+    }
+    println!(
+        "crash harness (seed {seed}): {done_kills} kills ({kills_while_sending} while notifications were being sent), \
+         {} requests, {} notifications sent, {} acknowledged ({} 2xx answers), {} forged refused; \
+         lost {lost}, duplicate rows {duplicate_rows}, rows never sent {strangers}, forged stored {forged_stored}, \
+         duplicate actions {duplicate_actions}, missing actions {missing_actions}; {:.1} s",
+        seen.requests.load(Ordering::Relaxed),
+        sent.len(),
+        acknowledged.len(),
+        seen.acks.load(Ordering::Relaxed),
+        seen.refused.lock().unwrap().len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(acknowledged.len(), sent.len(), "every notification was eventually acknowledged");
+    assert!(kills_while_sending > 0, "some kills hit the daemon while it took notifications");
+    assert_eq!((strangers, forged_stored), (0, 0));
+    if cfg!(feature = "test-ack-before-commit") {
+        assert!(lost > 0, "an ack-before-commit build must lose acknowledged notifications");
+    } else if cfg!(feature = "test-no-dedup") {
+        assert!(duplicate_rows > 0, "a build without dedup must store duplicates");
+    } else {
+        assert_eq!((lost, duplicate_rows, duplicate_actions, missing_actions), (0, 0, 0, 0));
+    }
+}
