@@ -198,6 +198,7 @@ async fn webhook(
         }
     };
 
+    crate::failpoint("ingest_after_verify");
     let row = NewRow {
         endpoint: endpoint_name.clone(),
         provider: endpoint.provider.as_str(),
@@ -230,6 +231,7 @@ async fn webhook(
         }
         Ok(Ok(stored)) => {
             tracing::debug!(id = stored.id, "stored");
+            crate::failpoint("ingest_after_commit");
             state.wake.notify_one();
             ack(endpoint.provider, false)
         }

@@ -478,6 +478,9 @@ impl WorkerRef {
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
         tx.commit()?;
+        if !rows.is_empty() {
+            crate::failpoint("worker_after_claim");
+        }
         rows.sort_by_key(|r| r.id);
         Ok(rows)
     }

@@ -241,6 +241,9 @@ fn write_batch(
     if probe {
         tx.prepare_cached(PROBE)?.execute([crate::now_ms().to_string()])?;
     }
+    if !inserts.is_empty() {
+        crate::failpoint("ingest_before_commit");
+    }
     tx.commit()
 }
 

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::harness::{self, config_text, event, Daemon, FIXTURE_EVENT, SECRET};
 
-pub fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reconciled"));
     cmd.env("RECONCILED_LOG", "info");
     cmd
@@ -36,7 +36,7 @@ fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
     }
 }
 
-fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("reconciled.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -130,7 +130,7 @@ fn spawn_serve(
 
 /// As [`spawn_serve`], with environment variables for the child only (never `set_var`: the
 /// in-process daemons of other tests share this process's environment).
-fn spawn_serve_with(
+pub(crate) fn spawn_serve_with(
     args: &[&str],
     dir: &Path,
     env: &[(&str, &str)],
@@ -309,59 +309,6 @@ async fn inbox_list_and_show_read_the_store() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("no such store"), "{}", out.stderr);
     d.stop().await;
-}
-
-/// Invariant 3: the worker is killed between deciding and committing; after a restart every
-/// action exists exactly once, and a redelivery adds nothing.
-#[cfg(feature = "failpoints")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_crash_before_commit_emits_every_action_exactly_once() {
-    use crate::harness::{config_text_with, pi_event, shop_config, Shop};
-    let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::create(dir.path());
-    shop.add(1001, "pending", "100.00", "USD");
-    let db = dir.path().join("inbox.db");
-    let cfg = write_config(
-        dir.path(),
-        &config_text_with(&db, "", "", &shop_config(&shop, "lease = \"1s\"")),
-    );
-    let cfg = cfg.to_str().unwrap().to_owned();
-    let body = pi_event("evt_crash", "succeeded", "pi_crash", "1001", 10000, "usd");
-
-    // First run: the worker aborts right before its commit.
-    let (mut child, addr, _log) = spawn_serve_with(
-        &["serve", "--config", &cfg],
-        dir.path(),
-        &[("RECONCILED_FAILPOINT", "worker_before_commit")],
-    );
-    let (status, _) = harness::post_signed(addr, body.clone()).await;
-    assert_eq!(status, StatusCode::OK, "ingest commits before the worker runs");
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert!(!exit.success(), "the failpoint aborted the daemon");
-    let outbox = |db: &Path| -> Vec<String> {
-        let conn = reconciled::store::schema::open_reader(db).unwrap();
-        reconciled::store::read::outbox(&conn, None, None, None)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.idempotency_key)
-            .collect()
-    };
-    assert!(outbox(&db).is_empty(), "nothing was committed by the crashed worker");
-
-    // Restart: the claim's lease runs out and the row is decided again, once.
-    let (mut child, addr, _log) = spawn_serve(&["serve", "--config", &cfg], dir.path());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while outbox(&db).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no actions after restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The provider redelivers: no new row, no new action.
-    let (status, text) = harness::post_signed(addr, body).await;
-    assert_eq!((status, text.as_str()), (StatusCode::OK, "duplicate\n"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success());
-    assert_eq!(outbox(&db), ["fulfil:order:1001", "notify:order_confirmed:1001"]);
 }
 
 /// The operator's reconciliation commands against a real store and shop.

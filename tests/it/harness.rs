@@ -166,18 +166,34 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> (StatusCode, String) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    try_request(addr, method, path, headers, body).await.unwrap()
+}
+
+/// As [`request`], but a connection that fails or closes without an answer is an `Err`, as a
+/// provider sees it when the daemon dies mid-request.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<(StatusCode, String), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(Full::new(body)).unwrap()).await.expect("response");
+    let resp = sender
+        .send_request(req.body(Full::new(body)).unwrap())
+        .await
+        .map_err(|e| format!("response: {e}"))?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A SQLite shop database in a test's directory. Only the test writes to it.

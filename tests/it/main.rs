@@ -2,6 +2,7 @@
 
 mod adflex;
 mod cli;
+mod failpoints;
 mod harness;
 mod hostile;
 mod ingest;
