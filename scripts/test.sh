@@ -21,5 +21,12 @@ if [ -f scripts/dbs.sh ]; then
     source scripts/dbs.sh
 fi
 
+# The storage-fault tests (tests/it/faults.rs) mount a small tmpfs and run the daemon under
+# strace: they need root, and run whenever this script runs as root.
+if [ "$(id -u)" = 0 ]; then
+    command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
+    export RECONCILED_FAULT_TESTS="${RECONCILED_FAULT_TESTS:-1}"
+fi
+
 # failpoints: test-only crash points used by the crash tests.
 cargo test --all-targets --features failpoints "$@"

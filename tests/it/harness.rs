@@ -158,6 +158,15 @@ pub async fn post_signed(addr: SocketAddr, body: Vec<u8>) -> (StatusCode, String
     request(addr, "POST", "/webhooks/stripe", &[("stripe-signature", &sig)], body.into()).await
 }
 
+/// As [`post_signed`], but a connection that fails or closes without an answer is an `Err`.
+pub async fn try_post_signed(
+    addr: SocketAddr,
+    body: Vec<u8>,
+) -> Result<(StatusCode, String), String> {
+    let sig = signed(SECRET, &body);
+    try_request(addr, "POST", "/webhooks/stripe", &[("stripe-signature", &sig)], body.into()).await
+}
+
 /// One request on a fresh connection.
 pub async fn request(
     addr: SocketAddr,

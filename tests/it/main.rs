@@ -3,6 +3,7 @@
 mod adflex;
 mod cli;
 mod failpoints;
+mod faults;
 mod harness;
 mod hostile;
 mod ingest;
