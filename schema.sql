@@ -106,3 +106,8 @@ ALTER TABLE outbox ADD COLUMN endpoint TEXT;
 -- PayPal IPN rows are stored unverified; the worker posts them back to PayPal and records
 -- here when PayPal answered VERIFIED (NULL: not verified by postback, or not an IPN row).
 ALTER TABLE inbox ADD COLUMN verified_at INTEGER;
+
+-- migration: 6
+-- Pruning deletes finished inbox rows with their actions: find those actions by inbox row, and
+-- let the foreign key check on each deleted inbox row use an index instead of a scan.
+CREATE INDEX outbox_by_inbox ON outbox (inbox_id);

@@ -31,6 +31,11 @@ pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_MAX_BATCH: usize = 256;
 /// Verification failures kept for forensics; older ones are deleted.
 pub const DEFAULT_FAILURES_KEPT: u64 = 1000;
+/// Days a finished notification (and its dedup key) is kept after its last delivery.
+pub const DEFAULT_RETENTION_DAYS: u64 = 90;
+/// The shortest retention allowed: providers retry for up to 30 days (Stripe 3, PayPal and
+/// Worldpay longer), and a dedup key pruned before the last retry would let it be decided again.
+pub const MIN_RETENTION_DAYS: u64 = 45;
 /// Stripe's own default signature tolerance.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 
@@ -41,6 +46,7 @@ const MAX_CONNECTIONS: u64 = 65_536;
 const MAX_BUSY_TIMEOUT_MS: u64 = 600_000;
 const MAX_BATCH: u64 = 10_000;
 const MAX_FAILURES_KEPT: u64 = 10_000_000;
+const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// The secret printed by `default-config`: a placeholder, refused as a real secret.
 pub const PLACEHOLDER_SECRET: &str = "whsec_REPLACE_WITH_YOUR_ENDPOINT_SECRET";
@@ -262,6 +268,9 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Verification failures kept; the table never grows past this.
     pub failures_kept: u64,
+    /// Finished inbox rows (and their actions) are deleted this many days after their last
+    /// delivery; never fewer than [`MIN_RETENTION_DAYS`].
+    pub retention_days: u64,
 }
 
 /// Which provider's wire format an endpoint speaks.
@@ -585,6 +594,7 @@ struct RawStore {
     busy_timeout_ms: Option<u64>,
     max_batch: Option<usize>,
     failures_kept: Option<u64>,
+    retention_days: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -805,6 +815,21 @@ impl Config {
                 DEFAULT_FAILURES_KEPT,
                 MAX_FAILURES_KEPT,
             )?,
+            retention_days: match st.retention_days {
+                Some(n) if n < MIN_RETENTION_DAYS => {
+                    return Err(invalid(
+                        "store.retention_days".into(),
+                        format!(
+                        "{n} is below the minimum of {MIN_RETENTION_DAYS}: providers retry for up \
+                             to 30 days, and a notification whose dedup key was pruned would be \
+                             decided again"
+                    ),
+                    ))
+                }
+                v => {
+                    bounded("store.retention_days", v, DEFAULT_RETENTION_DAYS, MAX_RETENTION_DAYS)?
+                }
+            },
         };
 
         if raw.endpoints.is_empty() {
@@ -1157,11 +1182,12 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "store: {} (batch {}, busy timeout {} ms, {} failures kept)",
+            "store: {} (batch {}, busy timeout {} ms, {} failures kept, finished rows kept {} days)",
             self.store.path.display(),
             self.store.max_batch,
             self.store.busy_timeout.as_millis(),
-            self.store.failures_kept
+            self.store.failures_kept,
+            self.store.retention_days
         );
         if let Some(shop) = &self.shop {
             let _ = writeln!(out, "shop: {:?} {}", shop.driver, shop.url);
@@ -1568,6 +1594,23 @@ tolerance_secs = 120
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.starts_with(&format!("test.toml: {key}: ")), "{err}");
         }
+    }
+
+    #[test]
+    fn retention_defaults_to_90_days_and_is_never_below_45() {
+        assert_eq!(parse(GOOD).unwrap().store.retention_days, DEFAULT_RETENTION_DAYS);
+        let at = |n: u64| GOOD.replace("[store]", &format!("[store]\nretention_days = {n}"));
+        assert_eq!(parse(&at(45)).unwrap().store.retention_days, 45);
+        for n in [0, 1, 30, 44] {
+            let err = parse(&at(n)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("test.toml: store.retention_days: ")
+                    && err.contains("minimum of 45")
+                    && err.contains("30 days"),
+                "{err}"
+            );
+        }
+        assert!(parse(&at(99_999)).unwrap_err().to_string().contains("above the limit"));
     }
 
     #[test]

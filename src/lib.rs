@@ -97,6 +97,12 @@ pub async fn run_server(
         systemd::ready(addr);
     }
     let systemd_watchdog = systemd::watchdog(store.clone(), shutdown.clone());
+    let pruner = tokio::spawn(store::prune::run(
+        config.store.path.clone(),
+        config.store.busy_timeout,
+        config.store.retention_days,
+        shutdown.clone(),
+    ));
     // A dead writer stops the daemon (and systemd restarts it) instead of leaving it up and
     // answering 503 to everything.
     let watchdog = {
@@ -113,11 +119,13 @@ pub async fn run_server(
     if let Some(w) = systemd_watchdog {
         w.abort();
     }
+    // The worker finishes the batch it is on (a commit, or nothing) and stops; the pruner
+    // after its current chunk.
+    shutdown.cancel();
     if let Some(worker) = worker {
-        // The worker finishes the batch it is on (a commit, or nothing) and stops.
-        shutdown.cancel();
         let _ = worker.await;
     }
+    let _ = pruner.await;
     if store.is_dead() {
         return Err(StoreError::WriterDied.into());
     }

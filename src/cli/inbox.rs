@@ -18,6 +18,21 @@ pub enum InboxCommand {
     /// Run one notification through the decision again (current code, current shop data).
     /// Actions already in the outbox are never emitted twice.
     Replay(ReplayArgs),
+    /// Delete finished notifications (done, ignored, rejected) and their actions once
+    /// `store.retention_days` have passed since their last delivery. The daemon does this
+    /// hourly by itself.
+    Prune(PruneArgs),
+}
+
+/// Arguments of `inbox prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The configuration (the store and its `retention_days`).
+    #[arg(long, short, value_name = "FILE")]
+    config: std::path::PathBuf,
+    /// Only count what would be deleted.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Arguments of `inbox replay`.
@@ -75,7 +90,30 @@ pub(super) fn run(cmd: InboxCommand) -> anyhow::Result<()> {
         InboxCommand::List(args) => list(&args),
         InboxCommand::Show(args) => show(&args),
         InboxCommand::Replay(args) => replay(&args),
+        InboxCommand::Prune(args) => prune(&args),
     }
+}
+
+fn prune(args: &PruneArgs) -> anyhow::Result<()> {
+    use crate::store::prune;
+    let config = crate::config::Config::load(&args.config)?;
+    let store = &config.store;
+    if !store.path.exists() {
+        anyhow::bail!("no such store: {}", store.path.display());
+    }
+    let mut conn = crate::store::schema::open_writer(&store.path, store.busy_timeout)?;
+    let cutoff = prune::cutoff(crate::now_ms(), store.retention_days);
+    let before = utc(cutoff);
+    if args.dry_run {
+        let n = prune::count_prunable(&conn, cutoff).context("counting prunable rows")?;
+        println!("would prune {n} finished notifications last delivered before {before}");
+    } else {
+        let n = prune::prune(&mut conn, cutoff, &|| false).context("pruning")?;
+        println!(
+            "pruned {n} finished notifications, and their actions, last delivered before {before}"
+        );
+    }
+    Ok(())
 }
 
 fn replay(args: &ReplayArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 //! never answers 2xx before the commit that holds its row. The CLI reads with its own
 //! read-only connections ([`read`]); WAL lets it do so while the daemon writes.
 
+pub mod prune;
 pub mod read;
 pub mod schema;
 mod writer;

@@ -491,3 +491,88 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `inbox prune` deletes finished rows past `retention_days` with their actions, keeps the
+/// rest, and the daemon still knows every kept dedup key afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_prune_deletes_only_finished_rows_past_retention() {
+    use crate::harness::{config_text_with, pi_event, shop_config, Shop};
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for order in [1001, 1002, 1003] {
+        shop.add(order, "pending", "10.00", "USD");
+    }
+    let db = dir.path().join("inbox.db");
+    let text = config_text_with(&db, "", "retention_days = 45", &shop_config(&shop, ""));
+    let cfg = write_config(dir.path(), &text);
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    let events: Vec<Vec<u8>> = [1001, 1002, 1003]
+        .iter()
+        .map(|o| {
+            pi_event(
+                &format!("evt_{o}"),
+                "succeeded",
+                &format!("pi_{o}"),
+                &o.to_string(),
+                1000,
+                "usd",
+            )
+        })
+        .collect();
+    let d =
+        Daemon::start_with(dir.path(), "", "retention_days = 45", &shop_config(&shop, "")).await;
+    for body in &events {
+        assert_eq!(d.post_stripe(SECRET, body).await.0, StatusCode::OK);
+    }
+    d.settle().await;
+    d.stop().await;
+
+    // Age the rows: 1001 was last delivered 46 days ago, 1002 44 days ago; 1003 is new.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let day = 86_400_000_i64;
+    let now = reconciled::now_ms();
+    for (key, days) in [("evt_1001", 46), ("evt_1002", 44)] {
+        conn.execute(
+            "UPDATE inbox SET received_at = ?2, last_received_at = ?2, processed_at = ?2 WHERE dedup_key = ?1",
+            rusqlite::params![key, now - days * day],
+        )
+        .unwrap();
+    }
+    drop(conn);
+
+    let out = run(bin().args(["inbox", "prune", "--dry-run", "--config", &cfg_s]), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.starts_with("would prune 1 finished notifications"), "{}", out.stdout);
+    let out = run(bin().args(["inbox", "prune", "--config", &cfg_s]), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.starts_with("pruned 1 finished notifications"), "{}", out.stdout);
+
+    let conn = reconciled::store::schema::open_reader(&db).unwrap();
+    let keys: Vec<String> = conn
+        .prepare("SELECT dedup_key FROM inbox ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(keys, ["evt_1002", "evt_1003"]);
+    let orders: Vec<String> = reconciled::store::read::outbox(&conn, None, None, None)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.order_id.unwrap_or_default())
+        .collect();
+    assert_eq!(orders, ["1002", "1002", "1003", "1003"], "the pruned row's actions went with it");
+    drop(conn);
+
+    // The kept keys still deduplicate.
+    let d =
+        Daemon::start_with(dir.path(), "", "retention_days = 45", &shop_config(&shop, "")).await;
+    assert_eq!(d.post_stripe(SECRET, &events[1]).await, (StatusCode::OK, "duplicate\n".into()));
+    d.stop().await;
+
+    // A retention below 45 days is refused, naming the key.
+    let low = write_config(dir.path(), &text.replace("retention_days = 45", "retention_days = 7"));
+    let out = run(bin().args(["inbox", "prune", "--config", low.to_str().unwrap()]), b"");
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("store.retention_days"), "{}", out.stderr);
+}

@@ -1,0 +1,288 @@
+//! Pruning: finished notifications are deleted `store.retention_days` after their last
+//! delivery, with the actions they produced, so the store stops growing at the volume of one
+//! retention period. SQLite reuses the freed pages; the file does not shrink (`VACUUM` would).
+//!
+//! Only rows that are `done`, `ignored` or `rejected` are pruned, and only when both their last
+//! delivery and their decision are older than the cutoff: a row still waiting, or `dead` (an
+//! operator must look at it), stays. The dedup key goes with the row, which is why retention is
+//! never below [`MIN_RETENTION_DAYS`](crate::config::MIN_RETENTION_DAYS): providers retry for
+//! up to 30 days, and a redelivery counts from the latest one. The `payments` table is kept: it
+//! is small, and it is what still recognises a late refund or a second payment for an order.
+//!
+//! Deletion goes in chunks of [`CHUNK`] rows, one short transaction each, so the ingest writer
+//! never waits long for the lock.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio_util::sync::CancellationToken;
+
+/// Rows deleted per transaction.
+pub const CHUNK: i64 = 1000;
+/// How often the daemon prunes, and how long after starting it first does.
+pub const INTERVAL: Duration = Duration::from_secs(3600);
+const FIRST_DELAY: Duration = Duration::from_secs(60);
+/// A breath between chunks, in which the ingest writer takes the lock.
+const PAUSE: Duration = Duration::from_millis(20);
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The unix-ms cutoff for `retention_days` before `now_ms`.
+pub fn cutoff(now_ms: i64, retention_days: u64) -> i64 {
+    now_ms.saturating_sub(i64::try_from(retention_days).unwrap_or(i64::MAX / DAY_MS) * DAY_MS)
+}
+
+/// An inbox id below which every row arrived before `cutoff_ms`, and at or past which none
+/// did: ids grow with arrival. Found by bisection, in a few dozen index lookups, so
+/// the chunks never scan the recent part of a large inbox.
+pub fn boundary(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<i64> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM inbox", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (Some(mut lo), Some(max)) = (min, max) else { return Ok(0) };
+    let mut hi = max + 1;
+    let mut at = conn
+        .prepare_cached("SELECT id, received_at FROM inbox WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, i64)> =
+            at.query_row([mid], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        match row {
+            Some((id, received)) if received < cutoff_ms => lo = id + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+/// Deletes at most `limit` prunable rows below inbox id `below`, and their outbox actions, in
+/// one transaction. Returns the number of inbox rows deleted.
+pub fn prune_chunk(
+    conn: &mut Connection,
+    cutoff_ms: i64,
+    below: i64,
+    limit: i64,
+) -> rusqlite::Result<usize> {
+    const DOOMED: &str = "SELECT id FROM inbox WHERE id < ?1 \
+        AND status IN ('done', 'ignored', 'rejected') \
+        AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 ORDER BY id LIMIT ?3";
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute(
+        &format!("DELETE FROM outbox WHERE inbox_id IN ({DOOMED})"),
+        params![below, cutoff_ms, limit],
+    )?;
+    let n = tx.execute(
+        &format!("DELETE FROM inbox WHERE id IN ({DOOMED})"),
+        params![below, cutoff_ms, limit],
+    )?;
+    tx.commit()?;
+    Ok(n)
+}
+
+/// How many rows a prune at `cutoff_ms` would delete now.
+pub fn count_prunable(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<i64> {
+    let below = boundary(conn, cutoff_ms)?;
+    conn.query_row(
+        "SELECT count(*) FROM inbox WHERE id < ?1 AND status IN ('done', 'ignored', 'rejected') \
+         AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2",
+        params![below, cutoff_ms],
+        |r| r.get(0),
+    )
+}
+
+/// Prunes everything older than `cutoff_ms`, chunk by chunk, until nothing is left or `stop`
+/// says so. Returns the number of inbox rows deleted.
+pub fn prune(
+    conn: &mut Connection,
+    cutoff_ms: i64,
+    stop: &dyn Fn() -> bool,
+) -> rusqlite::Result<u64> {
+    let below = boundary(conn, cutoff_ms)?;
+    let mut total = 0;
+    loop {
+        let n = prune_chunk(conn, cutoff_ms, below, CHUNK)?;
+        total += n as u64;
+        if (n as i64) < CHUNK || stop() {
+            return Ok(total);
+        }
+        std::thread::sleep(PAUSE);
+    }
+}
+
+/// The daemon's pruning task: a minute after start, then hourly, on its own connection.
+pub async fn run(
+    path: PathBuf,
+    busy_timeout: Duration,
+    retention_days: u64,
+    shutdown: CancellationToken,
+) {
+    let mut delay = FIRST_DELAY;
+    let mut conn = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        delay = INTERVAL;
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match super::schema::open_writer(&path, busy_timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "pruning skipped: cannot open the store");
+                    continue;
+                }
+            },
+        };
+        let token = shutdown.clone();
+        let cut = cutoff(crate::now_ms(), retention_days);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut c = c;
+            let result = prune(&mut c, cut, &|| token.is_cancelled());
+            (c, result)
+        })
+        .await;
+        match done {
+            Ok((c, Ok(n))) => {
+                conn = Some(c);
+                if n > 0 {
+                    tracing::info!(
+                        rows = n,
+                        retention_days,
+                        "pruned finished notifications and their actions"
+                    );
+                }
+            }
+            Ok((c, Err(e))) => {
+                conn = Some(c);
+                tracing::warn!(error = %e, "pruning failed; retrying in an hour");
+            }
+            Err(e) => tracing::error!(error = %e, "pruning task panicked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::schema::open_writer(&dir.path().join("s.db"), Duration::from_secs(1))
+                .unwrap();
+        (dir, conn)
+    }
+
+    /// Adds an inbox row first delivered `age` days ago and last `last` days ago, decided
+    /// `decided` days ago, with one outbox action. Returns its id.
+    fn add(conn: &Connection, key: &str, status: &str, age: i64, last: i64, decided: i64) -> i64 {
+        conn.execute(
+            "INSERT INTO inbox (endpoint, provider, dedup_key, received_at, last_received_at, \
+             remote_addr, headers, body, status, processed_at) \
+             VALUES ('stripe', 'stripe', ?1, ?2, ?3, '127.0.0.1:1', '{}', x'00', ?4, ?5)",
+            params![key, NOW - age * DAY_MS, NOW - last * DAY_MS, status, NOW - decided * DAY_MS],
+        )
+        .unwrap();
+        let id = conn.last_insert_rowid();
+        conn.execute(
+            "INSERT INTO outbox (kind, provider, reason, idempotency_key, inbox_id, event_id, created_at) \
+             VALUES ('review', 'stripe', 'test', ?1, ?2, ?1, 0)",
+            params![key, id],
+        )
+        .unwrap();
+        id
+    }
+
+    fn keys(conn: &Connection, table: &str, column: &str) -> Vec<String> {
+        let mut stmt =
+            conn.prepare(&format!("SELECT {column} FROM {table} ORDER BY {column}")).unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn finished_rows_past_retention_go_with_their_actions_and_the_rest_stay() {
+        let (_dir, mut conn) = store();
+        add(&conn, "a_done_old", "done", 100, 100, 100);
+        add(&conn, "b_ignored_old", "ignored", 99, 99, 99);
+        add(&conn, "c_rejected_old", "rejected", 98, 98, 98);
+        add(&conn, "d_dead_old", "dead", 97, 97, 97);
+        add(&conn, "e_pending_old", "pending", 96, 96, 96);
+        add(&conn, "f_parked_old", "parked", 95, 95, 95);
+        // First delivered long ago, but redelivered 44 days ago: its key must stay.
+        add(&conn, "g_redelivered", "done", 94, 44, 94);
+        // Waited long, decided 10 days ago: its actions may not be consumed yet.
+        add(&conn, "h_decided_late", "done", 93, 93, 10);
+        add(&conn, "i_done_recent", "done", 44, 44, 44);
+        add(&conn, "j_done_new", "done", 0, 0, 0);
+        let cut = cutoff(NOW, 45);
+        assert_eq!(count_prunable(&conn, cut).unwrap(), 3);
+        assert_eq!(prune(&mut conn, cut, &|| false).unwrap(), 3);
+        let left = [
+            "d_dead_old",
+            "e_pending_old",
+            "f_parked_old",
+            "g_redelivered",
+            "h_decided_late",
+            "i_done_recent",
+            "j_done_new",
+        ];
+        assert_eq!(keys(&conn, "inbox", "dedup_key"), left);
+        assert_eq!(keys(&conn, "outbox", "idempotency_key"), left);
+        assert_eq!(prune(&mut conn, cut, &|| false).unwrap(), 0, "a second prune finds nothing");
+        let ok: String = conn
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()
+            .unwrap()
+            .unwrap_or_else(|| "ok".into());
+        assert_eq!(ok, "ok");
+    }
+
+    #[test]
+    fn chunks_delete_everything_old_and_stop_when_asked() {
+        let (_dir, mut conn) = store();
+        let n = CHUNK * 2 + 17;
+        conn.execute_batch("BEGIN").unwrap();
+        for i in 0..n {
+            add(&conn, &format!("old_{i:05}"), "done", 200 - i % 50, 100, 100);
+        }
+        conn.execute_batch("COMMIT").unwrap();
+        add(&conn, "new", "done", 1, 1, 1);
+        let cut = cutoff(NOW, 90);
+        assert_eq!(prune(&mut conn, cut, &|| true).unwrap(), CHUNK as u64, "one chunk, then stop");
+        assert_eq!(prune(&mut conn, cut, &|| false).unwrap(), (n - CHUNK) as u64);
+        assert_eq!(keys(&conn, "inbox", "dedup_key"), ["new"]);
+    }
+
+    #[test]
+    fn the_boundary_splits_rows_received_before_the_cutoff_from_the_rest() {
+        let (_dir, conn) = store();
+        assert_eq!(boundary(&conn, NOW).unwrap(), 0, "an empty inbox");
+        let ids: Vec<i64> =
+            (0..37).map(|i| add(&conn, &format!("k{i}"), "done", 100 - i * 2, 0, 0)).collect();
+        // Gaps in the ids, as pruning and rollbacks leave them.
+        conn.execute("DELETE FROM outbox WHERE inbox_id IN (?1, ?2)", params![ids[10], ids[11]])
+            .unwrap();
+        conn.execute("DELETE FROM inbox WHERE id IN (?1, ?2)", params![ids[10], ids[11]]).unwrap();
+        for days in [0, 1, 27, 28, 29, 60, 79, 80, 81, 100, 101, 200] {
+            let cut = NOW - days * DAY_MS;
+            let below = boundary(&conn, cut).unwrap();
+            let count =
+                |sql: &str, v: i64| -> i64 { conn.query_row(sql, [v], |r| r.get(0)).unwrap() };
+            // The rows below the boundary are exactly those received before the cutoff.
+            assert_eq!(
+                count("SELECT count(*) FROM inbox WHERE id < ?1", below),
+                count("SELECT count(*) FROM inbox WHERE received_at < ?1", cut),
+                "{days} days"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cutoff_counts_whole_days_back() {
+        assert_eq!(cutoff(NOW, 45), NOW - 45 * DAY_MS);
+        assert!(cutoff(10, u64::MAX) < 0, "no overflow: nothing is old enough");
+    }
+}
