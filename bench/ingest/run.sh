@@ -29,8 +29,9 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 REUSE_STORE=${REUSE_STORE:-0}      # 1: keep $WORK/store from an earlier PREFILL run instead of prefilling again
 SECRET=whsec_test_bench
 
-RECONCILED=$ROOT/target/release/reconciled
-BIN=$HERE/target/release
+# Where cargo puts the binaries: both projects share CARGO_TARGET_DIR (absolute) when it is set.
+RECONCILED=${CARGO_TARGET_DIR:-$ROOT/target}/release/reconciled
+BIN=${CARGO_TARGET_DIR:-$HERE/target}/release
 FAILED=0
 fail() { echo "CHECK FAILED: $*" >&2; FAILED=1; }
 die() { echo "error: $*" >&2; exit 1; }
