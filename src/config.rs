@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// Time a client has to send its body, and the daemon has to store it.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+/// Time a client may take no bytes of an answer before it is disconnected.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 /// Open connections served at once; further connections wait in the listen backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -251,6 +253,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Bound on reading a body and on waiting for the store to commit it.
     pub request_timeout: Duration,
+    /// A connection whose client has taken no bytes of an answer for this long is closed.
+    pub write_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
     /// Drain time for in-flight requests at shutdown.
@@ -583,6 +587,7 @@ struct RawServer {
     max_body_bytes: Option<u64>,
     header_read_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
+    write_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     shutdown_grace_secs: Option<u64>,
 }
@@ -769,6 +774,11 @@ impl Config {
                 "server.request_timeout_secs",
                 s.request_timeout_secs,
                 DEFAULT_REQUEST_TIMEOUT_SECS,
+            )?),
+            write_timeout: Duration::from_secs(positive(
+                "server.write_timeout_secs",
+                s.write_timeout_secs,
+                DEFAULT_WRITE_TIMEOUT_SECS,
             )?),
             max_connections: bounded(
                 "server.max_connections",
@@ -1173,10 +1183,11 @@ impl Config {
         let _ = writeln!(out, "listen: {}", s.listen);
         let _ = writeln!(
             out,
-            "limits: body {} bytes, headers {}s, request {}s, {} connections, drain {}s",
+            "limits: body {} bytes, headers {}s, request {}s, write stall {}s, {} connections, drain {}s",
             s.max_body_bytes,
             s.header_read_timeout.as_secs(),
             s.request_timeout.as_secs(),
+            s.write_timeout.as_secs(),
             s.max_connections,
             s.shutdown_grace.as_secs()
         );
@@ -1471,6 +1482,7 @@ tolerance_secs = 120
         let c = parse(GOOD).expect("valid");
         assert_eq!(c.server.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.server.write_timeout, Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS));
         assert_eq!(c.endpoints[0].secrets.len(), 2);
         assert_eq!(c.endpoints[0].tolerance, Duration::from_secs(120));
     }
@@ -1589,6 +1601,14 @@ tolerance_secs = 120
             (
                 GOOD.replace("[server]", "[server]\nmax_body_bytes = 999999999999"),
                 "server.max_body_bytes",
+            ),
+            (
+                GOOD.replace("[server]", "[server]\nwrite_timeout_secs = 99999999999"),
+                "server.write_timeout_secs",
+            ),
+            (
+                GOOD.replace("[server]", "[server]\nwrite_timeout_secs = 0"),
+                "server.write_timeout_secs",
             ),
         ] {
             let err = parse(&text).unwrap_err().to_string();

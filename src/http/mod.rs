@@ -2,8 +2,15 @@
 //!
 //! Only HTTP/1.1 is served: payment providers post with HTTP/1.1, and so does the TLS reverse
 //! proxy in front. Serving HTTP/1 alone means every connection is under the header read
-//! timeout from its first byte on, including one that never sends anything, and a connection
-//! buffers at most one body at a time.
+//! timeout from the moment it is accepted, including one that never sends anything, and a
+//! connection buffers at most one body at a time.
+//!
+//! Slow clients are cut off by three clocks, none of which bytes trickling in can reset:
+//! - the header read timeout (hyper's), which runs from the accept, or from the end of the
+//!   previous answer on a kept-alive connection, until the request head is complete;
+//! - the request timeout around reading the body, answered 408;
+//! - the write-stall timeout of [`stall::StallGuard`], for a client that stops taking its
+//!   answers (this one is reset by progress: a slow but steady reader is served).
 //!
 //! [`serve`] takes a bound listener, the shared state and a shutdown token, so tests bind
 //! `127.0.0.1:0` and stop the server deterministically. On shutdown it stops accepting, lets
@@ -11,6 +18,7 @@
 //! then closes the store.
 
 mod handler;
+mod stall;
 pub mod trust;
 
 use std::collections::HashMap;
@@ -142,9 +150,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // hyper has no write timeout: a client that stops reading would otherwise hold its
+        // slot forever once the socket buffers fill.
+        let io = TokioIo::new(stall::StallGuard::new(stream, state.limits.write_timeout));
         let state = state.clone();
         let service = service_fn(move |req| handler::handle(state.clone(), remote, req));
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
