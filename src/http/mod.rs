@@ -41,6 +41,11 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Pause after a failed `accept` (for example too many open files) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// A connection's kernel send buffer. Our answers are under 1 KiB; Linux would otherwise grow
+/// the buffer up to `tcp_wmem`'s maximum (4 MiB) for a client that pipelines requests without
+/// reading, which costs kernel memory and lets such a client be served for a long time before
+/// its writes stall and the write timeout can cut it off.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -150,6 +155,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
         // hyper has no write timeout: a client that stops reading would otherwise hold its
         // slot forever once the socket buffers fill.
         let io = TokioIo::new(stall::StallGuard::new(stream, state.limits.write_timeout));
