@@ -12,6 +12,8 @@
 
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod money;
 pub mod provider;

@@ -128,7 +128,7 @@ pub struct Accepted {
 }
 
 /// Why a notification was refused. The `reason` is safe to send back and to log: it never
-/// holds a secret.
+/// holds a secret, and it is short.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// A required header is absent.
@@ -161,8 +161,9 @@ pub enum Rejection {
         /// The configured tolerance.
         tolerance_secs: u64,
     },
-    /// The signature is good but the body is not a notification we understand.
-    #[error("malformed body: {0}")]
+    /// The signature is good but the body is not a notification we understand. Parser errors
+    /// may quote the body, so only the first [`MAX_DETAIL_CHARS`] characters are shown.
+    #[error("malformed body: {}", cut(.0))]
     MalformedBody(String),
     /// The signing certificate or its URL is not acceptable (PayPal).
     #[error("{0}")]
@@ -247,6 +248,19 @@ pub fn family(provider: &str) -> &str {
     }
 }
 
+/// Most characters of a [`Rejection::MalformedBody`] detail in the reason. serde_json and
+/// quick-xml quote what they refuse (a string of the wrong type, an unknown entity, a closing
+/// tag) in full, and the reason is sent back, logged and stored with the failure record.
+pub const MAX_DETAIL_CHARS: usize = 200;
+
+/// `detail` cut to [`MAX_DETAIL_CHARS`] characters, with `…` when something was cut.
+fn cut(detail: &str) -> std::borrow::Cow<'_, str> {
+    match detail.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((end, _)) => format!("{}…", &detail[..end]).into(),
+        None => detail.into(),
+    }
+}
+
 /// Longest notification id (dedup key) or event type accepted from any provider.
 pub(crate) const MAX_ID_LEN: usize = 255;
 
@@ -319,4 +333,42 @@ pub fn https_client(
     builder
         .build()
         .map_err(|e| format!("cannot build the HTTPS client: {}", crate::error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the fuzz targets' check that a reason is short: a signed Worldpay event whose
+    /// `eventDetails` is a long string, or a Worldpay XML document with a long unknown entity
+    /// or closing tag, made a reason as long as the body.
+    #[test]
+    fn malformed_body_reasons_quote_at_most_a_little_of_the_body() {
+        let long = "x".repeat(5000);
+        let event = format!(r#"{{"eventId":"e-1","eventDetails":"{long}"}}"#);
+        let xml_attribute = format!(r#"<paymentService merchantCode="&{long};"/>"#);
+        let xml_text = format!("<paymentService>&{long};</paymentService>");
+        let xml_end = format!("<paymentService></{long}>");
+        let refusals = [
+            worldpay::identify(event.as_bytes()).unwrap_err(),
+            Rejection::MalformedBody(worldpay_xml::read(xml_attribute.as_bytes()).unwrap_err()),
+            Rejection::MalformedBody(worldpay_xml::read(xml_text.as_bytes()).unwrap_err()),
+            Rejection::MalformedBody(worldpay_xml::read(xml_end.as_bytes()).unwrap_err()),
+        ];
+        for rejection in refusals {
+            let reason = rejection.to_string();
+            assert!(reason.starts_with("malformed body: "), "{reason}");
+            assert!(reason.ends_with("xxx…"), "{reason}");
+            assert_eq!(reason.chars().count(), "malformed body: ".len() + MAX_DETAIL_CHARS + 1);
+        }
+        // Short details are shown whole; a cut never splits a character.
+        assert_eq!(
+            Rejection::MalformedBody("not JSON".into()).to_string(),
+            "malformed body: not JSON"
+        );
+        let wide = Rejection::MalformedBody("é".repeat(MAX_DETAIL_CHARS + 1)).to_string();
+        assert_eq!(wide, format!("malformed body: {}…", "é".repeat(MAX_DETAIL_CHARS)));
+        let exact = Rejection::MalformedBody("é".repeat(MAX_DETAIL_CHARS)).to_string();
+        assert_eq!(exact, format!("malformed body: {}", "é".repeat(MAX_DETAIL_CHARS)));
+    }
 }
