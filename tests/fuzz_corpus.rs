@@ -9,9 +9,9 @@
 //! read into a notification) as well as be refused (some file), so that neither a renamed
 //! folder nor a harness that refuses everything can make this test pass by doing nothing.
 //!
-//! The seed files are written by the ignored test [`write_seed_corpus`] from `fixtures/`,
-//! signed with the fuzz module's test keys, plus hand-made hostile inputs:
-//! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`. Inputs that made a target
+//! The seed files are made by [`seed_corpus_matches_the_fixtures`] from `fixtures/`, signed
+//! with the fuzz module's test keys, plus hand-made hostile inputs; that test checks them, and
+//! `RECONCILED_WRITE_SEEDS=1 cargo test --test fuzz_corpus seed_corpus` rewrites them. Inputs that made a target
 //! crash are kept beside them under `crash-…` names, which that test never touches.
 
 use std::collections::HashSet;
@@ -213,10 +213,23 @@ fn fixtures(dir: &str, ext: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Writes one seed, replacing a file of the same name.
+/// With `RECONCILED_WRITE_SEEDS=1`, writes a seed file; otherwise checks that the committed
+/// one is exactly what the fixtures and the fuzz module's keys make now.
 fn seed(target: &str, name: &str, input: &[u8]) {
     let dir = root().join("fuzz/corpus").join(target);
-    std::fs::create_dir_all(&dir).expect("corpus folder");
-    std::fs::write(dir.join(name), input).expect("seed written");
+    let path = dir.join(name);
+    if std::env::var("RECONCILED_WRITE_SEEDS").as_deref() == Ok("1") {
+        std::fs::create_dir_all(&dir).expect("corpus folder");
+        std::fs::write(&path, input).expect("seed written");
+        return;
+    }
+    let committed = std::fs::read(&path).unwrap_or_default();
+    assert!(
+        committed == input,
+        "seed {} is missing or stale: rewrite the seeds with \
+         `RECONCILED_WRITE_SEEDS=1 cargo test --test fuzz_corpus seed_corpus`",
+        path.display()
+    );
 }
 
 fn stripe_request(header: &str, body: &[u8]) -> Vec<u8> {
@@ -545,11 +558,11 @@ fn adflex_seeds() {
     seed(t, "hostile-signature-not-hex", &bad);
 }
 
-/// Writes the seed corpus. Run by hand after changing the fuzz module's key material or the
-/// fixtures; files of other names (libFuzzer's `crash-…` regressions) are left alone.
+/// The committed seed corpus is what the fixtures make (so a changed fixture or key cannot leave
+/// the corpus stale). `RECONCILED_WRITE_SEEDS=1` rewrites it instead; files of other names
+/// (libFuzzer's `crash-…` regressions) are left alone.
 #[test]
-#[ignore = "writes fuzz/corpus; run by hand"]
-fn write_seed_corpus() {
+fn seed_corpus_matches_the_fixtures() {
     stripe_seeds();
     paypal_seeds();
     cert_url_seeds();
