@@ -102,7 +102,8 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
         anyhow::bail!("no such store: {}", store.path.display());
     }
     let mut conn = crate::store::schema::open_writer(&store.path, store.busy_timeout)?;
-    let cutoff = prune::cutoff(crate::now_ms(), store.retention_days);
+    let cutoff = prune::cutoff_now(&conn, crate::now_ms(), store.retention_days)
+        .context("reading the inbox")?;
     let before = utc(cutoff);
     if args.dry_run {
         let n = prune::count_prunable(&conn, cutoff).context("counting prunable rows")?;

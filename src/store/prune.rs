@@ -33,6 +33,15 @@ pub fn cutoff(now_ms: i64, retention_days: u64) -> i64 {
     now_ms.saturating_sub(i64::try_from(retention_days).unwrap_or(i64::MAX / DAY_MS) * DAY_MS)
 }
 
+/// The cutoff for a prune now: `retention_days` before the earlier of the clock and the latest
+/// delivery in the inbox, so a clock that is wrong by months (a VM booted with a bad RTC)
+/// cannot make every dedup key look old.
+pub fn cutoff_now(conn: &Connection, now_ms: i64, retention_days: u64) -> rusqlite::Result<i64> {
+    let newest: Option<i64> =
+        conn.query_row("SELECT max(last_received_at) FROM inbox", [], |r| r.get(0))?;
+    Ok(cutoff(newest.map_or(now_ms, |n| n.min(now_ms)), retention_days))
+}
+
 /// An inbox id below which every row arrived before `cutoff_ms`, and at or past which none
 /// did: ids grow with arrival. Found by bisection, in a few dozen index lookups, so
 /// the chunks never scan the recent part of a large inbox.
@@ -63,9 +72,15 @@ pub fn prune_chunk(
     below: i64,
     limit: i64,
 ) -> rusqlite::Result<usize> {
+    // The newest inbox row and the newest action (with its inbox row) always stay: SQLite
+    // gives a new row the highest id plus one, and a consumer reading `--after ID` must never
+    // see a new row get an id it has already passed.
     const DOOMED: &str = "SELECT id FROM inbox WHERE id < ?1 \
         AND status IN ('done', 'ignored', 'rejected') \
-        AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 ORDER BY id LIMIT ?3";
+        AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 \
+        AND id < (SELECT max(id) FROM inbox) \
+        AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1) \
+        ORDER BY id LIMIT ?3";
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
         &format!("DELETE FROM outbox WHERE inbox_id IN ({DOOMED})"),
@@ -84,7 +99,9 @@ pub fn count_prunable(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<i64
     let below = boundary(conn, cutoff_ms)?;
     conn.query_row(
         "SELECT count(*) FROM inbox WHERE id < ?1 AND status IN ('done', 'ignored', 'rejected') \
-         AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2",
+         AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 \
+         AND id < (SELECT max(id) FROM inbox) \
+         AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1)",
         params![below, cutoff_ms],
         |r| r.get(0),
     )
@@ -135,10 +152,10 @@ pub async fn run(
             },
         };
         let token = shutdown.clone();
-        let cut = cutoff(crate::now_ms(), retention_days);
         let done = tokio::task::spawn_blocking(move || {
             let mut c = c;
-            let result = prune(&mut c, cut, &|| token.is_cancelled());
+            let result = cutoff_now(&c, crate::now_ms(), retention_days)
+                .and_then(|cut| prune(&mut c, cut, &|| token.is_cancelled()));
             (c, result)
         })
         .await;
@@ -278,6 +295,50 @@ mod tests {
                 "{days} days"
             );
         }
+    }
+
+    /// A quiet shop: everything is old. The newest inbox row, and the inbox row of the newest
+    /// action, stay, so ids never go back and a consumer's `--after` cursor never skips a row.
+    #[test]
+    fn the_newest_row_and_action_stay_so_ids_never_go_back() {
+        let (_dir, mut conn) = store();
+        add(&conn, "a", "done", 300, 300, 300);
+        let with_last_action = add(&conn, "b", "done", 200, 200, 200);
+        // The newest inbox row has no action.
+        conn.execute(
+            "INSERT INTO inbox (endpoint, provider, dedup_key, received_at, last_received_at, \
+             remote_addr, headers, body, status, processed_at) \
+             VALUES ('stripe', 'stripe', 'c', ?1, ?1, '127.0.0.1:1', '{}', x'00', 'ignored', ?1)",
+            [NOW - 100 * DAY_MS],
+        )
+        .unwrap();
+        let (max_inbox, max_outbox): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT max(id) FROM inbox), (SELECT max(id) FROM outbox)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let cut = cutoff(NOW, 45);
+        assert_eq!(count_prunable(&conn, cut).unwrap(), 1);
+        assert_eq!(prune(&mut conn, cut, &|| false).unwrap(), 1);
+        assert_eq!(keys(&conn, "inbox", "dedup_key"), ["b", "c"]);
+        assert_eq!(keys(&conn, "outbox", "idempotency_key"), ["b"]);
+        let next = add(&conn, "d", "done", 0, 0, 0);
+        assert!(next > max_inbox && next != with_last_action, "inbox id {next} reused");
+        let action: i64 = conn.query_row("SELECT max(id) FROM outbox", [], |r| r.get(0)).unwrap();
+        assert!(action > max_outbox, "outbox id {action} reused");
+    }
+
+    #[test]
+    fn a_clock_far_ahead_does_not_make_recent_rows_old() {
+        let (_dir, conn) = store();
+        add(&conn, "a", "done", 10, 10, 10);
+        let a_year_ahead = NOW + 365 * DAY_MS;
+        assert_eq!(cutoff_now(&conn, a_year_ahead, 45).unwrap(), cutoff(NOW - 10 * DAY_MS, 45));
+        assert_eq!(cutoff_now(&conn, NOW, 45).unwrap(), cutoff(NOW - 10 * DAY_MS, 45));
+        let (_dir, empty) = store();
+        assert_eq!(cutoff_now(&empty, NOW, 45).unwrap(), cutoff(NOW, 45));
     }
 
     #[test]

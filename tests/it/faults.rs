@@ -26,6 +26,40 @@ fn enabled(test: &str) -> bool {
     }
 }
 
+/// A spawned process (and, for strace, the daemon it runs) killed when dropped, so a failing
+/// test leaves nothing running.
+struct Running(std::process::Child);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// The processes it started (strace's daemon).
+    fn children(&self) -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.id()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// SIGKILLs it and its children, and waits for it.
+    fn kill(&mut self) {
+        for child in self.children() {
+            let _ = Command::new("kill").args(["-KILL", &child]).status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
 struct Tmpfs {
     dir: tempfile::TempDir,
@@ -175,8 +209,7 @@ fn a_failing_fsync_never_gets_a_2xx() {
     // A healthy first run creates the store and takes one notification.
     let (mut child, addr, _) = spawn(None, &cfg);
     assert_eq!(post(addr, "evt_healthy"), Ok((StatusCode::OK, "stored\n".to_owned())));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     // Second run: every fsync and fdatasync fails.
     let trace = dir.path().join("strace.txt");
@@ -194,14 +227,8 @@ fn a_failing_fsync_never_gets_a_2xx() {
     assert_eq!(ready.0, StatusCode::SERVICE_UNAVAILABLE, "{ready:?}");
     assert_eq!(get(addr, "/healthz").unwrap().0, StatusCode::OK);
     // Stop the traced daemon (strace's only child) and strace with it.
-    let daemon = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id()))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("strace runs the daemon")
-        .to_owned();
-    Command::new("kill").args(["-KILL", &daemon]).status().unwrap();
-    strace.wait().unwrap();
+    assert_eq!(strace.children().len(), 1, "strace runs the daemon");
+    strace.kill();
     let traced = std::fs::read_to_string(&trace).unwrap();
     let injected = traced.lines().filter(|l| l.contains("EIO") && l.contains("(INJECTED)")).count();
     assert!(injected >= ids.len(), "each commit's sync failed by injection:\n{traced}");
@@ -216,8 +243,7 @@ fn a_failing_fsync_never_gets_a_2xx() {
         // is a duplicate. Either way the provider gets its 200 only now.
         assert_eq!(status, StatusCode::OK, "{id}: {text}");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert_eq!(integrity(&db), "ok");
     let mut want: Vec<String> = ids.clone();
     want.push("evt_healthy".into());
@@ -230,7 +256,7 @@ fn a_failing_fsync_never_gets_a_2xx() {
 fn spawn(
     trace: Option<&Path>,
     cfg: &Path,
-) -> (std::process::Child, std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+) -> (Running, std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     let bin = env!("CARGO_BIN_EXE_reconciled");
     let mut cmd = match trace {
         None => Command::new(bin),
@@ -253,5 +279,5 @@ fn spawn(
         .spawn()
         .expect("spawn (is strace installed?)");
     let (addr, _, rest) = harness::listening(&mut child);
-    (child, addr, rest)
+    (Running(child), addr, rest)
 }
