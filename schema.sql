@@ -111,3 +111,10 @@ ALTER TABLE inbox ADD COLUMN verified_at INTEGER;
 -- Pruning deletes finished inbox rows with their actions: find those actions by inbox row, and
 -- let the foreign key check on each deleted inbox row use an index instead of a scan.
 CREATE INDEX outbox_by_inbox ON outbox (inbox_id);
+
+-- migration: 7
+-- The idempotency keys of refunds, and of their notices, that pruning deleted from the outbox:
+-- a payment's notification that comes back after its row was pruned must not be refunded twice.
+CREATE TABLE outbox_spent_keys (
+    idempotency_key TEXT PRIMARY KEY
+) WITHOUT ROWID;

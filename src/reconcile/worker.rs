@@ -659,7 +659,8 @@ impl WorkerRef {
         let own_refund = match &n.request_key {
             Some(key) => tx
                 .prepare_cached(
-                    "SELECT 1 FROM outbox WHERE idempotency_key = ?1 AND kind = 'refund'",
+                    "SELECT 1 FROM outbox WHERE idempotency_key = ?1 AND kind = 'refund' \
+                     UNION ALL SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = ?1",
                 )?
                 .exists([key])?,
             None => false,
@@ -832,7 +833,9 @@ fn insert_action(
         .prepare_cached(
             "INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
              customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT (idempotency_key) DO NOTHING",
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 \
+             WHERE NOT EXISTS (SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = ?10) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
         )?
         .execute(params![
             a.kind.as_str(),

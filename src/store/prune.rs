@@ -82,6 +82,16 @@ pub fn prune_chunk(
         AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1) \
         ORDER BY id LIMIT ?3";
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // A refund and its notice are what a late redelivery could emit again (a fulfil is kept
+    // from repeating by the payment's state): their keys stay, so the worker never does.
+    tx.execute(
+        &format!(
+            "INSERT OR IGNORE INTO outbox_spent_keys (idempotency_key) SELECT idempotency_key \
+             FROM outbox WHERE inbox_id IN ({DOOMED}) \
+             AND (kind = 'refund' OR (kind = 'notify_customer' AND template LIKE '%refunded'))"
+        ),
+        params![below, cutoff_ms, limit],
+    )?;
     tx.execute(
         &format!("DELETE FROM outbox WHERE inbox_id IN ({DOOMED})"),
         params![below, cutoff_ms, limit],

@@ -454,3 +454,60 @@ async fn a_store_error_in_one_row_holds_up_only_that_row() {
     assert_eq!(orders, ["1001", "1001", "1003", "1003", "1002", "1002"]);
     d.stop().await;
 }
+
+/// Pruning takes a refunded second payment's rows; when its notification comes back later, it
+/// is stored again but not refunded again: the refund's key outlives its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_refund_is_not_emitted_again_when_its_payment_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "50.00", "EUR");
+    shop.add(1002, "pending", "20.00", "EUR");
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &pi_event("evt_a", "succeeded", "pi_a", "1001", 5000, "eur")).await;
+    d.settle().await;
+    let second = pi_event("evt_b", "succeeded", "pi_b", "1001", 5000, "eur");
+    send(&d, &second).await;
+    d.settle().await;
+    send(&d, &pi_event("evt_z", "succeeded", "pi_z", "1002", 2000, "eur")).await;
+    d.settle().await;
+    let db = d.db.clone();
+    d.stop().await;
+
+    // 100 days pass for order 1001's rows.
+    let mut conn =
+        reconciled::store::schema::open_writer(&db, std::time::Duration::from_secs(5)).unwrap();
+    let old = reconciled::now_ms() - 100 * 86_400_000;
+    conn.execute(
+        "UPDATE inbox SET received_at = ?1, last_received_at = ?1, processed_at = ?1 \
+         WHERE dedup_key IN ('evt_a', 'evt_b')",
+        [old],
+    )
+    .unwrap();
+    let cut = reconciled::store::prune::cutoff_now(&conn, reconciled::now_ms(), 90).unwrap();
+    assert_eq!(reconciled::store::prune::prune(&mut conn, cut, &|| false).unwrap(), 2);
+    drop(conn);
+
+    let d = start(dir.path(), &shop, "").await;
+    send(&d, &second).await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("fulfil", "1002", "20.00 EUR", ""),
+            a("notify_customer", "1002", "20.00 EUR", "order_confirmed"),
+        ],
+        "no second refund, no second notice"
+    );
+    let spent: Vec<String> = d
+        .read()
+        .prepare("SELECT idempotency_key FROM outbox_spent_keys ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(spent.len(), 2, "{spent:?}");
+    assert!(spent.contains(&"refund:stripe:pi_b".to_owned()), "{spent:?}");
+    d.stop().await;
+}
