@@ -64,6 +64,16 @@ pub fn boundary(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<i64> {
     Ok(lo)
 }
 
+/// The inbox rows a prune may delete (`?1`: the id bound, `?2`: the cutoff). The newest inbox row
+/// and the newest action (with its inbox row) always stay: SQLite gives a new row the highest
+/// id plus one, and a consumer reading `--after ID` must never see a new row get an id it has
+/// already passed.
+const PRUNABLE: &str = "FROM inbox WHERE id < ?1 \
+    AND status IN ('done', 'ignored', 'rejected') \
+    AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 \
+    AND id < (SELECT max(id) FROM inbox) \
+    AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1)";
+
 /// Deletes at most `limit` prunable rows below inbox id `below`, and their outbox actions, in
 /// one transaction. Returns the number of inbox rows deleted.
 pub fn prune_chunk(
@@ -72,32 +82,24 @@ pub fn prune_chunk(
     below: i64,
     limit: i64,
 ) -> rusqlite::Result<usize> {
-    // The newest inbox row and the newest action (with its inbox row) always stay: SQLite
-    // gives a new row the highest id plus one, and a consumer reading `--after ID` must never
-    // see a new row get an id it has already passed.
-    const DOOMED: &str = "SELECT id FROM inbox WHERE id < ?1 \
-        AND status IN ('done', 'ignored', 'rejected') \
-        AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 \
-        AND id < (SELECT max(id) FROM inbox) \
-        AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1) \
-        ORDER BY id LIMIT ?3";
+    let doomed = format!("SELECT id {PRUNABLE} ORDER BY id LIMIT ?3");
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // A refund and its notice are what a late redelivery could emit again (a fulfil is kept
     // from repeating by the payment's state): their keys stay, so the worker never does.
     tx.execute(
         &format!(
             "INSERT OR IGNORE INTO outbox_spent_keys (idempotency_key) SELECT idempotency_key \
-             FROM outbox WHERE inbox_id IN ({DOOMED}) \
+             FROM outbox WHERE inbox_id IN ({doomed}) \
              AND (kind = 'refund' OR (kind = 'notify_customer' AND template LIKE '%refunded'))"
         ),
         params![below, cutoff_ms, limit],
     )?;
     tx.execute(
-        &format!("DELETE FROM outbox WHERE inbox_id IN ({DOOMED})"),
+        &format!("DELETE FROM outbox WHERE inbox_id IN ({doomed})"),
         params![below, cutoff_ms, limit],
     )?;
     let n = tx.execute(
-        &format!("DELETE FROM inbox WHERE id IN ({DOOMED})"),
+        &format!("DELETE FROM inbox WHERE id IN ({doomed})"),
         params![below, cutoff_ms, limit],
     )?;
     tx.commit()?;
@@ -107,14 +109,7 @@ pub fn prune_chunk(
 /// How many rows a prune at `cutoff_ms` would delete now.
 pub fn count_prunable(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<i64> {
     let below = boundary(conn, cutoff_ms)?;
-    conn.query_row(
-        "SELECT count(*) FROM inbox WHERE id < ?1 AND status IN ('done', 'ignored', 'rejected') \
-         AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 \
-         AND id < (SELECT max(id) FROM inbox) \
-         AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1)",
-        params![below, cutoff_ms],
-        |r| r.get(0),
-    )
+    conn.query_row(&format!("SELECT count(*) {PRUNABLE}"), params![below, cutoff_ms], |r| r.get(0))
 }
 
 /// Prunes everything older than `cutoff_ms`, chunk by chunk, until nothing is left or `stop`

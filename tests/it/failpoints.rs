@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 
 use crate::cli::{spawn_serve_with, write_config};
-use crate::harness::{self, config_text_with, pi_event, shop_config, Shop, SECRET};
+use crate::harness::{self, config_text_with, integrity, pi_event, shop_config, Shop};
 
 /// A spawned daemon that is killed if the test panics, so no daemon outlives its test.
 struct Spawned {
@@ -68,11 +68,6 @@ fn outbox(db: &Path) -> Vec<String> {
         .collect()
 }
 
-fn integrity(db: &Path) -> String {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
-}
-
 /// Where a crash point lies: before anything is stored, after the row is committed but before
 /// the provider hears of it, or in the worker after the provider got its 200.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -92,20 +87,7 @@ async fn crash_at(point: &str, stage: Stage) {
         &config_text_with(&db, "", "", &shop_config(&shop, "lease = \"1s\"")),
     );
     let body = pi_event("evt_crash", "succeeded", "pi_crash", "1001", 10000, "usd");
-    let sig = harness::signed(SECRET, &body);
-    let deliver = |addr: SocketAddr| {
-        let (body, sig) = (body.clone(), sig.clone());
-        async move {
-            harness::try_request(
-                addr,
-                "POST",
-                "/webhooks/stripe",
-                &[("stripe-signature", &sig)],
-                body.into(),
-            )
-            .await
-        }
-    };
+    let deliver = |addr: SocketAddr| harness::try_post_signed(addr, body.clone());
 
     // First run: the daemon aborts at the point.
     let first = Spawned::start(&cfg, dir.path(), Some(point));

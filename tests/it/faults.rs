@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 
-use crate::harness::{self, config_text, event, Daemon, SECRET};
+use crate::harness::{self, config_text, event, integrity, Daemon, SECRET};
 
 fn enabled(test: &str) -> bool {
     match std::env::var("RECONCILED_FAULT_TESTS").as_deref() {
@@ -109,11 +109,6 @@ fn dedup_keys(db: &Path) -> Vec<String> {
     let conn = reconciled::store::schema::open_reader(db).unwrap();
     let mut stmt = conn.prepare("SELECT dedup_key FROM inbox ORDER BY dedup_key").unwrap();
     stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-}
-
-fn integrity(db: &Path) -> String {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
 }
 
 async fn wait_ready(d: &Daemon, want: StatusCode, within: Duration) {

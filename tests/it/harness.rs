@@ -158,6 +158,12 @@ pub async fn post_signed(addr: SocketAddr, body: Vec<u8>) -> (StatusCode, String
     request(addr, "POST", "/webhooks/stripe", &[("stripe-signature", &sig)], body.into()).await
 }
 
+/// `PRAGMA integrity_check` of the store at `db`: `"ok"` when it is intact.
+pub fn integrity(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+}
+
 /// As [`post_signed`], but a connection that fails or closes without an answer is an `Err`.
 pub async fn try_post_signed(
     addr: SocketAddr,
