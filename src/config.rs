@@ -38,6 +38,8 @@ pub const DEFAULT_RETENTION_DAYS: u64 = 90;
 /// The shortest retention allowed: providers retry for up to 30 days (Stripe 3, PayPal and
 /// Worldpay longer), and a dedup key pruned before the last retry would let it be decided again.
 pub const MIN_RETENTION_DAYS: u64 = 45;
+/// MiB of WAL after which a sustained burst of writes pauses to restart it from its beginning.
+pub const DEFAULT_WAL_MAX_MB: u64 = 1024;
 /// Stripe's own default signature tolerance.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 
@@ -48,6 +50,7 @@ const MAX_CONNECTIONS: u64 = 65_536;
 const MAX_BUSY_TIMEOUT_MS: u64 = 600_000;
 const MAX_BATCH: u64 = 10_000;
 const MAX_FAILURES_KEPT: u64 = 10_000_000;
+const MAX_WAL_MB: u64 = 1 << 20;
 const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// The secret printed by `default-config`: a placeholder, refused as a real secret.
@@ -275,6 +278,8 @@ pub struct StoreConfig {
     /// Finished inbox rows (and their actions) are deleted this many days after their last
     /// delivery; never fewer than [`MIN_RETENTION_DAYS`].
     pub retention_days: u64,
+    /// The WAL's size, in MiB, past which the writer restarts it during a sustained burst.
+    pub wal_max_mb: u64,
 }
 
 /// Which provider's wire format an endpoint speaks.
@@ -600,6 +605,7 @@ struct RawStore {
     max_batch: Option<usize>,
     failures_kept: Option<u64>,
     retention_days: Option<u64>,
+    wal_max_mb: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -825,6 +831,7 @@ impl Config {
                 DEFAULT_FAILURES_KEPT,
                 MAX_FAILURES_KEPT,
             )?,
+            wal_max_mb: bounded("store.wal_max_mb", st.wal_max_mb, DEFAULT_WAL_MAX_MB, MAX_WAL_MB)?,
             retention_days: match st.retention_days {
                 Some(n) if n < MIN_RETENTION_DAYS => {
                     return Err(invalid(
@@ -1193,12 +1200,14 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "store: {} (batch {}, busy timeout {} ms, {} failures kept, finished rows kept {} days)",
+            "store: {} (batch {}, busy timeout {} ms, {} failures kept, finished rows kept {} days, \
+             WAL restarted past {} MiB)",
             self.store.path.display(),
             self.store.max_batch,
             self.store.busy_timeout.as_millis(),
             self.store.failures_kept,
-            self.store.retention_days
+            self.store.retention_days,
+            self.store.wal_max_mb
         );
         if let Some(shop) = &self.shop {
             let _ = writeln!(out, "shop: {:?} {}", shop.driver, shop.url);
@@ -1590,6 +1599,7 @@ tolerance_secs = 120
                 "store.busy_timeout_ms",
             ),
             (GOOD.replace("[store]", "[store]\nmax_batch = 99999999"), "store.max_batch"),
+            (GOOD.replace("[store]", "[store]\nwal_max_mb = 0"), "store.wal_max_mb"),
             (
                 GOOD.replace("[server]", "[server]\nmax_connections = 99999999999"),
                 "server.max_connections",

@@ -158,16 +158,27 @@ impl Store {
         let conn = schema::open_writer(&config.path, config.busy_timeout)?;
         let open_err = |e: rusqlite::Error| StoreError::open(&config.path, e);
         // Checkpoints run on their own thread (see writer::Checkpointer), and a larger page
-        // cache keeps the unique index's pages in memory: fewer reads per insert.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32768;")
-            .map_err(open_err)?;
+        // cache keeps the unique index's pages in memory: fewer reads per insert. Once the WAL
+        // has been restarted after a burst, its file is cut back to at most 64 MiB.
+        let wal_max_bytes = config.wal_max_mb.saturating_mul(1 << 20);
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32768; \
+             PRAGMA journal_size_limit = {};",
+            wal_max_bytes.min(64 << 20)
+        ))
+        .map_err(open_err)?;
+        let page_size: u64 =
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(open_err)?;
+        let mut wal_path = config.path.clone().into_os_string();
+        wal_path.push("-wal");
         let checkpoint_conn = rusqlite::Connection::open(&config.path).map_err(open_err)?;
         checkpoint_conn.busy_timeout(config.busy_timeout).map_err(open_err)?;
         let checkpointer =
-            writer::Checkpointer::start(checkpoint_conn).map_err(|e| StoreError::Open {
-                path: config.path.clone(),
-                message: format!("cannot start checkpoint thread: {e}"),
-            })?;
+            writer::Checkpointer::start(checkpoint_conn, wal_path.into(), wal_max_bytes, page_size)
+                .map_err(|e| StoreError::Open {
+                    path: config.path.clone(),
+                    message: format!("cannot start checkpoint thread: {e}"),
+                })?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let settings =
             writer::Settings { max_batch: config.max_batch, failures_kept: config.failures_kept };
@@ -225,5 +236,65 @@ impl Store {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(path: PathBuf, wal_max_mb: u64) -> StoreConfig {
+        StoreConfig {
+            path,
+            busy_timeout: std::time::Duration::from_secs(5),
+            max_batch: crate::config::DEFAULT_MAX_BATCH,
+            failures_kept: 10,
+            retention_days: crate::config::DEFAULT_RETENTION_DAYS,
+            wal_max_mb,
+        }
+    }
+
+    /// Without the writer's restart the WAL only grows while writes never pause: this burst
+    /// writes about 8 KB of WAL per row, 5,000 rows, so 40 MB; the file must stay near 2 MiB.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sustained_burst_keeps_the_wal_file_near_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox.db");
+        let store = Store::open(&config(path.clone(), 2)).unwrap();
+        let wal = dir.path().join("inbox.db-wal");
+        let body = Bytes::from(vec![b'x'; 2600]);
+        let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for task in 0..32 {
+            let (store, body, wal, largest) =
+                (store.clone(), body.clone(), wal.clone(), largest.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in 0..160 {
+                    let row = NewRow {
+                        endpoint: Arc::from("stripe"),
+                        provider: "stripe",
+                        dedup_key: format!("evt_{task}_{n}"),
+                        event_type: Some("payment_intent.succeeded".into()),
+                        received_at_ms: crate::now_ms(),
+                        remote_addr: "127.0.0.1".into(),
+                        headers_json: "{}".into(),
+                        body: body.clone(),
+                    };
+                    assert_eq!(store.insert(row).await.unwrap().delivery_count, 1);
+                    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    largest.fetch_max(len, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        store.close().await;
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let rows: i64 = conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 32 * 160);
+        let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
+        // The limit, plus what one batch of 256 rows (about 3 MB) can add before the check.
+        assert!(largest > 0 && largest < 8 << 20, "the WAL file reached {largest} bytes");
     }
 }

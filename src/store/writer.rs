@@ -65,26 +65,57 @@ impl Drop for DeathGuard {
 /// How often the checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How often it copies while the WAL is near its restart length.
+const CHECKPOINT_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A thread of its own that checkpoints the WAL, so that no commit (and no acknowledgement
-/// waiting on it) ever pays for a checkpoint: the writer's connection has automatic
-/// checkpoints turned off. PASSIVE checkpoints never block the writer; the WAL is restarted
-/// from its beginning by the writer once a checkpoint has copied all of it.
+/// waiting on it) ever pays for copying the WAL into the database: the writer's connection has
+/// automatic checkpoints turned off. PASSIVE checkpoints never block the writer.
+///
+/// Under sustained writes a background checkpoint never catches up with the writer, and
+/// SQLite starts the WAL again from its beginning only when a write transaction begins with
+/// the WAL fully copied, so the WAL would grow without bound (about 1 GB in 8 s of a burst).
+/// So once the WAL file is past `store.wal_max_mb`, the writer, between two batches, copies
+/// what the background passes have not yet copied; its next transaction then restarts the
+/// WAL, and its commit cuts the file back to `journal_size_limit`. While the WAL is past half
+/// that size the background passes run every few milliseconds, so little is left for the
+/// writer to copy.
 pub(crate) struct Checkpointer {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
+    wal_path: std::path::PathBuf,
+    /// The WAL file's size past which the writer restarts it.
+    restart_bytes: u64,
+    /// No restart is tried before this (a reader holding an old snapshot can defer it).
+    next_try: std::time::Instant,
+    /// The writer copied the whole WAL after its last batch, so that batch restarted the WAL.
+    copied: bool,
 }
 
+/// How long the writer waits before trying a WAL restart again.
+const RESTART_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Checkpointer {
-    pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpointer> {
+    pub(crate) fn start(
+        conn: Connection,
+        wal_path: std::path::PathBuf,
+        restart_bytes: u64,
+        page_size: u64,
+    ) -> std::io::Result<Checkpointer> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let catch_up_frames = (restart_bytes / 2 / page_size.max(512)) as i64;
         let thread = std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
             let mut last_warning: Option<std::time::Instant> = None;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(CHECKPOINT_EVERY)
+            let mut pause = CHECKPOINT_EVERY;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pause)
             {
                 let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                     Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                 });
+                pause = match done {
+                    Ok((frames, _)) if frames > catch_up_frames => CHECKPOINT_CATCH_UP,
+                    _ => CHECKPOINT_EVERY,
+                };
                 if let Err(e) = done {
                     // A full disk, say: the WAL keeps the data, and the next try may succeed.
                     if last_warning.is_none_or(|t| t.elapsed().as_secs() >= 60) {
@@ -94,7 +125,51 @@ impl Checkpointer {
                 }
             }
         })?;
-        Ok(Checkpointer { stop, thread })
+        Ok(Checkpointer {
+            stop,
+            thread,
+            wal_path,
+            restart_bytes,
+            next_try: std::time::Instant::now(),
+            copied: false,
+        })
+    }
+
+    /// Called by the writer between batches: if the WAL file is too long, copies what is left
+    /// of it, so that the writer's next transaction restarts it.
+    fn bound_wal(&mut self, conn: &Connection) {
+        let too_long =
+            std::fs::metadata(&self.wal_path).is_ok_and(|m| m.len() > self.restart_bytes);
+        let copied = std::mem::take(&mut self.copied);
+        let now = std::time::Instant::now();
+        if !too_long || now < self.next_try {
+            return;
+        }
+        if copied {
+            // Copied, yet the last batch did not restart the WAL: a reader still uses it.
+            self.next_try = now + RESTART_RETRY;
+            return;
+        }
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match done {
+            Ok((0, frames, done)) if frames == done => {
+                self.copied = true;
+                let took_ms = now.elapsed().as_millis() as u64;
+                tracing::debug!(frames, took_ms, "WAL copied for a restart");
+            }
+            // The background pass holds the checkpoint lock: try again after the next batch.
+            Ok((1, _, _)) => {}
+            Ok(_) => {
+                tracing::debug!("WAL restart deferred: a reader uses the WAL");
+                self.next_try = now + RESTART_RETRY;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL restart deferred");
+                self.next_try = now + RESTART_RETRY;
+            }
+        }
     }
 
     fn stop(self) {
@@ -107,7 +182,7 @@ pub(crate) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
     settings: Settings,
-    checkpointer: Option<Checkpointer>,
+    mut checkpointer: Option<Checkpointer>,
     mut guard: DeathGuard,
 ) {
     let mut inserts: Vec<(NewRow, InsertWaiter)> = Vec::with_capacity(settings.max_batch);
@@ -172,6 +247,9 @@ pub(crate) fn run(
             }
         }
         failures.clear();
+        if let Some(c) = checkpointer.as_mut() {
+            c.bound_wal(&conn);
+        }
     }
 
     // Anything still queued after Shutdown is refused: its sender sees a closed store.
