@@ -218,10 +218,11 @@ impl Default for Policy {
     }
 }
 
-/// `[worker]`: claim leases, retries.
+/// `[worker]`: retries and batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// A claimed row not finished in this time is picked up again (a crashed worker).
+    /// Rows left `processing` by an earlier version (which claimed under a lease) are taken
+    /// again after this; the current worker claims in memory and never leaves such rows.
     pub lease: Duration,
     /// Attempts before a row that keeps failing is marked `dead`.
     pub max_attempts: u32,

@@ -2,8 +2,11 @@
 //! actions, the payment state and the row's new status in one transaction.
 //!
 //! ## Concurrency
-//! A claim is a lease (`claimed_by`, `claimed_until`): rows of a worker that crashed are
-//! claimed again once the lease runs out. Each pass claims a batch in arrival order, looks
+//! A claim is held in memory by the pass that read the rows: nothing is written to claim them,
+//! and the decision's transaction writes a row only if its status and attempts are unchanged
+//! since it was read. One daemon owns a store and its passes run one after another; rows a
+//! crashed run was deciding are still due and are simply taken again. Each pass claims a
+//! batch in arrival order, looks
 //! the orders up with no transaction open (the shop may be slow), then decides and writes the
 //! whole batch in one `BEGIN IMMEDIATE … COMMIT`, reading payment state inside it so rows of
 //! the same payment in one batch see each other. A row whose payment has an earlier row still
@@ -12,7 +15,7 @@
 //! and a replay emit nothing twice.
 //!
 //! The worker wakes when the ingest path stores a row ([`tokio::sync::Notify`]) or when the
-//! earliest parked row or lease falls due; it does not poll on a fixed tick.
+//! earliest parked row falls due; it does not poll on a fixed tick.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -56,6 +59,8 @@ pub struct Claimed {
     pub attempts: u32,
     /// When PayPal verified it by postback (IPN rows only).
     pub verified_at: Option<i64>,
+    /// Its status when it was read: the decision is written only if it is still the same.
+    pub status: String,
 }
 
 impl Claimed {
@@ -99,10 +104,8 @@ pub struct Worker {
     shop: ShopConfig,
     /// Decision policy.
     policy: Policy,
-    /// Leases, retries, batch size.
+    /// Retries, batch size.
     config: WorkerConfig,
-    /// This worker's name in `claimed_by`.
-    id: String,
     /// Endpoint configurations by name, for adapters whose format is configurable.
     endpoints: HashMap<String, crate::config::Endpoint>,
     /// PayPal IPN endpoints' HTTPS clients for the postback, by endpoint name.
@@ -138,8 +141,7 @@ impl Worker {
             }
         }
         let endpoints = endpoints.iter().map(|e| (e.name.clone(), e.clone())).collect();
-        let id = format!("{}-{}", std::process::id(), crate::now_ms());
-        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, id, endpoints, postback }
+        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, endpoints, postback }
     }
 
     /// Runs until `shutdown`: connects to the shop (retrying while it is unreachable), then
@@ -157,8 +159,8 @@ impl Worker {
                 }
             }
         };
-        // One daemon owns a store: rows still claimed now were claimed by a run that crashed.
-        // Release them at once (in arrival order they come first) instead of after the lease.
+        // One daemon owns a store: rows still `processing` were claimed under a lease by a run of
+        // an earlier version that crashed. Release them at once instead of after the lease.
         match self
             .blocking(|_, conn| {
                 conn.execute(
@@ -223,9 +225,9 @@ impl Worker {
         let row = self
             .blocking(move |_, conn| {
                 conn.query_row(
-                    "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts, \
-                     verified_at FROM inbox WHERE id = ?1",
-                    [id],
+                    "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, ?2), body, attempts, \
+                     verified_at, status FROM inbox WHERE id = ?1",
+                    params![id, crate::now_ms()],
                     claimed_row,
                 )
                 .optional()
@@ -251,7 +253,7 @@ impl Worker {
         f: impl FnOnce(&WorkerRef, &mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> rusqlite::Result<T> {
         let conn = self.conn.clone();
-        let w = WorkerRef { id: self.id.clone(), policy: self.policy, config: self.config };
+        let w = WorkerRef { policy: self.policy, config: self.config };
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&w, &mut conn)
@@ -426,7 +428,6 @@ impl Worker {
 
 /// The parts of a [`Worker`] the blocking phase needs.
 struct WorkerRef {
-    id: String,
     policy: Policy,
     config: WorkerConfig,
 }
@@ -441,6 +442,7 @@ fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
         body: r.get(5)?,
         attempts: r.get(6)?,
         verified_at: r.get(7)?,
+        status: r.get(8)?,
     })
 }
 
@@ -456,32 +458,29 @@ enum Mode {
 }
 
 impl WorkerRef {
+    /// Reads the oldest due rows. The claim is this pass's own, in memory: nothing is written
+    /// until the decision, whose transaction writes a row only if its status and attempts are
+    /// still those read here (see [`WorkerRef::unchanged`]). One daemon owns a store and its
+    /// passes run one after another, so nothing else is deciding these rows meanwhile; a
+    /// crash leaves them due, and the next run takes them again.
     fn claim(&self, conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<Claimed>> {
-        let lease_until = now + self.config.lease.as_millis() as i64;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut rows = {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE inbox SET status = 'processing', claimed_by = ?1, claimed_until = ?2, \
-                 first_tried_at = coalesce(first_tried_at, ?3) \
-                 WHERE id IN (SELECT id FROM inbox INDEXED BY inbox_due \
-                   WHERE status IN ('pending', 'parked', 'processing') \
-                     AND ((status <> 'processing' AND next_attempt_at <= ?3) \
-                       OR (status = 'processing' AND claimed_until < ?3)) \
-                   ORDER BY id LIMIT ?4) \
-                 RETURNING id, provider, endpoint, received_at, coalesce(first_tried_at, received_at), body, attempts, \
-                   verified_at",
+        let rows = {
+            // `processing` rows were claimed under a lease by an earlier version.
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, ?1), body, attempts, \
+                   verified_at, status \
+                 FROM inbox INDEXED BY inbox_due \
+                 WHERE status IN ('pending', 'parked', 'processing') \
+                   AND ((status <> 'processing' AND next_attempt_at <= ?1) \
+                     OR (status = 'processing' AND claimed_until < ?1)) \
+                 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(
-                params![self.id, lease_until, now, self.config.batch as i64],
-                claimed_row,
-            )?;
+            let rows = stmt.query_map(params![now, self.config.batch as i64], claimed_row)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        tx.commit()?;
         if !rows.is_empty() {
             crate::failpoint("worker_after_claim");
         }
-        rows.sort_by_key(|r| r.id);
         Ok(rows)
     }
 
@@ -518,14 +517,14 @@ impl WorkerRef {
     ) -> rusqlite::Result<Vec<(Option<Decision>, Vec<Action>)>> {
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let ours = match mode {
-            Mode::Worker => self.still_ours(&tx, rows)?,
+            Mode::Worker => self.unchanged(&tx, rows)?,
             Mode::Replay | Mode::DryRun => HashSet::new(),
         };
         let mut out = Vec::with_capacity(rows.len());
         for (row, prep) in rows.iter().zip(prepared) {
             if mode == Mode::Worker && !ours.contains(&row.id) {
-                // The lease ran out and someone else has the row now: leave it to them.
-                tracing::warn!(inbox_id = row.id, "claim lost before commit; row skipped");
+                // Someone else (an `inbox replay`) decided it meanwhile: theirs stands.
+                tracing::warn!(inbox_id = row.id, "row changed while being decided; skipped");
                 out.push((None, vec![]));
                 continue;
             }
@@ -556,17 +555,28 @@ impl WorkerRef {
         Ok(out)
     }
 
-    /// Which of `rows` (sorted by id) this worker still holds, in one query.
-    fn still_ours(&self, tx: &Connection, rows: &[Claimed]) -> rusqlite::Result<HashSet<i64>> {
+    /// Which of `rows` (sorted by id) still have the status and attempts they were read with,
+    /// in one query.
+    fn unchanged(&self, tx: &Connection, rows: &[Claimed]) -> rusqlite::Result<HashSet<i64>> {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(HashSet::new());
         };
         let mut stmt = tx.prepare_cached(
-            "SELECT id FROM inbox INDEXED BY inbox_due WHERE status IN ('pending', 'parked', 'processing') \
-             AND id BETWEEN ?1 AND ?2 AND status = 'processing' AND claimed_by = ?3",
+            "SELECT id, status, attempts FROM inbox INDEXED BY inbox_due \
+             WHERE status IN ('pending', 'parked', 'processing') AND id BETWEEN ?1 AND ?2",
         )?;
-        let ids = stmt.query_map(params![first.id, last.id, self.id], |r| r.get(0))?;
-        ids.collect()
+        let now: HashMap<i64, (String, u32)> = stmt
+            .query_map(params![first.id, last.id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows
+            .iter()
+            .filter(|r| {
+                now.get(&r.id).is_some_and(|(status, attempts)| {
+                    *status == r.status && *attempts == r.attempts
+                })
+            })
+            .map(|r| r.id)
+            .collect())
     }
 
     fn apply_one(
@@ -582,14 +592,14 @@ impl WorkerRef {
         }
         let (n, order) = match prep {
             Prepared::Unreadable(e) => {
-                set_status(tx, row.id, "dead", None, Some(&e), now, None)?;
+                set_status(tx, row, "dead", None, Some(&e), now, None)?;
                 tracing::error!(inbox_id = row.id, error = %e, "notification cannot be read; marked dead");
                 return Ok((None, vec![]));
             }
             Prepared::Invalid => {
                 let why =
                     "PayPal answered INVALID to the IPN postback: not sent by PayPal, or altered";
-                set_status(tx, row.id, "rejected", Some(why), None, now, None)?;
+                set_status(tx, row, "rejected", Some(why), None, now, None)?;
                 tracing::warn!(inbox_id = row.id, "{why}; rejected with no action");
                 return Ok((None, vec![]));
             }
@@ -624,9 +634,10 @@ impl WorkerRef {
             let next = its_next.max(now + self.config.retry_base.as_millis() as i64);
             tx.prepare_cached(
                 "UPDATE inbox SET status = 'pending', payment_key = ?2, outcome = ?3, next_attempt_at = ?4, \
-                 claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+                 first_tried_at = coalesce(first_tried_at, ?5), claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = ?1",
             )?
-            .execute(params![row.id, payment_key, note, next])?;
+            .execute(params![row.id, payment_key, note, next, row.first_tried_at])?;
             return Ok((None, vec![]));
         }
 
@@ -687,9 +698,10 @@ impl WorkerRef {
                 let next = (now + delay).min(row.first_tried_at + window);
                 tx.prepare_cached(
                     "UPDATE inbox SET status = 'parked', payment_key = ?2, outcome = ?3, next_attempt_at = ?4, \
-                     claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+                     first_tried_at = coalesce(first_tried_at, ?5), claimed_by = NULL, claimed_until = NULL \
+                     WHERE id = ?1",
                 )?
-                .execute(params![row.id, payment_key, decision.note, next])?;
+                .execute(params![row.id, payment_key, decision.note, next, row.first_tried_at])?;
             }
             Outcome::Done | Outcome::Ignored => {
                 for action in &decision.actions {
@@ -701,15 +713,7 @@ impl WorkerRef {
                     save_payment(tx, n.provider, &payment_key, state, row.id, now)?;
                 }
                 let status = if decision.outcome == Outcome::Ignored { "ignored" } else { "done" };
-                set_status(
-                    tx,
-                    row.id,
-                    status,
-                    Some(&decision.note),
-                    None,
-                    now,
-                    Some(&payment_key),
-                )?;
+                set_status(tx, row, status, Some(&decision.note), None, now, Some(&payment_key))?;
             }
         }
         tracing::debug!(inbox_id = row.id, event = %n.event_id, note = %decision.note, actions = written.len(), "decided");
@@ -738,9 +742,10 @@ impl WorkerRef {
             );
             tx.prepare_cached(
                 "UPDATE inbox SET status = 'dead', attempts = ?2, last_error = ?3, payment_key = coalesce(?4, payment_key), \
-                 claimed_by = NULL, claimed_until = NULL, processed_at = ?5 WHERE id = ?1",
+                 first_tried_at = coalesce(first_tried_at, ?6), claimed_by = NULL, claimed_until = NULL, \
+                 processed_at = ?5 WHERE id = ?1",
             )?
-            .execute(params![row.id, attempts, error, payment_key, now])?;
+            .execute(params![row.id, attempts, error, payment_key, now, row.first_tried_at])?;
             return Ok(());
         }
         let (base, max) =
@@ -759,16 +764,18 @@ impl WorkerRef {
         );
         tx.prepare_cached(
             "UPDATE inbox SET status = 'pending', attempts = ?2, last_error = ?3, next_attempt_at = ?4, \
-             payment_key = coalesce(?5, payment_key), claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+             payment_key = coalesce(?5, payment_key), first_tried_at = coalesce(first_tried_at, ?6), \
+             claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
         )?
-        .execute(params![row.id, attempts, error, now + delay, payment_key])?;
+        .execute(params![row.id, attempts, error, now + delay, payment_key, row.first_tried_at])?;
         Ok(())
     }
 }
 
+/// A row's final status; `first_tried_at` is kept if an earlier attempt set it.
 fn set_status(
     tx: &Connection,
-    id: i64,
+    row: &Claimed,
     status: &str,
     outcome: Option<&str>,
     error: Option<&str>,
@@ -777,9 +784,10 @@ fn set_status(
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE inbox SET status = ?2, outcome = coalesce(?3, outcome), last_error = coalesce(?4, last_error), \
-         processed_at = ?5, payment_key = coalesce(?6, payment_key), claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
+         processed_at = ?5, payment_key = coalesce(?6, payment_key), first_tried_at = coalesce(first_tried_at, ?7), \
+         claimed_by = NULL, claimed_until = NULL WHERE id = ?1",
     )?
-    .execute(params![id, status, outcome, error, now, payment_key])?;
+    .execute(params![row.id, status, outcome, error, now, payment_key, row.first_tried_at])?;
     Ok(())
 }
 
@@ -854,4 +862,93 @@ fn insert_action(
             row.endpoint,
         ])?;
     Ok(changed == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A row changed by someone else (an `inbox replay`) between the read that claims it and
+    /// the decision's transaction keeps what they wrote: the worker writes nothing for it.
+    #[tokio::test]
+    async fn a_row_changed_after_its_claim_is_left_as_the_other_writer_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let shop_path = dir.path().join("shop.db");
+        let shop = Connection::open(&shop_path).unwrap();
+        shop.execute_batch(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT, total TEXT, currency TEXT);
+             INSERT INTO orders VALUES (7, 'pending', '19.99', 'USD');",
+        )
+        .unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n\
+             [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"whsec_t\"]\n\
+             [shop]\ndriver = \"sqlite\"\nurl = \"{}\"\nquery = \"SELECT id AS order_id, status, \
+             total AS amount, currency FROM orders WHERE id = :reference\"\n\
+             [shop.status]\nawaiting_payment = [\"pending\"]\npaid = [\"processing\"]\n\
+             cancelled = [\"cancelled\"]\n",
+            dir.path().join("inbox.db").display(),
+            shop_path.display()
+        );
+        let config = Config::from_toml(&text, &dir.path().join("t.toml")).unwrap();
+        let conn =
+            crate::store::schema::open_writer(&config.store.path, Duration::from_secs(5)).unwrap();
+        let body = r#"{"id":"evt_1","object":"event","type":"payment_intent.succeeded","created":1795000000,"data":{"object":{"id":"pi_1","object":"payment_intent","amount":1999,"amount_received":1999,"currency":"usd","metadata":{"order_id":"7"},"status":"succeeded"}}}"#;
+        conn.execute(
+            "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
+             last_received_at, remote_addr, headers, body) VALUES ('stripe', 'stripe', 'evt_1', \
+             'payment_intent.succeeded', 1, 1, '127.0.0.1:1', '{}', ?1)",
+            [body.as_bytes()],
+        )
+        .unwrap();
+        let shop_config = config.shop.clone().unwrap();
+        let source = OrderSource::connect(&shop_config).await.unwrap();
+        let worker =
+            Worker::new(conn, &config.endpoints, shop_config, config.policy, config.worker);
+
+        let now = crate::now_ms();
+        let claimed = worker.blocking(move |w, conn| w.claim(conn, now)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let prepared = worker.prepare(&source, &claimed, true).await;
+        // Meanwhile another writer decides the row.
+        worker
+            .blocking(|_, conn| {
+                conn.execute("UPDATE inbox SET status = 'done', outcome = 'by replay'", [])
+            })
+            .await
+            .unwrap();
+        let rows = claimed.clone();
+        let out = worker
+            .blocking(move |w, conn| w.apply(conn, &rows, prepared, Mode::Worker))
+            .await
+            .unwrap();
+        assert!(out[0].0.is_none() && out[0].1.is_empty(), "nothing decided: {out:?}");
+        let (status, outcome, actions) = worker
+            .blocking(|_, conn| {
+                conn.query_row(
+                    "SELECT status, outcome, (SELECT count(*) FROM outbox) FROM inbox",
+                    [],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((status.as_str(), outcome.as_str(), actions), ("done", "by replay", 0));
+
+        // Unchanged, the same claim is decided: the order is paid and both actions written.
+        worker
+            .blocking(|_, conn| {
+                conn.execute("UPDATE inbox SET status = 'pending', outcome = NULL", [])
+            })
+            .await
+            .unwrap();
+        let prepared = worker.prepare(&source, &claimed, true).await;
+        let out = worker
+            .blocking(move |w, conn| w.apply(conn, &claimed, prepared, Mode::Worker))
+            .await
+            .unwrap();
+        assert_eq!(out[0].1.len(), 2, "fulfil and its notice: {out:?}");
+        source.close().await;
+    }
 }
