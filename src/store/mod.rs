@@ -167,18 +167,17 @@ impl Store {
             wal_max_bytes.min(64 << 20)
         ))
         .map_err(open_err)?;
-        let page_size: u64 =
-            conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(open_err)?;
         let mut wal_path = config.path.clone().into_os_string();
         wal_path.push("-wal");
         let checkpoint_conn = rusqlite::Connection::open(&config.path).map_err(open_err)?;
         checkpoint_conn.busy_timeout(config.busy_timeout).map_err(open_err)?;
         let checkpointer =
-            writer::Checkpointer::start(checkpoint_conn, wal_path.into(), wal_max_bytes, page_size)
-                .map_err(|e| StoreError::Open {
+            writer::Checkpointer::start(checkpoint_conn, wal_path.into(), wal_max_bytes).map_err(
+                |e| StoreError::Open {
                     path: config.path.clone(),
                     message: format!("cannot start checkpoint thread: {e}"),
-                })?;
+                },
+            )?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let settings =
             writer::Settings { max_batch: config.max_batch, failures_kept: config.failures_kept };

@@ -65,9 +65,6 @@ impl Drop for DeathGuard {
 /// How often the checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// How often it copies while the WAL is near its restart length.
-const CHECKPOINT_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(5);
-
 /// A thread of its own that checkpoints the WAL, so that no commit (and no acknowledgement
 /// waiting on it) ever pays for copying the WAL into the database: the writer's connection has
 /// automatic checkpoints turned off. PASSIVE checkpoints never block the writer.
@@ -77,9 +74,10 @@ const CHECKPOINT_CATCH_UP: std::time::Duration = std::time::Duration::from_milli
 /// the WAL fully copied, so the WAL would grow without bound (about 1 GB in 8 s of a burst).
 /// So once the WAL file is past `store.wal_max_mb`, the writer, between two batches, copies
 /// what the background passes have not yet copied; its next transaction then restarts the
-/// WAL, and its commit cuts the file back to `journal_size_limit`. While the WAL is past half
-/// that size the background passes run every few milliseconds, so little is left for the
-/// writer to copy.
+/// WAL, and its commit cuts the file back to `journal_size_limit`. That copy holds new commits
+/// for as long as it takes (a few hundred milliseconds once per GiB of WAL at full speed).
+/// Running the background passes back to back as the limit nears, to leave the writer less
+/// to copy, was tried: the extra fsyncs stalled commits for up to 0.5 s, more often.
 pub(crate) struct Checkpointer {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
@@ -100,22 +98,16 @@ impl Checkpointer {
         conn: Connection,
         wal_path: std::path::PathBuf,
         restart_bytes: u64,
-        page_size: u64,
     ) -> std::io::Result<Checkpointer> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let catch_up_frames = (restart_bytes / 2 / page_size.max(512)) as i64;
         let thread = std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
             let mut last_warning: Option<std::time::Instant> = None;
-            let mut pause = CHECKPOINT_EVERY;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pause)
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
             {
                 let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                     Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                 });
-                pause = match done {
-                    Ok((frames, _)) if frames > catch_up_frames => CHECKPOINT_CATCH_UP,
-                    _ => CHECKPOINT_EVERY,
-                };
                 if let Err(e) = done {
                     // A full disk, say: the WAL keeps the data, and the next try may succeed.
                     if last_warning.is_none_or(|t| t.elapsed().as_secs() >= 60) {
