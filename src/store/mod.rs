@@ -157,16 +157,16 @@ impl Store {
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let conn = schema::open_writer(&config.path, config.busy_timeout)?;
         let open_err = |e: rusqlite::Error| StoreError::open(&config.path, e);
-        // Checkpoints run on their own thread (see writer::Checkpointer), and a larger page
-        // cache keeps the unique index's pages in memory: fewer reads per insert. Once the WAL
-        // has been restarted after a burst, its file is cut back to at most 64 MiB.
+        // Checkpoints run on their own thread (see writer::Checkpointer). Once the WAL has been
+        // restarted after a burst, its file is cut back to at most 64 MiB. The page cache is
+        // sized by writer::CacheSize.
         let wal_max_bytes = config.wal_max_mb.saturating_mul(1 << 20);
         conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32768; \
-             PRAGMA journal_size_limit = {};",
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
             wal_max_bytes.min(64 << 20)
         ))
         .map_err(open_err)?;
+        let cache = writer::CacheSize::set(&conn).map_err(open_err)?;
         let mut wal_path = config.path.clone().into_os_string();
         wal_path.push("-wal");
         let checkpoint_conn = rusqlite::Connection::open(&config.path).map_err(open_err)?;
@@ -179,8 +179,11 @@ impl Store {
                 },
             )?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let settings =
-            writer::Settings { max_batch: config.max_batch, failures_kept: config.failures_kept };
+        let settings = writer::Settings {
+            max_batch: config.max_batch,
+            failures_kept: config.failures_kept,
+            cache,
+        };
         let died = CancellationToken::new();
         let guard = writer::DeathGuard::new(died.clone());
         let thread = std::thread::Builder::new()
