@@ -118,3 +118,10 @@ CREATE INDEX outbox_by_inbox ON outbox (inbox_id);
 CREATE TABLE outbox_spent_keys (
     idempotency_key TEXT PRIMARY KEY
 ) WITHOUT ROWID;
+
+-- migration: 8
+-- Bodies are stored compressed when that makes them smaller (src/store/body.rs): the encoding
+-- (NULL: the raw bytes, as in every row written before this migration; 'lz4': an LZ4 block)
+-- and the raw body's length, so that listings need not decompress.
+ALTER TABLE inbox ADD COLUMN body_encoding TEXT;
+ALTER TABLE inbox ADD COLUMN body_len INTEGER;

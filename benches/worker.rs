@@ -47,13 +47,23 @@ fn fill_inbox(config: &Config, n: u64) {
         let mut stmt = tx
             .prepare(
                 "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, last_received_at, \
-                 remote_addr, headers, body) VALUES ('stripe', 'stripe', ?1, 'payment_intent.succeeded', ?2, ?2, \
-                 '127.0.0.1:1', '{}', ?3)",
+                 remote_addr, headers, body, body_encoding, body_len) VALUES ('stripe', 'stripe', ?1, \
+                 'payment_intent.succeeded', ?2, ?2, '127.0.0.1:1', '{}', ?3, ?4, ?5)",
             )
             .unwrap();
         let now = reconciled::now_ms();
         for i in 1..=n {
-            stmt.execute(params![format!("evt_bench_{i}"), now, event(i).into_bytes()]).unwrap();
+            // Stored as the daemon stores it.
+            let body = bytes::Bytes::from(event(i));
+            let packed = reconciled::store::body::pack(&body);
+            stmt.execute(params![
+                format!("evt_bench_{i}"),
+                now,
+                &packed.bytes[..],
+                packed.encoding,
+                body.len() as i64
+            ])
+            .unwrap();
         }
     }
     tx.commit().unwrap();

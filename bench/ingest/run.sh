@@ -26,11 +26,13 @@ RECON_PORT=${RECON_PORT:-18182}
 IDS=${IDS:-random}                 # event ids: random (like Stripe's) or sequential (diagnostic)
 PERF=${PERF:-0}                    # seconds of `perf record` on reconciled during its first run
 SKIP_BUILD=${SKIP_BUILD:-0}
+STORE_EXTRA=${STORE_EXTRA:-}       # extra lines for the bench config's [store] table, e.g. "max_batch = 512"
 REUSE_STORE=${REUSE_STORE:-0}      # 1: keep $WORK/store from an earlier PREFILL run instead of prefilling again
 SECRET=whsec_test_bench
 
 # Where cargo puts the binaries: both projects share CARGO_TARGET_DIR (absolute) when it is set.
-RECONCILED=${CARGO_TARGET_DIR:-$ROOT/target}/release/reconciled
+# RECONCILED_BIN runs another build of the daemon (an A/B against an older commit, say).
+RECONCILED=${RECONCILED_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/reconciled}
 BIN=${CARGO_TARGET_DIR:-$HERE/target}/release
 FAILED=0
 fail() { echo "CHECK FAILED: $*" >&2; FAILED=1; }
@@ -65,6 +67,7 @@ listen = "127.0.0.1:$RECON_PORT"
 
 [store]
 path = "reconciled.db"
+$STORE_EXTRA
 
 [[endpoint]]
 name = "stripe"

@@ -207,7 +207,8 @@ async fn webhook(
         received_at_ms: now_ms,
         remote_addr: remote.to_string(),
         headers_json: accepted.headers_json,
-        body,
+        body_len: body.len(),
+        body: crate::store::body::pack(&body),
     };
     // Test-only and broken on purpose: acknowledge first, store a little later.
     #[cfg(feature = "test-ack-before-commit")]

@@ -53,8 +53,10 @@ pub struct Claimed {
     pub received_at: i64,
     /// When the worker first tried it, unix ms.
     pub first_tried_at: i64,
-    /// The raw body.
+    /// The raw body (empty if it could not be read back; see `unreadable`).
     pub body: Vec<u8>,
+    /// Why the stored body could not be turned back into the raw bytes.
+    pub unreadable: Option<String>,
     /// Failed attempts before this one.
     pub attempts: u32,
     /// When PayPal verified it by postback (IPN rows only).
@@ -226,7 +228,7 @@ impl Worker {
             .blocking(move |_, conn| {
                 conn.query_row(
                     "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, ?2), body, attempts, \
-                     verified_at, status FROM inbox WHERE id = ?1",
+                     verified_at, status, body_encoding, body_len FROM inbox WHERE id = ?1",
                     params![id, crate::now_ms()],
                     claimed_row,
                 )
@@ -280,7 +282,7 @@ impl Worker {
         let not_now = |message: &str| PostbackError { message: message.into(), transient: true };
         let mut verdicts: HashMap<i64, Result<Verdict, PostbackError>> = HashMap::new();
         let mut unverified = Vec::new();
-        for row in rows.iter().filter(|r| r.needs_postback()) {
+        for row in rows.iter().filter(|r| r.needs_postback() && r.unreadable.is_none()) {
             if !postback {
                 verdicts.insert(row.id, Err(not_now("dry run: not posted back to PayPal")));
             } else if unverified.len() == IPN_POSTBACKS_PER_PASS {
@@ -300,6 +302,10 @@ impl Worker {
         verdicts.extend(answered);
         let mut parsed = Vec::with_capacity(rows.len());
         for row in rows {
+            if let Some(e) = &row.unreadable {
+                parsed.push(Err(Prepared::Unreadable(e.clone())));
+                continue;
+            }
             match verdicts.get(&row.id) {
                 None | Some(Ok(Verdict::Verified)) => {}
                 Some(Ok(Verdict::Invalid)) => {
@@ -433,13 +439,20 @@ struct WorkerRef {
 }
 
 fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
+    let encoding: Option<String> = r.get(9)?;
+    let (body, unreadable) =
+        match crate::store::body::unpack(r.get(5)?, encoding.as_deref(), r.get(10)?) {
+            Ok(body) => (body, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
     Ok(Claimed {
         id: r.get(0)?,
         provider: r.get(1)?,
         endpoint: r.get(2)?,
         received_at: r.get(3)?,
         first_tried_at: r.get(4)?,
-        body: r.get(5)?,
+        body,
+        unreadable,
         attempts: r.get(6)?,
         verified_at: r.get(7)?,
         status: r.get(8)?,
@@ -468,7 +481,7 @@ impl WorkerRef {
             // `processing` rows were claimed under a lease by an earlier version.
             let mut stmt = conn.prepare_cached(
                 "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, ?1), body, attempts, \
-                   verified_at, status \
+                   verified_at, status, body_encoding, body_len \
                  FROM inbox INDEXED BY inbox_due \
                  WHERE status IN ('pending', 'parked', 'processing') \
                    AND ((status <> 'processing' AND next_attempt_at <= ?1) \

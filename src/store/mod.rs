@@ -8,6 +8,7 @@
 //! never answers 2xx before the commit that holds its row. The CLI reads with its own
 //! read-only connections ([`read`]); WAL lets it do so while the daemon writes.
 
+pub mod body;
 pub mod prune;
 pub mod read;
 pub mod schema;
@@ -81,8 +82,10 @@ pub struct NewRow {
     pub remote_addr: String,
     /// Headers needed to verify again, as a JSON object.
     pub headers_json: String,
-    /// The raw body; shared with the request, not copied.
-    pub body: Bytes,
+    /// The body as stored (see [`body::pack`]); raw bodies are shared with the request.
+    pub body: body::Packed,
+    /// The raw body's length in bytes.
+    pub body_len: usize,
 }
 
 /// The outcome of storing a row.
@@ -280,7 +283,9 @@ mod tests {
                         received_at_ms: crate::now_ms(),
                         remote_addr: "127.0.0.1".into(),
                         headers_json: "{}".into(),
-                        body: body.clone(),
+                        // Stored raw, so that the WAL grows by the full 2,600 bytes a row.
+                        body: body::Packed { bytes: body.clone(), encoding: None },
+                        body_len: body.len(),
                     };
                     assert_eq!(store.insert(row).await.unwrap().delivery_count, 1);
                     let len = std::fs::metadata(&wal).map_or(0, |m| m.len());

@@ -1,6 +1,7 @@
 //! Read-only queries for the CLI (`inbox list`, `inbox show`, `failures`) and for tests.
 
-use rusqlite::{params_from_iter, types::Value, Connection};
+use rusqlite::types::{Type, Value};
+use rusqlite::{params_from_iter, Connection};
 use serde::Serialize;
 
 /// An inbox row without its body, for listings.
@@ -82,7 +83,7 @@ pub struct ListFilter {
 }
 
 const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
-     last_received_at, remote_addr, delivery_count, status, length(body), outcome, attempts, last_error, \
+     last_received_at, remote_addr, delivery_count, status, coalesce(body_len, length(body)), outcome, attempts, last_error, \
      verified_at";
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
@@ -133,11 +134,16 @@ pub fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Inbo
 
 /// One inbox row with headers and body.
 pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
-    let sql = format!("SELECT {SUMMARY_COLUMNS}, headers, body FROM inbox WHERE id = ?1");
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS}, headers, body, body_encoding, body_len FROM inbox WHERE id = ?1"
+    );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else { return Ok(None) };
-    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(15)?, body: r.get(16)? }))
+    let encoding: Option<String> = r.get(17)?;
+    let body = super::body::unpack(r.get(16)?, encoding.as_deref(), r.get(18)?)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(16, Type::Blob, Box::new(e)))?;
+    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(15)?, body }))
 }
 
 /// The number of inbox rows.

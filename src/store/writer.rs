@@ -76,7 +76,8 @@ impl CacheSize {
 /// A new row; a duplicate changes nothing here (see [`REDELIVERED`]). Cheaper than an upsert
 /// with RETURNING on the common path, where every notification is new.
 const INSERT: &str = "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
-     last_received_at, remote_addr, headers, body) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) \
+     last_received_at, remote_addr, headers, body, body_encoding, body_len) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10) \
      ON CONFLICT (provider, dedup_key) DO NOTHING";
 
 /// A delivery of a row already stored: counted.
@@ -346,7 +347,9 @@ fn write_batch(
                 row.received_at_ms,
                 row.remote_addr,
                 row.headers_json,
-                &row.body[..],
+                &row.body.bytes[..],
+                row.body.encoding,
+                row.body_len as i64,
             ])?;
             let stored = if added == 1 {
                 Stored { id: tx.last_insert_rowid(), delivery_count: 1 }

@@ -30,6 +30,15 @@ async fn valid_event_is_stored_byte_for_byte() {
     assert_eq!(rows.len(), 1);
     let row = read::show(&conn, rows[0].id).unwrap().unwrap();
     assert_eq!(row.body, body, "raw body kept byte for byte");
+    // On disk it is an LZ4 block, well under the raw size, with the raw length beside it.
+    let (stored, encoding, len): (Vec<u8>, Option<String>, i64) = conn
+        .query_row("SELECT body, body_encoding, body_len FROM inbox", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((encoding.as_deref(), len), (Some("lz4"), body.len() as i64));
+    assert!(stored.len() * 10 < body.len() * 7, "stored {} of {} bytes", stored.len(), body.len());
+    assert_eq!(rows[0].body_len, body.len() as i64, "listings show the raw length");
     let s = &row.summary;
     assert_eq!((s.endpoint.as_str(), s.provider.as_str()), ("stripe", "stripe"));
     assert_eq!(s.dedup_key, harness::FIXTURE_EVENT);

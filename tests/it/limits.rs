@@ -176,7 +176,7 @@ async fn bodies_are_stored_intact_across_many_writes() {
     let (resp, _) = read_until_close(&mut s, Duration::from_secs(5)).await;
     assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
     let conn = d.read();
-    let stored: Vec<u8> = conn.query_row("SELECT body FROM inbox", [], |r| r.get(0)).unwrap();
+    let stored = reconciled::store::read::show(&conn, 1).unwrap().expect("row 1 stored").body;
     assert_eq!(stored, body);
     d.stop().await;
 }

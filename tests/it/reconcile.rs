@@ -455,6 +455,58 @@ async fn a_store_error_in_one_row_holds_up_only_that_row() {
     d.stop().await;
 }
 
+/// A stored body that cannot be decompressed (a damaged disk, a hand edit) is not guessed at:
+/// its row ends `dead` with the reason, and the rows around it are decided as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_stored_body_ends_dead_and_holds_up_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for id in [1001, 1002, 1003] {
+        shop.add(id, "pending", "10.00", "USD");
+    }
+    // Stored by a daemon without a shop, so that nothing is decided before the damage.
+    let d = Daemon::start_in(dir.path(), "", "").await;
+    for id in [1001, 1002, 1003] {
+        let body = pi_event(
+            &format!("evt_{id}"),
+            "succeeded",
+            &format!("pi_{id}"),
+            &id.to_string(),
+            1000,
+            "usd",
+        );
+        send(&d, &body).await;
+    }
+    d.stop().await;
+    let db = dir.path().join("inbox.db");
+    let changed = rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE inbox SET body = substr(body, 1, length(body) / 2) \
+             WHERE dedup_key = 'evt_1002' AND body_encoding = 'lz4'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "the body was stored compressed");
+
+    let d = start(dir.path(), &shop, "").await;
+    d.settle().await;
+    let orders: Vec<String> = d.actions().into_iter().map(|a| a.1).collect();
+    assert_eq!(orders, ["1001", "1001", "1003", "1003"]);
+    let (status, error): (String, String) = d
+        .read()
+        .query_row("SELECT status, last_error FROM inbox WHERE dedup_key = 'evt_1002'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(status, "dead");
+    assert!(error.contains("stored body is damaged"), "{error}");
+    // `inbox show` says so too, instead of printing garbage.
+    let shown = reconciled::store::read::show(&d.read(), 2);
+    assert!(shown.is_err(), "{shown:?}");
+    d.stop().await;
+}
+
 /// Pruning takes a refunded second payment's rows; when its notification comes back later, it
 /// is stored again but not refunded again: the refund's key outlives its row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

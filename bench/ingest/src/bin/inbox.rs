@@ -6,10 +6,11 @@
 //! inbox prefill STORE.db --rows 1000000 [--txn 100000] [--max-secs 1800] [--pending 1000]
 //! ```
 //!
-//! `prefill` needs a store the daemon has created (schema version ≥ 4). It appends rows shaped
+//! `prefill` needs a store the daemon has created (schema version ≥ 8). It appends rows shaped
 //! like the daemon's own: endpoint and provider `stripe`, a random-looking `evt_…` dedup key,
 //! the event type, arrival times spread over the last 90 days in id order, a Stripe source
-//! address, the kept headers as JSON with a real signature, the ~2.5 KB body, and the worker's
+//! address, the kept headers as JSON with a real signature, the ~2.5 KB body (compressed, as the daemon
+//! stores it), and the worker's
 //! bookkeeping of a processed row. 70 % `payment_intent.succeeded`, 20 % `charge.succeeded`
 //! (status `done`), 10 % `payment_intent.created` (`ignored`); the newest `--pending` rows
 //! are `pending`. The insert runs with synchronous=OFF and an in-memory rollback journal in
@@ -23,8 +24,8 @@ use rusqlite::{params, Connection, OpenFlags};
 
 const INSERT: &str = "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
     last_received_at, remote_addr, headers, body, delivery_count, status, attempts, \
-    next_attempt_at, payment_key, outcome, processed_at, first_tried_at) \
-    VALUES ('stripe', 'stripe', ?1, ?2, ?3, ?3, ?4, ?5, ?6, 1, ?7, 0, 0, ?8, ?9, ?10, ?11)";
+    next_attempt_at, payment_key, outcome, processed_at, first_tried_at, body_encoding, body_len) \
+    VALUES ('stripe', 'stripe', ?1, ?2, ?3, ?3, ?4, ?5, ?6, 1, ?7, 0, 0, ?8, ?9, ?10, ?11, 'lz4', ?12)";
 
 /// Addresses Stripe sends webhooks from (docs.stripe.com/ips).
 const STRIPE_IPS: &[&str] = &[
@@ -88,9 +89,9 @@ fn prefill(db: &Path, args: &Args) {
 
     let mut conn = Connection::open(db).unwrap_or_else(|e| die(&format!("{}: {e}", db.display())));
     let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
-    if version < 4 {
+    if version < 8 {
         die(&format!(
-            "{}: schema version {version}; start reconciled on it once first (need ≥ 4)",
+            "{}: schema version {version}; start reconciled on it once first (need ≥ 8)",
             db.display()
         ));
     }
@@ -124,6 +125,8 @@ fn prefill(db: &Path, args: &Args) {
                 // The template embeds the creation time; one per row keeps bodies distinct.
                 let template = Template::new(event_type, at / 1000);
                 let body = template.body(&tok);
+                // Stored as the daemon stores it (src/store/body.rs): an LZ4 block.
+                let packed = lz4_flex::block::compress(&body);
                 let ts = at / 1000;
                 let sig = sign_v1(&secret, ts, &body);
                 headers.clear();
@@ -167,12 +170,13 @@ fn prefill(db: &Path, args: &Args) {
                         at,
                         remote,
                         headers,
-                        body,
+                        packed,
                         status,
                         payment_key,
                         outcome,
                         processed,
-                        tried
+                        tried,
+                        body.len() as i64
                     ])
                     .unwrap_or_else(|e| die(&format!("insert row {i}: {e}")));
             }
