@@ -160,27 +160,31 @@ impl Store {
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let conn = schema::open_writer(&config.path, config.busy_timeout)?;
         let open_err = |e: rusqlite::Error| StoreError::open(&config.path, e);
-        // Checkpoints run on their own thread (see writer::Checkpointer). Once the WAL has been
-        // restarted after a burst, its file is cut back to at most 64 MiB. The page cache is
-        // sized by writer::CacheSize.
+        // Checkpoints run on their own thread (see writer::Checkpointer), which also gives the
+        // WAL file's space back when idle; a restart of the WAL cuts its file back only to the
+        // limit. The page cache is sized by writer::CacheSize.
         let wal_max_bytes = config.wal_max_mb.saturating_mul(1 << 20);
         conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
-            wal_max_bytes.min(64 << 20)
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {wal_max_bytes};"
         ))
         .map_err(open_err)?;
+        let page_size: u64 =
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(open_err)?;
         let cache = writer::CacheSize::set(&conn).map_err(open_err)?;
         let mut wal_path = config.path.clone().into_os_string();
         wal_path.push("-wal");
         let checkpoint_conn = rusqlite::Connection::open(&config.path).map_err(open_err)?;
         checkpoint_conn.busy_timeout(config.busy_timeout).map_err(open_err)?;
-        let checkpointer =
-            writer::Checkpointer::start(checkpoint_conn, wal_path.into(), wal_max_bytes).map_err(
-                |e| StoreError::Open {
-                    path: config.path.clone(),
-                    message: format!("cannot start checkpoint thread: {e}"),
-                },
-            )?;
+        let checkpointer = writer::Checkpointer::start(
+            checkpoint_conn,
+            wal_path.into(),
+            wal_max_bytes,
+            page_size + 24,
+        )
+        .map_err(|e| StoreError::Open {
+            path: config.path.clone(),
+            message: format!("cannot start checkpoint thread: {e}"),
+        })?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let settings = writer::Settings {
             max_batch: config.max_batch,
@@ -261,8 +265,9 @@ mod tests {
 
     /// Without the writer's restart the WAL only grows while writes never pause: this burst
     /// writes about 8 KB of WAL per row, 5,000 rows, so 40 MB; the file must stay near 2 MiB.
+    /// Once nothing is written for a few seconds, the checkpointer gives the file's space back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sustained_burst_keeps_the_wal_file_near_its_limit() {
+    async fn a_sustained_burst_keeps_the_wal_file_near_its_limit_and_idle_gives_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inbox.db");
         let store = Store::open(&config(path.clone(), 2)).unwrap();
@@ -296,6 +301,18 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+        let burst_end = std::fs::metadata(&wal).unwrap().len();
+        assert!(burst_end > 1 << 20, "the file is kept for reuse during the burst: {burst_end}");
+        let deadline = std::time::Instant::now() + writer::WAL_IDLE * 3;
+        while std::fs::metadata(&wal).unwrap().len() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the idle WAL file was not truncated");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Everything is in the database file now, and still readable while the store is open.
+        let reader = schema::open_reader(&path).unwrap();
+        let rows: i64 = reader.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 32 * 160);
+        drop(reader);
         store.close().await;
         let conn = rusqlite::Connection::open(&path).unwrap();
         let rows: i64 = conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0)).unwrap();
