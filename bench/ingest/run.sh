@@ -11,11 +11,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CONNS=${CONNS:-64}                 # space-separated list of connection counts
-DURATION=${DURATION:-10}           # measured seconds per run
+DURATION=${DURATION:-15}           # measured seconds per run (long enough to cross a WAL restart)
 WARMUP=${WARMUP:-1}                # seconds before measuring (answers still count for the inbox)
 ROUNDS=${ROUNDS:-2}                # the target order flips every round
 THREADS=${THREADS:-2}              # load generator worker threads
-REQUESTS=${REQUESTS:-400000}       # pre-signed requests per reconciled run (must exceed what it takes)
+REQUESTS=${REQUESTS:-600000}       # pre-signed requests per reconciled run (must exceed what it takes)
 BASE_REQUESTS=${BASE_REQUESTS:-200000}  # the baseline stores nothing: its set may wrap
 PREFILL=${PREFILL:-0}              # rows put in reconciled's inbox before its runs
 PREFILL_MAX_SECS=${PREFILL_MAX_SECS:-1800}
