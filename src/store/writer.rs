@@ -142,7 +142,7 @@ const WAL_KEPT_WHEN_IDLE: u64 = 64 << 20;
 /// So once the WAL file is past `store.wal_max_mb`, the writer, between two batches, copies
 /// what the background passes have not yet copied, and its next transaction restarts the WAL.
 /// That copy holds new commits while it runs; the background passes come every 20 ms once the
-/// WAL is past half its limit, so it is short (6-10 ms here, against 0.3 s with passes every
+/// WAL is past half its limit, so it is short (2-10 ms here, against 0.3 s with passes every
 /// 250 ms).
 ///
 /// The WAL file is cut back only to the limit when the WAL restarts (`journal_size_limit`), not

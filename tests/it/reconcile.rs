@@ -394,16 +394,15 @@ async fn an_unmatched_row_does_not_hold_up_a_later_one_that_names_the_order() {
 
 /// A store error while deciding one row of a batch holds up that row only: the others of the
 /// same batch commit, and the failing row is retried (and counted) until the error is gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_error_in_one_row_holds_up_only_that_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::create(dir.path());
+/// A shop with orders 1001–1003 (10.00 USD each), and one stored payment for each, stored by
+/// a daemon without a shop: nothing is decided yet, so all three rows wait to be claimed
+/// together in the next daemon's first batch.
+async fn three_undecided_payments(dir: &std::path::Path) -> Shop {
+    let shop = Shop::create(dir);
     for id in [1001, 1002, 1003] {
         shop.add(id, "pending", "10.00", "USD");
     }
-    // Stored by a daemon without a shop: nothing is decided yet, so all three rows wait to be
-    // claimed together in the next daemon's first batch.
-    let d = Daemon::start_in(dir.path(), "", "").await;
+    let d = Daemon::start_in(dir, "", "").await;
     for id in [1001, 1002, 1003] {
         let body = pi_event(
             &format!("evt_{id}"),
@@ -416,6 +415,13 @@ async fn a_store_error_in_one_row_holds_up_only_that_row() {
         send(&d, &body).await;
     }
     d.stop().await;
+    shop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_error_in_one_row_holds_up_only_that_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = three_undecided_payments(dir.path()).await;
     let db = dir.path().join("inbox.db");
     rusqlite::Connection::open(&db)
         .unwrap()
@@ -460,24 +466,7 @@ async fn a_store_error_in_one_row_holds_up_only_that_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_stored_body_ends_dead_and_holds_up_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::create(dir.path());
-    for id in [1001, 1002, 1003] {
-        shop.add(id, "pending", "10.00", "USD");
-    }
-    // Stored by a daemon without a shop, so that nothing is decided before the damage.
-    let d = Daemon::start_in(dir.path(), "", "").await;
-    for id in [1001, 1002, 1003] {
-        let body = pi_event(
-            &format!("evt_{id}"),
-            "succeeded",
-            &format!("pi_{id}"),
-            &id.to_string(),
-            1000,
-            "usd",
-        );
-        send(&d, &body).await;
-    }
-    d.stop().await;
+    let shop = three_undecided_payments(dir.path()).await;
     let db = dir.path().join("inbox.db");
     let changed = rusqlite::Connection::open(&db)
         .unwrap()
