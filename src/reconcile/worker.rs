@@ -478,12 +478,14 @@ impl WorkerRef {
     /// crash leaves them due, and the next run takes them again.
     fn claim(&self, conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<Claimed>> {
         let rows = {
-            // `processing` rows were claimed under a lease by an earlier version.
+            // `processing` rows were claimed under a lease by an earlier version. The status
+            // test is written exactly as inbox_due's WHERE (schema.sql, migration 9): SQLite
+            // uses a partial index only for a query that repeats its condition.
             let mut stmt = conn.prepare_cached(
                 "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, ?1), body, attempts, \
                    verified_at, status, body_encoding, body_len \
                  FROM inbox INDEXED BY inbox_due \
-                 WHERE status IN ('pending', 'parked', 'processing') \
+                 WHERE (status = 'pending' OR status = 'parked' OR status = 'processing') \
                    AND ((status <> 'processing' AND next_attempt_at <= ?1) \
                      OR (status = 'processing' AND claimed_until < ?1)) \
                  ORDER BY id LIMIT ?2",
@@ -576,7 +578,8 @@ impl WorkerRef {
         };
         let mut stmt = tx.prepare_cached(
             "SELECT id, status, attempts FROM inbox INDEXED BY inbox_due \
-             WHERE status IN ('pending', 'parked', 'processing') AND id BETWEEN ?1 AND ?2",
+             WHERE (status = 'pending' OR status = 'parked' OR status = 'processing') \
+               AND id BETWEEN ?1 AND ?2",
         )?;
         let now: HashMap<i64, (String, u32)> = stmt
             .query_map(params![first.id, last.id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?

@@ -187,6 +187,95 @@ mod tests {
         assert_eq!(n, 1, "no tables added");
     }
 
+    /// The statements run for every stored or decided notification: SQLite builds a temporary
+    /// b-tree (`OpenEphemeral`) for an IN list of three or more constants, in a CHECK, a
+    /// partial index's WHERE or the statement itself, on each execution (migration 9).
+    #[test]
+    fn per_notification_writes_build_no_temporary_btree() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("s.db"), Duration::from_secs(1)).unwrap();
+        for sql in [
+            "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
+             last_received_at, remote_addr, headers, body) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (provider, dedup_key) DO NOTHING",
+            "UPDATE inbox SET status = ?2, payment_key = ?3, processed_at = ?4 WHERE id = ?1",
+            "UPDATE inbox SET status = 'parked', next_attempt_at = ?2 WHERE id = ?1",
+            "INSERT INTO outbox (kind, provider, reason, idempotency_key, inbox_id, event_id, \
+             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (idempotency_key) DO NOTHING",
+            "INSERT INTO payments (provider, payment_id, status, updated_at, last_inbox_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (provider, payment_id) DO UPDATE SET \
+             status = excluded.status",
+        ] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+            let ops: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(1))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(ops.iter().any(|op| op.ends_with("Insert")), "not a write: {sql}");
+            assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "temporary b-tree in: {sql}");
+        }
+    }
+
+    /// A store written by the previous version keeps its rows, its checks and its index
+    /// contents through migration 9.
+    #[test]
+    fn migration_9_keeps_rows_checks_and_the_due_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        for (version, sql) in migrations().into_iter().filter(|(v, _)| *v <= 8) {
+            old.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {version}; COMMIT;"))
+                .unwrap();
+        }
+        let statuses = ["pending", "processing", "done", "parked", "ignored", "rejected", "dead"];
+        for (i, status) in statuses.iter().cycle().take(70).enumerate() {
+            old.execute(
+                "INSERT INTO inbox (endpoint, provider, dedup_key, received_at, last_received_at, \
+                 remote_addr, headers, body, status) VALUES ('s', 'stripe', ?1, 1, 1, '-', '{}', x'00', ?2)",
+                rusqlite::params![format!("evt_{i}"), status],
+            )
+            .unwrap();
+        }
+        drop(old);
+
+        let conn = open_writer(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), latest_version());
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        let ids = |sql: &str| -> Vec<i64> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let due = ids("SELECT id FROM inbox INDEXED BY inbox_due \
+             WHERE status = 'pending' OR status = 'parked' OR status = 'processing' ORDER BY id");
+        let unfinished = ids("SELECT id FROM inbox NOT INDEXED \
+             WHERE status IN ('pending', 'parked', 'processing') ORDER BY id");
+        assert_eq!((due.len(), &due), (30, &unfinished));
+        let sql: Vec<String> = conn
+            .prepare("SELECT sql FROM sqlite_schema WHERE name IN ('inbox', 'payments', 'outbox', 'inbox_due')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(sql.len(), 4);
+        assert!(sql.iter().all(|s| !s.contains(" IN (")), "{sql:?}");
+        for bad in [
+            "UPDATE inbox SET status = 'finished' WHERE id = 1",
+            "INSERT INTO payments (provider, payment_id, status, updated_at, last_inbox_id) \
+             VALUES ('stripe', 'pi_1', 'paid', 1, 1)",
+            "INSERT INTO outbox (kind, provider, reason, idempotency_key, inbox_id, event_id, \
+             created_at) VALUES ('ship', 'stripe', '-', 'k', 1, 'evt_0', 1)",
+        ] {
+            let err = conn.execute(bad, []).unwrap_err();
+            assert!(err.to_string().contains("CHECK constraint failed"), "{bad}: {err}");
+        }
+        conn.execute("UPDATE inbox SET status = 'done' WHERE id = 1", []).unwrap();
+    }
+
     #[test]
     fn reopening_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
