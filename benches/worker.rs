@@ -76,14 +76,8 @@ async fn drain(config: &Config, n: u64, label: &str) {
         reconciled::store::schema::open_writer(&config.store.path, Duration::from_secs(5)).unwrap();
     let worker = Worker::new(conn, &config.endpoints, shop, config.policy, config.worker);
     let started = Instant::now();
-    let mut done = 0;
-    loop {
-        let stats = worker.pass(&source).await.expect("pass");
-        if stats.claimed == 0 {
-            break;
-        }
-        done += stats.claimed;
-    }
+    let never = tokio_util::sync::CancellationToken::new();
+    let done = worker.work_through(&source, &never).await.expect("worker").claimed;
     let secs = started.elapsed().as_secs_f64();
     let check = Connection::open(&config.store.path).unwrap();
     let actions: i64 = check.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();

@@ -4,12 +4,18 @@
 //! ## Concurrency
 //! A claim is held in memory by the pass that read the rows: nothing is written to claim them,
 //! and the decision's transaction writes a row only if its status and attempts are unchanged
-//! since it was read. One daemon owns a store and its passes run one after another; rows a
-//! crashed run was deciding are still due and are simply taken again. Each pass claims a
-//! batch in arrival order, looks
-//! the orders up with no transaction open (the shop may be slow), then decides and writes the
-//! whole batch in one `BEGIN IMMEDIATE … COMMIT`, reading payment state inside it so rows of
-//! the same payment in one batch see each other. A row whose payment has an earlier row still
+//! since it was read. One daemon owns a store and writes its batches one after another; rows
+//! a crashed run was deciding are still due and are simply taken again. Due rows are claimed
+//! in batches in arrival order; a batch's orders are looked up with no transaction open (the
+//! shop may be slow), then the whole batch is decided and written in one
+//! `BEGIN IMMEDIATE … COMMIT`, reading payment state inside it so rows of the same payment in
+//! one batch see each other. The steps overlap: while one batch is written, the next is
+//! parsed and looked up (see [`Worker::work_through`]); a batch is still written only after
+//! the one before it committed. A refund that carries no order reference is matched through
+//! the payment's earlier notification (`payments.order_id`): if that notification is in the
+//! batch just before it, still being written, the lookup does not see it yet. A refund or
+//! dispute names the order all the same (payment state is read inside the transaction); a
+//! payment event is parked and matched on its retry, as for two rows of one batch. A row whose payment has an earlier row still
 //! unfinished (parked, retrying) waits behind it: one payment's notifications are decided in
 //! order of arrival. Every action has a UNIQUE idempotency key, so a crash after the commit
 //! and a replay emit nothing twice.
@@ -179,10 +185,8 @@ impl Worker {
         tracing::info!(driver = ?self.shop.driver, "reconciliation worker started");
         let source = Arc::new(source);
         loop {
-            let wait = match self.pass(&source).await {
-                // A backlog is worked through without sleeping, but never past a shutdown.
-                Ok(stats) if stats.claimed > 0 && !shutdown.is_cancelled() => continue,
-                Ok(stats) if stats.claimed > 0 => break,
+            let wait = match self.work_through(&source, &shutdown).await {
+                Ok(_) if shutdown.is_cancelled() => break,
                 Ok(_) => self.next_due().await.unwrap_or(IDLE_WAKE),
                 Err(e) => {
                     tracing::error!(error = %e, "worker pass failed; retrying");
@@ -201,18 +205,58 @@ impl Worker {
         tracing::info!("reconciliation worker stopped");
     }
 
-    /// Claims one batch of due rows and processes it.
-    pub async fn pass(&self, source: &OrderSource) -> Result<PassStats, rusqlite::Error> {
+    /// Works through the rows that are due, batch after batch, until none is left or
+    /// `shutdown` is cancelled, as a pipeline: while one batch is decided and written (on the
+    /// store's thread), the next is parsed and its orders looked up, and the one after it is
+    /// claimed as soon as the write commits. A batch is always decided after the one before it
+    /// committed, so it sees that batch's payments and waits behind its unfinished rows.
+    pub async fn work_through(
+        &self,
+        source: &OrderSource,
+        shutdown: &CancellationToken,
+    ) -> Result<PassStats, rusqlite::Error> {
+        let mut stats = PassStats::default();
+        let none = HashSet::new();
         let now = crate::now_ms();
-        let claimed = self.blocking(move |w, conn| w.claim(conn, now)).await?;
-        if claimed.is_empty() {
-            return Ok(PassStats::default());
+        // Claimed, to be prepared.
+        let mut next = self.blocking(move |w, conn| w.claim(conn, now, &none)).await?;
+        // Prepared, to be decided and written.
+        let mut ready: Option<(Vec<Claimed>, Vec<Prepared>)> = None;
+        while !next.is_empty() || ready.is_some() {
+            let taken: HashSet<i64> = next.iter().map(|r| r.id).collect();
+            let batch = ready.take();
+            let write = self.blocking(move |w, conn| {
+                let (count, actions) = match batch {
+                    Some((rows, prepared)) => {
+                        let out = w.apply(conn, &rows, prepared, Mode::Worker)?;
+                        (rows.len(), out.iter().map(|(_, a)| a.len()).sum())
+                    }
+                    None => (0, 0),
+                };
+                let more = w.claim(conn, crate::now_ms(), &taken)?;
+                Ok((count, actions, more))
+            });
+            let prepare = async {
+                if next.is_empty() {
+                    Vec::new()
+                } else {
+                    self.prepare(source, &next, true).await
+                }
+            };
+            let (written, prepared) = tokio::join!(write, prepare);
+            let (count, actions, more) = written?;
+            stats.claimed += count;
+            stats.actions += actions;
+            if shutdown.is_cancelled() {
+                // What was claimed and prepared is still due: the next run takes it.
+                break;
+            }
+            if !next.is_empty() {
+                ready = Some((std::mem::take(&mut next), prepared));
+            }
+            next = more;
         }
-        let prepared = self.prepare(source, &claimed, true).await;
-        let count = claimed.len();
-        let actions =
-            self.blocking(move |w, conn| w.apply(conn, &claimed, prepared, Mode::Worker)).await?;
-        Ok(PassStats { claimed: count, actions: actions.iter().map(|(_, a)| a.len()).sum() })
+        Ok(stats)
     }
 
     /// Re-runs the decision for one row through the current code. With `dry_run` nothing is
@@ -476,7 +520,15 @@ impl WorkerRef {
     /// still those read here (see [`WorkerRef::unchanged`]). One daemon owns a store and its
     /// passes run one after another, so nothing else is deciding these rows meanwhile; a
     /// crash leaves them due, and the next run takes them again.
-    fn claim(&self, conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<Claimed>> {
+    ///
+    /// Rows in `taken` (read by an earlier claim and not yet decided) are left out: the next
+    /// batch is claimed while the one before it is still being prepared.
+    fn claim(
+        &self,
+        conn: &mut Connection,
+        now: i64,
+        taken: &HashSet<i64>,
+    ) -> rusqlite::Result<Vec<Claimed>> {
         let rows = {
             // `processing` rows were claimed under a lease by an earlier version. The status
             // test is written exactly as inbox_due's WHERE (schema.sql, migration 9): SQLite
@@ -490,8 +542,21 @@ impl WorkerRef {
                      OR (status = 'processing' AND claimed_until < ?1)) \
                  ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, self.config.batch as i64], claimed_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
+            let limit = (self.config.batch + taken.len()) as i64;
+            let rows = stmt.query_map(params![now, limit], |r| {
+                // Checked before the body is read and decompressed.
+                Ok(if taken.contains(&r.get(0)?) { None } else { Some(claimed_row(r)?) })
+            })?;
+            let mut out = Vec::with_capacity(self.config.batch);
+            for row in rows {
+                if let Some(row) = row? {
+                    out.push(row);
+                }
+                if out.len() == self.config.batch {
+                    break;
+                }
+            }
+            out
         };
         if !rows.is_empty() {
             crate::failpoint("worker_after_claim");
@@ -924,7 +989,8 @@ mod tests {
             Worker::new(conn, &config.endpoints, shop_config, config.policy, config.worker);
 
         let now = crate::now_ms();
-        let claimed = worker.blocking(move |w, conn| w.claim(conn, now)).await.unwrap();
+        let claimed =
+            worker.blocking(move |w, conn| w.claim(conn, now, &HashSet::new())).await.unwrap();
         assert_eq!(claimed.len(), 1);
         let prepared = worker.prepare(&source, &claimed, true).await;
         // Meanwhile another writer decides the row.

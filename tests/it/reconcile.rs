@@ -392,6 +392,62 @@ async fn an_unmatched_row_does_not_hold_up_a_later_one_that_names_the_order() {
     d.stop().await;
 }
 
+/// The worker prepares one batch while the one before it is written. Each batch must still
+/// be decided on what the batches before it committed: a second payment for an order paid in
+/// the batch before is refunded, a late `pending` after a success in the batch before is
+/// stale, and nothing is decided twice. Six rows, stored before the worker starts, in batches
+/// of two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_batches_each_see_what_the_one_before_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for id in [1001, 1002, 1003] {
+        shop.add(id, "pending", "10.00", "USD");
+    }
+    let d = Daemon::start_in(dir.path(), "", "").await;
+    for body in [
+        pi_event("evt_a", "succeeded", "pi_a", "1001", 1000, "usd"),
+        pi_event("evt_a2", "succeeded", "pi_a", "1001", 1000, "usd"),
+        pi_event("evt_b", "succeeded", "pi_b", "1001", 1000, "usd"),
+        pi_event("evt_c", "succeeded", "pi_c", "1002", 1000, "usd"),
+        pi_event("evt_c0", "processing", "pi_c", "1002", 1000, "usd"),
+        pi_event("evt_d", "succeeded", "pi_d", "1003", 1000, "usd"),
+    ] {
+        send(&d, &body).await;
+    }
+    d.stop().await;
+
+    let d = start(dir.path(), &shop, "batch = 2").await;
+    d.settle().await;
+    assert_eq!(
+        d.actions(),
+        vec![
+            a("fulfil", "1001", "10.00 USD", ""),
+            a("notify_customer", "1001", "10.00 USD", "order_confirmed"),
+            a("refund", "1001", "10.00 USD", ""),
+            a("notify_customer", "1001", "10.00 USD", "duplicate_payment_refunded"),
+            a("fulfil", "1002", "10.00 USD", ""),
+            a("notify_customer", "1002", "10.00 USD", "order_confirmed"),
+            a("fulfil", "1003", "10.00 USD", ""),
+            a("notify_customer", "1003", "10.00 USD", "order_confirmed"),
+        ]
+    );
+    let rows: Vec<(String, String, i64)> = {
+        let conn = d.read();
+        let mut stmt =
+            conn.prepare("SELECT dedup_key, outcome, attempts FROM inbox ORDER BY id").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(d.statuses(), ["done"; 6]);
+    assert!(rows.iter().all(|(_, _, attempts)| *attempts == 0), "{rows:?}");
+    assert_eq!(rows[1].1, "payment already recorded", "{rows:?}");
+    assert!(rows[4].1.starts_with("stale"), "{rows:?}");
+    d.stop().await;
+}
+
 /// A store error while deciding one row of a batch holds up that row only: the others of the
 /// same batch commit, and the failing row is retried (and counted) until the error is gone.
 /// A shop with orders 1001–1003 (10.00 USD each), and one stored payment for each, stored by
