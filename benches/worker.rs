@@ -192,9 +192,9 @@ async fn latency(count: u64) {
             .header("stripe-signature", sig)
             .body(Full::new(bytes::Bytes::from(body)))
             .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
+        let resp = sender.send_request(req).await.expect("notification sent to the daemon");
         assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.unwrap();
+        resp.into_body().collect().await.expect("the daemon's answer read");
     }
     let check = Connection::open(&config.store.path).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -207,7 +207,7 @@ async fn latency(count: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.await.expect("daemon task").expect("daemon stopped cleanly");
     let mut stmt = check
         .prepare("SELECT o.created_at - i.received_at FROM outbox o JOIN inbox i ON i.id = o.inbox_id WHERE o.kind = 'fulfil' ORDER BY 1")
         .unwrap();
