@@ -609,11 +609,11 @@ impl WorkerRef {
                 continue;
             }
             if !isolate {
-                out.push(self.apply_one(&tx, row, prep.clone(), now)?);
+                out.push(self.apply_one(&tx, row, prep, now)?);
                 continue;
             }
             let sp = tx.savepoint()?;
-            match self.apply_one(&sp, row, prep.clone(), now) {
+            match self.apply_one(&sp, row, prep, now) {
                 Ok(result) => {
                     sp.commit()?;
                     out.push(result);
@@ -664,7 +664,7 @@ impl WorkerRef {
         &self,
         tx: &Connection,
         row: &Claimed,
-        prep: Prepared,
+        prep: &Prepared,
         now: i64,
     ) -> rusqlite::Result<(Option<Decision>, Vec<Action>)> {
         if let Prepared::Ready { verified: true, .. } = prep {
@@ -673,7 +673,7 @@ impl WorkerRef {
         }
         let (n, order) = match prep {
             Prepared::Unreadable(e) => {
-                set_status(tx, row, "dead", None, Some(&e), now, None)?;
+                set_status(tx, row, "dead", None, Some(e), now, None)?;
                 tracing::error!(inbox_id = row.id, error = %e, "notification cannot be read; marked dead");
                 return Ok((None, vec![]));
             }
@@ -686,7 +686,7 @@ impl WorkerRef {
             }
             Prepared::Unverified { error, payment_key, counts } => {
                 // PayPal or the network down is not the row's fault: no attempt is used up.
-                self.failed(tx, row, payment_key.as_deref(), &error, now, counts)?;
+                self.failed(tx, row, payment_key.as_deref(), error, now, *counts)?;
                 return Ok((None, vec![]));
             }
             Prepared::Ready { n, order: Err(e), .. } => {
@@ -696,7 +696,7 @@ impl WorkerRef {
                 self.failed(tx, row, Some(&key), &e.to_string(), now, counts)?;
                 return Ok((None, vec![]));
             }
-            Prepared::Ready { n, order: Ok(order), .. } => (*n, order),
+            Prepared::Ready { n, order: Ok(order), .. } => (&**n, order.as_ref()),
         };
         let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
 
@@ -723,7 +723,7 @@ impl WorkerRef {
         }
 
         let payment = load_payment(tx, n.provider, &payment_key)?;
-        let order_id = order.as_ref().map(|o| o.order_id.clone());
+        let order_id = order.map(|o| o.order_id.clone());
         // Another payment that paid this order: not this one, under any of its ids, through
         // any channel of its provider (a PayPal capture comes as a webhook and as an IPN).
         let same_payment = |provider: &str, id: &str| {
@@ -760,9 +760,9 @@ impl WorkerRef {
         let window = self.policy.unmatched_retry_for.as_millis() as i64;
         let decision = decide(
             Facts {
-                notification: &n,
+                notification: n,
                 payment: payment.as_ref(),
-                order: order.as_ref(),
+                order,
                 paid_by_other: paid_by_other.as_deref(),
                 own_refund,
                 unmatched_expired: now - row.first_tried_at >= window,
@@ -786,7 +786,7 @@ impl WorkerRef {
             }
             Outcome::Done | Outcome::Ignored => {
                 for action in &decision.actions {
-                    if insert_action(tx, action, &n, row, now)? {
+                    if insert_action(tx, action, n, row, now)? {
                         written.push(action.clone());
                     }
                 }
