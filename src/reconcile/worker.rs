@@ -515,11 +515,11 @@ enum Mode {
 }
 
 impl WorkerRef {
-    /// Reads the oldest due rows. The claim is this pass's own, in memory: nothing is written
-    /// until the decision, whose transaction writes a row only if its status and attempts are
-    /// still those read here (see [`WorkerRef::unchanged`]). One daemon owns a store and its
-    /// passes run one after another, so nothing else is deciding these rows meanwhile; a
-    /// crash leaves them due, and the next run takes them again.
+    /// Reads the oldest due rows. The claim is held in memory: nothing is written until the
+    /// decision, whose transaction writes a row only if its status and attempts are still
+    /// those read here (see [`WorkerRef::unchanged`]). One daemon owns a store and its worker
+    /// writes one batch at a time, so nothing else is deciding these rows meanwhile; a crash
+    /// leaves them due, and the next run takes them again.
     ///
     /// Rows in `taken` (read by an earlier claim and not yet decided) are left out: the next
     /// batch is claimed while the one before it is still being prepared.
