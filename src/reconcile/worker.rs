@@ -910,7 +910,17 @@ fn save_payment(
     Ok(())
 }
 
-/// Writes an action unless its idempotency key is already in the outbox; true if written.
+/// A new action; nothing if its idempotency key is already in the outbox. A single-row
+/// `VALUES` insert on purpose: an `INSERT … SELECT` may write several rows, so SQLite would keep
+/// a statement journal for it (a copy of every page it touches) inside the batch's transaction.
+const INSERT_ACTION: &str =
+    "INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, \
+     reason, template, customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+     ON CONFLICT (idempotency_key) DO NOTHING";
+
+/// Writes an action unless its idempotency key is already in the outbox, or was spent by a
+/// pruned refund (`outbox_spent_keys`); true if written.
 fn insert_action(
     tx: &Connection,
     a: &Action,
@@ -918,30 +928,28 @@ fn insert_action(
     row: &Claimed,
     now: i64,
 ) -> rusqlite::Result<bool> {
-    let changed = tx
-        .prepare_cached(
-            "INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
-             customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 \
-             WHERE NOT EXISTS (SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = ?10) \
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )?
-        .execute(params![
-            a.kind.as_str(),
-            a.order_id,
-            n.provider,
-            n.payment_id,
-            a.amount.map(|m| m.minor),
-            a.amount.map(|m| m.currency.code().to_owned()),
-            a.reason,
-            a.template,
-            a.customer_email,
-            a.idempotency_key,
-            row.id,
-            n.event_id,
-            now,
-            row.endpoint,
-        ])?;
+    let spent = tx
+        .prepare_cached("SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = ?1")?
+        .exists([&a.idempotency_key])?;
+    if spent {
+        return Ok(false);
+    }
+    let changed = tx.prepare_cached(INSERT_ACTION)?.execute(params![
+        a.kind.as_str(),
+        a.order_id,
+        n.provider,
+        n.payment_id,
+        a.amount.map(|m| m.minor),
+        a.amount.map(|m| m.currency.code().to_owned()),
+        a.reason,
+        a.template,
+        a.customer_email,
+        a.idempotency_key,
+        row.id,
+        n.event_id,
+        now,
+        row.endpoint,
+    ])?;
     Ok(changed == 1)
 }
 
@@ -949,6 +957,28 @@ fn insert_action(
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    /// An action is written by a single-row insert: SQLite checks its foreign key at once
+    /// (`Halt`) instead of counting violations for the statement's end (`FkCounter`), which is
+    /// what it does for a statement that may write several rows, and such a statement keeps a
+    /// statement journal: a copy of every page it changes inside the batch's transaction.
+    #[test]
+    fn an_action_is_written_by_a_single_row_insert() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            crate::store::schema::open_writer(&dir.path().join("s.db"), Duration::from_secs(1))
+                .unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN {INSERT_ACTION}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let ops: Vec<(String, i64)> = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| Ok((r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!ops.iter().any(|(op, _)| op == "FkCounter"), "{ops:?}");
+        // SQLITE_CONSTRAINT_FOREIGNKEY: the foreign key is still enforced, at once.
+        assert!(ops.iter().any(|(op, p1)| op == "Halt" && *p1 == 787), "{ops:?}");
+    }
 
     /// A row changed by someone else (an `inbox replay`) between the read that claims it and
     /// the decision's transaction keeps what they wrote: the worker writes nothing for it.
