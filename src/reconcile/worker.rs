@@ -15,10 +15,11 @@
 //! the payment's earlier notification (`payments.order_id`): if that notification is in the
 //! batch just before it, still being written, the lookup does not see it yet. A refund or
 //! dispute names the order all the same (payment state is read inside the transaction); a
-//! payment event is parked and matched on its retry, as for two rows of one batch. A row whose payment has an earlier row still
-//! unfinished (parked, retrying) waits behind it: one payment's notifications are decided in
-//! order of arrival. Every action has a UNIQUE idempotency key, so a crash after the commit
-//! and a replay emit nothing twice.
+//! payment event is parked and matched on its retry, as for two rows of one batch.
+//!
+//! A row whose payment has an earlier row still unfinished (parked, retrying) waits behind
+//! it: one payment's notifications are decided in order of arrival. Every action has a UNIQUE
+//! idempotency key, so a crash after the commit and a replay emit nothing twice.
 //!
 //! The worker wakes when the ingest path stores a row ([`tokio::sync::Notify`]) or when the
 //! earliest parked row falls due; it does not poll on a fixed tick.
