@@ -969,13 +969,7 @@ mod tests {
         let conn =
             crate::store::schema::open_writer(&dir.path().join("s.db"), Duration::from_secs(1))
                 .unwrap();
-        let mut stmt = conn.prepare(&format!("EXPLAIN {INSERT_ACTION}")).unwrap();
-        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
-        let ops: Vec<(String, i64)> = stmt
-            .query_map(rusqlite::params_from_iter(nulls), |r| Ok((r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let ops = crate::store::schema::explain(&conn, INSERT_ACTION);
         assert!(!ops.iter().any(|(op, _)| op == "FkCounter"), "{ops:?}");
         // SQLITE_CONSTRAINT_FOREIGNKEY: the foreign key is still enforced, at once.
         assert!(ops.iter().any(|(op, p1)| op == "Halt" && *p1 == 787), "{ops:?}");

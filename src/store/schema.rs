@@ -139,6 +139,18 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The opcodes (and their first operand) SQLite compiles `sql` to, its parameters bound to NULL:
+/// for tests that check how a statement runs.
+#[cfg(test)]
+pub(crate) fn explain(conn: &Connection, sql: &str) -> Vec<(String, i64)> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+    let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| Ok((r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,15 +218,9 @@ mod tests {
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (provider, payment_id) DO UPDATE SET \
              status = excluded.status",
         ] {
-            let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
-            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
-            let ops: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(1))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            assert!(ops.iter().any(|op| op.ends_with("Insert")), "not a write: {sql}");
-            assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "temporary b-tree in: {sql}");
+            let ops = explain(&conn, sql);
+            assert!(ops.iter().any(|(op, _)| op.ends_with("Insert")), "not a write: {sql}");
+            assert!(!ops.iter().any(|(op, _)| op == "OpenEphemeral"), "temporary b-tree in: {sql}");
         }
     }
 
