@@ -47,6 +47,14 @@ const IPN_POSTBACKS_PER_PASS: usize = 16;
 /// Wait before reconnecting to an unreachable shop database.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// The condition of the `inbox_due` partial index (schema.sql, migration 9), word for word:
+/// SQLite uses a partial index only for a query that repeats its condition.
+macro_rules! unfinished {
+    () => {
+        "(status = 'pending' OR status = 'parked' OR status = 'processing')"
+    };
+}
+
 /// A claimed inbox row.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -80,7 +88,7 @@ impl Claimed {
 }
 
 /// A claimed row after the no-transaction phase.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Prepared {
     /// The body could not be read: it will not get better by retrying.
     Unreadable(String),
@@ -531,18 +539,16 @@ impl WorkerRef {
         taken: &HashSet<i64>,
     ) -> rusqlite::Result<Vec<Claimed>> {
         let rows = {
-            // `processing` rows were claimed under a lease by an earlier version. The status
-            // test is written exactly as inbox_due's WHERE (schema.sql, migration 9): SQLite
-            // uses a partial index only for a query that repeats its condition.
-            let mut stmt = conn.prepare_cached(
+            // `processing` rows were claimed under a lease by an earlier version.
+            let mut stmt = conn.prepare_cached(concat!(
                 "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, ?1), body, attempts, \
                    verified_at, status, body_encoding, body_len \
-                 FROM inbox INDEXED BY inbox_due \
-                 WHERE (status = 'pending' OR status = 'parked' OR status = 'processing') \
-                   AND ((status <> 'processing' AND next_attempt_at <= ?1) \
+                 FROM inbox INDEXED BY inbox_due WHERE ",
+                unfinished!(),
+                " AND ((status <> 'processing' AND next_attempt_at <= ?1) \
                      OR (status = 'processing' AND claimed_until < ?1)) \
                  ORDER BY id LIMIT ?2",
-            )?;
+            ))?;
             let limit = (self.config.batch + taken.len()) as i64;
             let rows = stmt.query_map(params![now, limit], |r| {
                 // Checked before the body is read and decompressed.
@@ -642,11 +648,11 @@ impl WorkerRef {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(HashSet::new());
         };
-        let mut stmt = tx.prepare_cached(
-            "SELECT id, status, attempts FROM inbox INDEXED BY inbox_due \
-             WHERE (status = 'pending' OR status = 'parked' OR status = 'processing') \
-               AND id BETWEEN ?1 AND ?2",
-        )?;
+        let mut stmt = tx.prepare_cached(concat!(
+            "SELECT id, status, attempts FROM inbox INDEXED BY inbox_due WHERE ",
+            unfinished!(),
+            " AND id BETWEEN ?1 AND ?2",
+        ))?;
         let now: HashMap<i64, (String, u32)> = stmt
             .query_map(params![first.id, last.id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
             .collect::<rusqlite::Result<_>>()?;
