@@ -51,7 +51,7 @@ fn fill_inbox(config: &Config, n: u64) {
                  'payment_intent.succeeded', ?2, ?2, '127.0.0.1:1', '{}', ?3, ?4, ?5)",
             )
             .unwrap();
-        let now = reconciled::now_ms();
+        let now = reconciled::time::now_ms();
         for i in 1..=n {
             // Stored as the daemon stores it.
             let body = bytes::Bytes::from(event(i));
@@ -174,7 +174,7 @@ async fn latency(count: u64) {
     let server = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
         tokio::spawn(
-            async move { reconciled::run_server(&config, listener, shutdown, |_| {}).await },
+            async move { reconciled::daemon::run(&config, listener, shutdown, |_| {}).await },
         )
     };
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -185,7 +185,7 @@ async fn latency(count: u64) {
     for i in 1..=count {
         tick.tick().await;
         let body = event(i);
-        let t = reconciled::now_ms() / 1000;
+        let t = reconciled::time::now_ms() / 1000;
         let sig = reconciled::provider::stripe::sign(SECRET.as_bytes(), t, body.as_bytes());
         let req = hyper::Request::post("/webhooks/stripe")
             .header("host", "bench")

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::secret::{BasicAuth, DbUrl, Secret};
 
 /// Default listen address: loopback, so a fresh install is not reachable from outside.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -106,48 +108,6 @@ pub enum ShopDriver {
     Mysql,
     /// PostgreSQL.
     Postgres,
-}
-
-/// A database location whose `Debug` and `Display` hide any password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DbUrl(String);
-
-impl DbUrl {
-    /// Wraps a URL or path.
-    pub fn new(url: impl Into<String>) -> DbUrl {
-        DbUrl(url.into())
-    }
-
-    /// The full URL, password included. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with the password (between `user:` and `@`) replaced.
-    pub fn redacted(&self) -> String {
-        let s = &self.0;
-        let Some(scheme_end) = s.find("://").map(|i| i + 3) else { return s.clone() };
-        let rest = &s[scheme_end..];
-        let Some(at) = rest.rfind('@') else { return s.clone() };
-        match rest[..at].find(':') {
-            Some(colon) => {
-                format!("{}{}:<redacted>{}", &s[..scheme_end], &rest[..colon], &rest[at..])
-            }
-            None => s.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for DbUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DbUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for DbUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
 }
 
 /// `[shop.status]`: which shop statuses mean what. Statuses in no list are "other".
@@ -458,50 +418,6 @@ impl Default for AdflexFields {
     }
 }
 
-/// HTTP basic auth credentials for an endpoint.
-#[derive(Clone)]
-pub struct BasicAuth {
-    /// The user name.
-    pub user: String,
-    /// The password (redacted in `Debug`).
-    pub password: Secret,
-}
-
-impl fmt::Debug for BasicAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BasicAuth({}:<redacted>)", self.user)
-    }
-}
-
-/// A signing secret. Its `Debug` and `Display` never show the value.
-#[derive(Clone)]
-pub struct Secret(Box<str>);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<Box<str>>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret's bytes, for keying a MAC. Never log them.
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-
-    /// A hint an operator can match against the provider's dashboard without the secret
-    /// itself: Stripe's well-known `whsec_` prefix (nothing else of the value) and the length.
-    pub fn hint(&self) -> String {
-        let prefix = if self.0.starts_with("whsec_") { "whsec_…" } else { "…" };
-        format!("{prefix} ({} chars)", self.0.chars().count())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -614,13 +530,13 @@ struct RawStore {
 struct RawEndpoint {
     name: String,
     provider: String,
-    #[serde(default, deserialize_with = "secret_list")]
+    #[serde(default, deserialize_with = "crate::secret::secret_list")]
     secrets: Vec<Secret>,
     tolerance_secs: Option<u64>,
-    #[serde(default, deserialize_with = "secret_map")]
+    #[serde(default, deserialize_with = "crate::secret::secret_map")]
     keys: Vec<(String, Secret)>,
-    #[serde(default, deserialize_with = "basic_auth_table")]
-    basic_auth: Option<RawBasicAuth>,
+    #[serde(default, deserialize_with = "crate::secret::basic_auth_table")]
+    basic_auth: Option<BasicAuth>,
     #[serde(default)]
     allow_from: Vec<String>,
     #[serde(default)]
@@ -650,60 +566,6 @@ struct RawFields {
     amount: Option<String>,
     currency: Option<String>,
     status: Option<String>,
-}
-
-struct RawBasicAuth {
-    user: String,
-    password: Secret,
-}
-
-/// `{ user = "…", password = "…" }`, never echoing the value in an error (a wrong shape such
-/// as `basic_auth = "user:password"` would otherwise print the password).
-fn basic_auth_table<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawBasicAuth>, D::Error> {
-    use serde::de::Error;
-    let shape = || D::Error::custom("must be a table { user = \"…\", password = \"…\" }");
-    let toml::Value::Table(mut t) = toml::Value::deserialize(d)? else { return Err(shape()) };
-    let (Some(toml::Value::String(user)), Some(toml::Value::String(password))) =
-        (t.remove("user"), t.remove("password"))
-    else {
-        return Err(shape());
-    };
-    if !t.is_empty() {
-        return Err(shape());
-    }
-    Ok(Some(RawBasicAuth { user, password: Secret::new(password) }))
-}
-
-/// A table of key id → secret, never echoing a value in an error.
-fn secret_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Secret)>, D::Error> {
-    use serde::de::Error;
-    let shape =
-        || D::Error::custom("must be a table of key id = \"secret\", such as { \"1\" = \"…\" }");
-    let toml::Value::Table(items) = toml::Value::deserialize(d)? else { return Err(shape()) };
-    let mut out: Vec<(String, Secret)> = items
-        .into_iter()
-        .map(|(k, v)| match v {
-            toml::Value::String(s) => Ok((k, Secret::new(s))),
-            _ => Err(shape()),
-        })
-        .collect::<Result<_, _>>()?;
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-/// Reads a list of secrets without ever putting a value into an error message.
-fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
-    use serde::de::Error;
-    let value = toml::Value::deserialize(d)?;
-    let shape = || D::Error::custom("must be a list of strings, such as [\"whsec_…\"]");
-    let toml::Value::Array(items) = value else { return Err(shape()) };
-    items
-        .into_iter()
-        .map(|item| match item {
-            toml::Value::String(s) => Ok(Secret::new(s)),
-            _ => Err(shape()),
-        })
-        .collect()
 }
 
 impl Config {
@@ -955,7 +817,7 @@ impl Config {
                         "user must be non-empty without ':' and password non-empty".into(),
                     ))
                 }
-                Some(b) => Some(BasicAuth { user: b.user, password: b.password }),
+                Some(b) => Some(b),
                 None => None,
             };
             if let Some(n) = e.secrets.iter().position(|s| s.expose().is_empty()) {
@@ -1349,7 +1211,7 @@ fn resolve_shop(sh: RawShop, source: &Path) -> Result<ShopConfig, ConfigError> {
     };
     Ok(ShopConfig {
         driver,
-        url: DbUrl(url),
+        url: DbUrl::new(url),
         query: sh.query,
         reference_pattern,
         status,
@@ -1429,25 +1291,9 @@ fn resolve_worker(w: RawWorker, source: &Path) -> Result<WorkerConfig, ConfigErr
     Ok(c)
 }
 
-/// Parses `"250ms"`, `"45s"`, `"30m"`, `"2h"`, `"1d"`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.checked_mul(1000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
-}
-
 fn duration(source: &Path, key: &str, v: Option<String>) -> Result<Option<Duration>, ConfigError> {
     v.map(|t| {
-        parse_duration(&t).ok_or_else(|| {
+        crate::time::parse_duration(&t).ok_or_else(|| {
             invalid_at(
                 source,
                 key,

@@ -45,7 +45,7 @@ pub fn watchdog(store: Store, shutdown: CancellationToken) -> Option<tokio::task
             match tokio::time::timeout(every, store.probe()).await {
                 Ok(Ok(())) => send(&[NotifyState::Watchdog]),
                 Ok(Err(e)) => {
-                    tracing::error!(error = %crate::error_chain(&e), "store probe failed; not pinging the systemd watchdog");
+                    tracing::error!(error = %crate::error::error_chain(&e), "store probe failed; not pinging the systemd watchdog");
                 }
                 Err(_) => tracing::error!(
                     "store probe did not finish in time; not pinging the systemd watchdog"

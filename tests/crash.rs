@@ -148,7 +148,7 @@ async fn sender(
         let Some(d) = queue.lock().unwrap().pop_front() else { return };
         loop {
             let secret = if d.forged { "whsec_not_the_secret" } else { SECRET };
-            let sig = stripe::sign(secret.as_bytes(), reconciled::now_ms() / 1000, &d.body);
+            let sig = stripe::sign(secret.as_bytes(), reconciled::time::now_ms() / 1000, &d.body);
             seen.requests.fetch_add(1, Ordering::Relaxed);
             match post(addr, &d.body, &sig).await {
                 Some(s) if (200..300).contains(&s) && !d.forged => {
@@ -181,7 +181,7 @@ fn integrity(db: &Path) -> String {
 async fn acknowledged_means_stored_once_and_acted_on_once_across_sigkills() {
     let kills = env_or("RECONCILED_CRASH_KILLS", 20);
     let payments = env_or("RECONCILED_CRASH_PAYMENTS", 5000);
-    let seed = env_or("RECONCILED_CRASH_SEED", reconciled::now_ms() as u64) | 1;
+    let seed = env_or("RECONCILED_CRASH_SEED", reconciled::time::now_ms() as u64) | 1;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("inbox.db");
     let shop = dir.path().join("shop.db");

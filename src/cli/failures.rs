@@ -4,8 +4,9 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{utc, StoreArgs};
+use super::StoreArgs;
 use crate::store::read;
+use crate::time::format_utc;
 
 /// Arguments of `failures`.
 #[derive(Debug, Args)]
@@ -31,7 +32,7 @@ pub(super) fn run(args: &FailuresArgs) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "{}  {}  {}  {}  {}",
-                utc(f.at),
+                format_utc(f.at),
                 f.endpoint,
                 f.remote_addr,
                 f.reason,

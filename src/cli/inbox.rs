@@ -5,8 +5,9 @@ use std::io::Write;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::{utc, StoreArgs};
+use super::StoreArgs;
 use crate::store::read::{self, ListFilter};
+use crate::time::format_utc;
 
 /// `inbox` subcommands.
 #[derive(Debug, Subcommand)]
@@ -102,9 +103,9 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
         anyhow::bail!("no such store: {}", store.path.display());
     }
     let mut conn = crate::store::schema::open_writer(&store.path, store.busy_timeout)?;
-    let cutoff = prune::cutoff_now(&conn, crate::now_ms(), store.retention_days)
+    let cutoff = prune::cutoff_now(&conn, crate::time::now_ms(), store.retention_days)
         .context("reading the inbox")?;
-    let before = utc(cutoff);
+    let before = format_utc(cutoff);
     if args.dry_run {
         let n = prune::count_prunable(&conn, cutoff).context("counting prunable rows")?;
         println!("would prune {n} finished notifications last delivered before {before}");
@@ -188,7 +189,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
             out,
             "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  {}",
             r.id,
-            utc(r.received_at),
+            format_utc(r.received_at),
             r.endpoint,
             r.status,
             r.delivery_count,
@@ -233,12 +234,19 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     }
     if s.provider == "paypal-ipn" {
         match s.verified_at {
-            Some(at) => writeln!(out, "verified:       by PayPal's postback at {}", utc(at))?,
+            Some(at) => {
+                writeln!(out, "verified:       by PayPal's postback at {}", format_utc(at))?
+            }
             None => writeln!(out, "verified:       not yet (the worker posts it back to PayPal)")?,
         }
     }
-    writeln!(out, "received:       {} from {}", utc(s.received_at), s.remote_addr)?;
-    writeln!(out, "deliveries:     {} (last {})", s.delivery_count, utc(s.last_received_at))?;
+    writeln!(out, "received:       {} from {}", format_utc(s.received_at), s.remote_addr)?;
+    writeln!(
+        out,
+        "deliveries:     {} (last {})",
+        s.delivery_count,
+        format_utc(s.last_received_at)
+    )?;
     writeln!(out, "headers:")?;
     if let Ok(serde_json::Value::Object(map)) =
         serde_json::from_str::<serde_json::Value>(&row.headers)

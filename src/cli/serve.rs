@@ -63,7 +63,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
         tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
         let demo = args.demo;
-        crate::run_server(&config, listener, shutdown, |addr| {
+        crate::daemon::run(&config, listener, shutdown, |addr| {
             if demo {
                 demo::print_instructions(addr);
             }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::config::Secret;
 use crate::provider::stripe;
+use crate::secret::Secret;
 
 /// Providers `sign` knows.
 #[derive(Debug, Subcommand)]
@@ -100,7 +100,8 @@ pub(super) fn run(cmd: SignCommand) -> anyhow::Result<()> {
     match cmd {
         SignCommand::Stripe(args) => {
             let body = read_body(&args.out)?;
-            let timestamp = args.timestamp.unwrap_or_else(|| crate::now_ms().div_euclid(1000));
+            let timestamp =
+                args.timestamp.unwrap_or_else(|| crate::time::now_ms().div_euclid(1000));
             let header = stripe::sign(args.secret.expose(), timestamp, &body);
             print_request(&args.out, body, &[("Stripe-Signature", header)], "application/json")
         }
@@ -124,9 +125,9 @@ pub(super) fn run(cmd: SignCommand) -> anyhow::Result<()> {
             let body = read_body(&args.out)?;
             let key = std::fs::read(&args.key)
                 .with_context(|| format!("cannot read {}", args.key.display()))?;
-            let now = crate::now_ms();
+            let now = crate::time::now_ms();
             let id = args.transmission_id.unwrap_or_else(|| format!("reconciled-test-{now}"));
-            let time = args.time.unwrap_or_else(|| super::utc(now));
+            let time = args.time.unwrap_or_else(|| crate::time::format_utc(now));
             let message = paypal::signed_message(&id, &time, &args.webhook_id, &body);
             let signature = paypal::sign(&key, message.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", args.key.display()))?;

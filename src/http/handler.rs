@@ -81,7 +81,7 @@ pub(super) async fn handle(
                 {
                     Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %crate::error_chain(&e), "readiness probe failed");
+                        tracing::warn!(error = %crate::error::error_chain(&e), "readiness probe failed");
                         unavailable("store not writable\n")
                     }
                     Err(_) => unavailable("store did not answer in time\n"),
@@ -106,7 +106,7 @@ async fn webhook(
     if let Err(refusal) = super::trust::check(endpoint, auth.as_ref(), remote.ip(), req.headers()) {
         tracing::debug!(endpoint = %endpoint_name, %remote, reason = refusal.code(), "request refused");
         state.store.record_failure(FailureRecord {
-            at_ms: crate::now_ms(),
+            at_ms: crate::time::now_ms(),
             endpoint: endpoint_name.clone(),
             remote_addr: remote.to_string(),
             reason: refusal.code(),
@@ -150,7 +150,7 @@ async fn webhook(
         Ok(Ok(collected)) => collected.to_bytes(),
     };
 
-    let now_ms = crate::now_ms();
+    let now_ms = crate::time::now_ms();
     let now = now_ms.div_euclid(1000);
     let accepted = match provider::accept(
         endpoint,
@@ -198,7 +198,7 @@ async fn webhook(
         }
     };
 
-    crate::failpoint("ingest_after_verify");
+    crate::failpoint::failpoint("ingest_after_verify");
     let row = NewRow {
         endpoint: endpoint_name.clone(),
         provider: endpoint.provider.as_str(),
@@ -232,12 +232,12 @@ async fn webhook(
         }
         Ok(Ok(stored)) => {
             tracing::debug!(id = stored.id, "stored");
-            crate::failpoint("ingest_after_commit");
+            crate::failpoint::failpoint("ingest_after_commit");
             state.wake.notify_one();
             ack(endpoint.provider, false)
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %crate::error_chain(&e), endpoint = %endpoint_name, "notification not stored; answered 503");
+            tracing::error!(error = %crate::error::error_chain(&e), endpoint = %endpoint_name, "notification not stored; answered 503");
             unavailable("store unavailable, retry later\n")
         }
         Err(_) => {

@@ -87,7 +87,7 @@ impl AppState {
         for e in &config.endpoints {
             let certs = match &e.paypal {
                 Some(settings) => {
-                    let now = crate::now_ms() / 1000;
+                    let now = crate::time::now_ms() / 1000;
                     for (n, cert) in settings.certs.iter().enumerate() {
                         if let Err(why) = cert.check_validity(now) {
                             tracing::warn!(endpoint = %e.name, "pinned certificate certs[{n}]: {why}");

@@ -11,22 +11,17 @@
 //! The same transaction is notified again as its status moves, so the dedup key is
 //! `{transactionGUID}:{statusCode}`.
 
-use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
 use serde_json::Value;
-use sha2::Sha256;
 
 use super::{keep_headers, Accepted, Kind, Notification, Rejection};
-use crate::config::{AdflexFields, Endpoint, Secret};
+use crate::config::{AdflexFields, Endpoint};
 use crate::money::{Currency, Money};
-
-type HmacSha256 = Hmac<Sha256>;
+use crate::secret::Secret;
 
 /// The `{hex}` signature of `body` for a signed test request.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    super::hmac::hex_mac(secret, &[body])
 }
 
 fn verify(secrets: &[Secret], header: &str, body: &[u8]) -> Result<(), Rejection> {
@@ -37,12 +32,7 @@ fn verify(secrets: &[Secret], header: &str, body: &[u8]) -> Result<(), Rejection
         header: "signature",
         detail: "not 64 hex digits",
     })?;
-    let ok = secrets.iter().any(|s| {
-        let mut mac =
-            <HmacSha256 as Mac>::new_from_slice(s.expose()).expect("HMAC accepts any key length");
-        mac.update(body);
-        mac.verify_slice(&sig).is_ok()
-    });
+    let ok = super::hmac::verify_any(secrets, &[body], [sig.as_slice()]);
     if ok {
         Ok(())
     } else {

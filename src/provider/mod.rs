@@ -4,6 +4,7 @@
 //! dispatch on [`ProviderKind`] is here. Nothing is parsed before its signature checks out.
 
 pub mod adflex;
+mod hmac;
 pub mod paypal;
 pub mod paypal_ipn;
 pub mod stripe;
@@ -322,7 +323,7 @@ pub fn https_client(
         .user_agent(concat!("reconciled/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = extra_roots {
         let roots = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("tls_ca_file: {}", crate::error_chain(&e)))?;
+            .map_err(|e| format!("tls_ca_file: {}", crate::error::error_chain(&e)))?;
         if roots.is_empty() {
             return Err("tls_ca_file holds no certificate".into());
         }
@@ -332,7 +333,7 @@ pub fn https_client(
     }
     builder
         .build()
-        .map_err(|e| format!("cannot build the HTTPS client: {}", crate::error_chain(&e)))
+        .map_err(|e| format!("cannot build the HTTPS client: {}", crate::error::error_chain(&e)))
 }
 
 #[cfg(test)]

@@ -375,7 +375,7 @@ impl CertSource {
         if let Some(c) = cached(self) {
             return Ok(c);
         }
-        let now = crate::now_ms();
+        let now = crate::time::now_ms();
         let last_failure = self.failed.lock().unwrap_or_else(|p| p.into_inner()).get(url).cloned();
         if let Some((at, rejection)) = last_failure {
             if now - at < FETCH_FAILURE_BACKOFF_MS {
@@ -425,12 +425,15 @@ enum DownloadError {
 
 async fn download(client: &reqwest::Client, url: &str) -> Result<Certificate, DownloadError> {
     use DownloadError::{Bad, Unavailable};
-    let mut resp = client.get(url).send().await.map_err(|e| Unavailable(crate::error_chain(&e)))?;
+    let mut resp =
+        client.get(url).send().await.map_err(|e| Unavailable(crate::error::error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(Unavailable(format!("HTTP {}", resp.status())));
     }
     let mut doc = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| Unavailable(crate::error_chain(&e)))? {
+    while let Some(chunk) =
+        resp.chunk().await.map_err(|e| Unavailable(crate::error::error_chain(&e)))?
+    {
         if doc.len() + chunk.len() > MAX_CERT_BYTES {
             return Err(Bad(format!("is larger than {MAX_CERT_BYTES} bytes")));
         }
@@ -485,31 +488,6 @@ fn linked_id(resource: &Value, rel: &str) -> Option<String> {
     })
 }
 
-/// Seconds since the epoch of an RFC 3339 time such as `2026-11-22T10:00:00.123Z`.
-fn unix_time(text: &str) -> Option<i64> {
-    let (local, offset) = match text.strip_suffix(['Z', 'z']) {
-        Some(local) => (local, 0),
-        None => {
-            let cut = text.len().checked_sub(6)?;
-            let (local, zone) = (text.get(..cut)?, text.get(cut..)?.as_bytes());
-            let sign = match zone[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let digits = |a: u8, b: u8| -> Option<i64> {
-                (a.is_ascii_digit() && b.is_ascii_digit())
-                    .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
-            };
-            if zone[3] != b':' {
-                return None;
-            }
-            (local, sign * (digits(zone[1], zone[2])? * 3600 + digits(zone[4], zone[5])? * 60))
-        }
-    };
-    Some(super::worldpay::timestamp(local)? - offset)
-}
-
 /// Reads a verified PayPal event into a canonical notification.
 ///
 /// The payment id is the capture's id: what the shop records as PayPal's transaction id, what
@@ -535,7 +513,10 @@ pub fn parse(settings: Option<&PaypalSettings>, body: &[u8]) -> Result<Notificat
         payment_id: None,
         merchant_reference: None,
         amount: None,
-        occurred_at: str_at(&event, &["create_time"]).as_deref().and_then(unix_time).unwrap_or(0),
+        occurred_at: str_at(&event, &["create_time"])
+            .as_deref()
+            .and_then(crate::time::parse_rfc3339)
+            .unwrap_or(0),
         customer_email: None,
         object_id: None,
         request_key: None,
@@ -708,16 +689,6 @@ mod tests {
         assert!(!evil.subject_matches(&["*.paypal.com".into()]));
         assert!(cert.check_validity(5).is_ok());
         assert!(cert.check_validity(11).is_err() && cert.check_validity(-1).is_err());
-    }
-
-    #[test]
-    fn rfc3339_times() {
-        assert_eq!(unix_time("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(unix_time("2026-11-20T10:14:05.123Z"), Some(1_795_169_645));
-        assert_eq!(unix_time("1970-01-01T01:00:00+01:00"), Some(0));
-        assert_eq!(unix_time("1970-01-01T00:00:00-00:30"), Some(1800));
-        assert_eq!(unix_time("1970-01-01T00:00:00"), None);
-        assert_eq!(unix_time("garbage"), None);
     }
 
     fn event(kind: &str, resource: serde_json::Value) -> Vec<u8> {

@@ -235,7 +235,9 @@ pub async fn postback(
         .body(payload)
         .send()
         .await
-        .map_err(|e| transient(format!("IPN postback failed: {}", crate::error_chain(&e))))?;
+        .map_err(|e| {
+            transient(format!("IPN postback failed: {}", crate::error::error_chain(&e)))
+        })?;
     let status = resp.status();
     if status.is_server_error() {
         return Err(transient(format!("IPN postback answered HTTP {status}")));
@@ -247,7 +249,7 @@ pub async fn postback(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| transient(format!("IPN postback failed: {}", crate::error_chain(&e))))?
+        .map_err(|e| transient(format!("IPN postback failed: {}", crate::error::error_chain(&e))))?
     {
         if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(permanent("IPN postback answer is too long (check verify_url)".into()));

@@ -9,20 +9,17 @@
 
 use std::borrow::Cow;
 
-use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
 use serde::Deserialize;
-use sha2::Sha256;
 
 use serde_json::Value;
 
 use super::{
     header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
 };
-use crate::config::{Endpoint, Secret};
+use crate::config::Endpoint;
 use crate::money::{stripe_exponent, Currency, Money};
-
-type HmacSha256 = Hmac<Sha256>;
+use crate::secret::Secret;
 
 /// The signature header.
 pub const HEADER: &str = "stripe-signature";
@@ -80,21 +77,12 @@ pub fn parse_header(value: &str) -> Result<SignatureHeader<'_>, Rejection> {
 
 /// The `v1` signature of `body` at `timestamp`, as lower-case hex.
 pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    hex::encode(mac(secret, &timestamp.to_string(), body).finalize().into_bytes())
+    super::hmac::hex_mac(secret, &[timestamp.to_string().as_bytes(), b".", body])
 }
 
 /// A complete `Stripe-Signature` header value for a test request.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", signature(secret, timestamp, body))
-}
-
-fn mac(secret: &[u8], timestamp_text: &str, body: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length; new_from_slice cannot fail for it.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(timestamp_text.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
 }
 
 /// Checks the signature (constant-time) and then the timestamp against `now` (unix seconds).
@@ -106,10 +94,9 @@ pub fn verify(
     now: i64,
 ) -> Result<(), Rejection> {
     let parsed = parse_header(header)?;
-    let matched = secrets.iter().any(|secret| {
-        let keyed = mac(secret.expose(), parsed.timestamp_text, body);
-        parsed.v1.iter().any(|sig| keyed.clone().verify_slice(sig).is_ok())
-    });
+    let signed: [&[u8]; 3] = [parsed.timestamp_text.as_bytes(), b".", body];
+    let matched =
+        super::hmac::verify_any(secrets, &signed, parsed.v1.iter().map(|sig| sig.as_slice()));
     if !matched {
         return Err(Rejection::BadSignature);
     }

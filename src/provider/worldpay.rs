@@ -16,19 +16,16 @@
 
 use std::borrow::Cow;
 
-use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::Sha256;
 
 use super::{
     header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
 };
-use crate::config::{Endpoint, Secret};
+use crate::config::Endpoint;
 use crate::money::{Currency, Money};
-
-type HmacSha256 = Hmac<Sha256>;
+use crate::secret::Secret;
 
 /// The signature header.
 pub const HEADER: &str = "event-signature";
@@ -85,19 +82,12 @@ pub fn parse_header(value: &str) -> Result<Vec<SignatureEntry<'_>>, Rejection> {
 
 /// The signature of `body` with `secret`, as lower-case hex.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    hex::encode(mac(secret, body).finalize().into_bytes())
+    super::hmac::hex_mac(secret, &[body])
 }
 
 /// A complete `Event-Signature` header value for a test request: `{key_id}/SHA256/{hex}`.
 pub fn sign(key_id: &str, secret: &[u8], body: &[u8]) -> String {
     format!("{key_id}/SHA256/{}", signature(secret, body))
-}
-
-fn mac(secret: &[u8], body: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length; new_from_slice cannot fail for it.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(body);
-    mac
 }
 
 /// Checks the header against the configured `(key id, secret)` pairs, in constant time per
@@ -115,8 +105,8 @@ pub fn verify(keys: &[(String, Secret)], header: &str, body: &[u8]) -> Result<()
             continue;
         }
         known = true;
-        let keyed = mac(secret.expose(), body);
-        if named.iter().any(|e| keyed.clone().verify_slice(&e.mac).is_ok()) {
+        let keyed = super::hmac::Keyed::new(secret.expose(), &[body]);
+        if named.iter().any(|e| keyed.matches(&e.mac)) {
             return Ok(());
         }
     }
@@ -309,44 +299,19 @@ pub(crate) fn timestamp(text: &str) -> Option<i64> {
     if !(sep(13, b':') && sep(16, b':')) {
         return None;
     }
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
     match b.get(19..) {
         None | Some([]) => {}
         Some([b'.', rest @ ..]) if !rest.is_empty() && rest.iter().all(u8::is_ascii_digit) => {}
         _ => return None,
     }
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days in a month of the proleptic Gregorian calendar.
-pub(crate) fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    crate::time::utc_seconds(
+        num(0, 4)?,
+        num(5, 2)?,
+        num(8, 2)?,
+        num(11, 2)?,
+        num(14, 2)?,
+        num(17, 2)?,
+    )
 }
 
 #[cfg(test)]

@@ -264,14 +264,10 @@ fn finish(got: Collected) -> Result<OrderNotification, String> {
             let (Some(day), Some(month), Some(year)) = (num(&d), num(&m), num(&y)) else {
                 return Err("journal bookingDate is not numeric dayOfMonth/month/year".into());
             };
-            if year < 1
-                || !(1..=12).contains(&month)
-                || day < 1
-                || day > super::worldpay::days_in_month(year, month)
-            {
+            let Some(epoch) = crate::time::utc_midnight(year, month, day).filter(|_| year >= 1)
+            else {
                 return Err("journal bookingDate is not a calendar date".into());
-            }
-            let epoch = super::worldpay::days_from_civil(year, month, day) * 86_400;
+            };
             (Some(format!("{year:04}-{month:02}-{day:02}")), Some(epoch))
         }
     };

@@ -226,7 +226,7 @@ impl Worker {
     ) -> Result<PassStats, rusqlite::Error> {
         let mut stats = PassStats::default();
         let none = HashSet::new();
-        let now = crate::now_ms();
+        let now = crate::time::now_ms();
         // Claimed, to be prepared.
         let mut next = self.blocking(move |w, conn| w.claim(conn, now, &none)).await?;
         // Prepared, to be decided and written.
@@ -242,7 +242,7 @@ impl Worker {
                     }
                     None => (0, 0),
                 };
-                let more = w.claim(conn, crate::now_ms(), &taken)?;
+                let more = w.claim(conn, crate::time::now_ms(), &taken)?;
                 Ok((count, actions, more))
             });
             let prepare = async {
@@ -282,7 +282,7 @@ impl Worker {
                 conn.query_row(
                     "SELECT id, provider, endpoint, received_at, coalesce(first_tried_at, ?2), body, attempts, \
                      verified_at, status, body_encoding, body_len FROM inbox WHERE id = ?1",
-                    params![id, crate::now_ms()],
+                    params![id, crate::time::now_ms()],
                     claimed_row,
                 )
                 .optional()
@@ -481,7 +481,9 @@ impl Worker {
             .await
             .ok()
             .flatten();
-        due.map(|t| Duration::from_millis(u64::try_from(t - crate::now_ms()).unwrap_or(0).max(1)))
+        due.map(|t| {
+            Duration::from_millis(u64::try_from(t - crate::time::now_ms()).unwrap_or(0).max(1))
+        })
     }
 }
 
@@ -566,7 +568,7 @@ impl WorkerRef {
             out
         };
         if !rows.is_empty() {
-            crate::failpoint("worker_after_claim");
+            crate::failpoint::failpoint("worker_after_claim");
         }
         Ok(rows)
     }
@@ -580,7 +582,7 @@ impl WorkerRef {
         prepared: Vec<Prepared>,
         mode: Mode,
     ) -> rusqlite::Result<Vec<(Option<Decision>, Vec<Action>)>> {
-        let now = crate::now_ms();
+        let now = crate::time::now_ms();
         // Most batches have no store error: decide them without a savepoint per row. If one
         // row fails, the whole batch is rolled back and done again with each row in its own
         // savepoint, so that the error holds up only that row.
@@ -633,7 +635,7 @@ impl WorkerRef {
                 }
             }
         }
-        crate::failpoint("worker_before_commit");
+        crate::failpoint::failpoint("worker_before_commit");
         if mode == Mode::DryRun {
             tx.rollback()?;
         } else {
@@ -1019,7 +1021,7 @@ mod tests {
         let worker =
             Worker::new(conn, &config.endpoints, shop_config, config.policy, config.worker);
 
-        let now = crate::now_ms();
+        let now = crate::time::now_ms();
         let claimed =
             worker.blocking(move |w, conn| w.claim(conn, now, &HashSet::new())).await.unwrap();
         assert_eq!(claimed.len(), 1);

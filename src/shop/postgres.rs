@@ -343,7 +343,7 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
         }
         return m;
     }
-    crate::error_chain(e)
+    crate::error::error_chain(e)
 }
 
 fn pool_message(e: &deadpool_postgres::PoolError) -> String {

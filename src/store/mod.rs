@@ -285,7 +285,7 @@ mod tests {
                         provider: "stripe",
                         dedup_key: format!("evt_{task}_{n}"),
                         event_type: Some("payment_intent.succeeded".into()),
-                        received_at_ms: crate::now_ms(),
+                        received_at_ms: crate::time::now_ms(),
                         remote_addr: "127.0.0.1".into(),
                         headers_json: "{}".into(),
                         // Stored raw, so that the WAL grows by the full 2,600 bytes a row.

@@ -151,7 +151,7 @@ pub async fn run(
             None => match super::schema::open_writer(&path, busy_timeout) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "pruning skipped: cannot open the store");
+                    tracing::warn!(error = %crate::error::error_chain(&e), "pruning skipped: cannot open the store");
                     continue;
                 }
             },
@@ -159,7 +159,7 @@ pub async fn run(
         let token = shutdown.clone();
         let done = tokio::task::spawn_blocking(move || {
             let mut c = c;
-            let result = cutoff_now(&c, crate::now_ms(), retention_days)
+            let result = cutoff_now(&c, crate::time::now_ms(), retention_days)
                 .and_then(|cut| prune(&mut c, cut, &|| token.is_cancelled()));
             (c, result)
         })

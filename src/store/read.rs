@@ -246,7 +246,7 @@ pub fn outbox(
             idempotency_key: r.get(10)?,
             inbox_id: r.get(11)?,
             event_id: r.get(12)?,
-            created_at: crate::cli::utc(r.get(13)?),
+            created_at: crate::time::format_utc(r.get(13)?),
         })
     })?;
     rows.collect()

@@ -385,8 +385,11 @@ fn write_batch(
         for (row, _) in inserts {
             // Test-only and broken on purpose: every delivery looks new.
             #[cfg(feature = "test-no-dedup")]
-            let dedup_key =
-                format!("{}#{}", row.dedup_key, results.len() as i64 + crate::now_ms() * 1000);
+            let dedup_key = format!(
+                "{}#{}",
+                row.dedup_key,
+                results.len() as i64 + crate::time::now_ms() * 1000
+            );
             #[cfg(not(feature = "test-no-dedup"))]
             let dedup_key = &row.dedup_key;
             let added = insert.execute(params![
@@ -419,10 +422,10 @@ fn write_batch(
         }
     }
     if probe {
-        tx.prepare_cached(PROBE)?.execute([crate::now_ms().to_string()])?;
+        tx.prepare_cached(PROBE)?.execute([crate::time::now_ms().to_string()])?;
     }
     if !inserts.is_empty() {
-        crate::failpoint("ingest_before_commit");
+        crate::failpoint::failpoint("ingest_before_commit");
     }
     tx.commit()
 }

@@ -530,7 +530,7 @@ async fn inbox_prune_deletes_only_finished_rows_past_retention() {
     // Age the rows: 1001 was last delivered 46 days ago, 1002 44 days ago; 1003 is new.
     let conn = rusqlite::Connection::open(&db).unwrap();
     let day = 86_400_000_i64;
-    let now = reconciled::now_ms();
+    let now = reconciled::time::now_ms();
     for (key, days) in [("evt_1001", 46), ("evt_1002", 44)] {
         conn.execute(
             "UPDATE inbox SET received_at = ?2, last_received_at = ?2, processed_at = ?2 WHERE dedup_key = ?1",

@@ -38,7 +38,7 @@ pub fn event(id: &str) -> Vec<u8> {
 }
 
 pub fn now() -> i64 {
-    reconciled::now_ms() / 1000
+    reconciled::time::now_ms() / 1000
 }
 
 pub fn signed(secret: &str, body: &[u8]) -> String {
@@ -86,7 +86,7 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            reconciled::run_server(&config, listener, token, |_| {}).await.expect("server runs");
+            reconciled::daemon::run(&config, listener, token, |_| {}).await.expect("server runs");
         });
         Daemon { addr, db, shutdown, task }
     }

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 const SECRET: &str = "whsec_hostile_0123456789";
 
 fn signed_request(body: &[u8]) -> Vec<u8> {
-    let sig = stripe::sign(SECRET.as_bytes(), reconciled::now_ms() / 1000, body);
+    let sig = stripe::sign(SECRET.as_bytes(), reconciled::time::now_ms() / 1000, body);
     let mut req = format!(
         "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nStripe-Signature: {sig}\r\nContent-Length: {}\r\n\r\n",
         body.len()

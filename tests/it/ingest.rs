@@ -45,13 +45,13 @@ async fn valid_event_is_stored_byte_for_byte() {
     assert_eq!(s.event_type.as_deref(), Some("payment_intent.succeeded"));
     assert_eq!((s.status.as_str(), s.delivery_count), ("pending", 1));
     assert!(s.remote_addr.starts_with("127.0.0.1:"), "{}", s.remote_addr);
-    assert!((reconciled::now_ms() - s.received_at).abs() < 60_000);
+    assert!((reconciled::time::now_ms() - s.received_at).abs() < 60_000);
     let headers: serde_json::Value = serde_json::from_str(&row.headers).unwrap();
     assert_eq!(headers["stripe-signature"], sig.as_str(), "kept to verify again");
     assert_eq!(headers["content-type"], "application/json; charset=utf-8");
     // The stored row verifies again from what was kept.
     let kept_sig = headers["stripe-signature"].as_str().unwrap();
-    stripe::verify(&[reconciled::config::Secret::new(SECRET)], 300, kept_sig, &row.body, now())
+    stripe::verify(&[reconciled::secret::Secret::new(SECRET)], 300, kept_sig, &row.body, now())
         .unwrap();
     d.stop().await;
 }

@@ -39,7 +39,7 @@ fn transmission(
     cert_url: &str,
     key: &[u8],
 ) -> Vec<(String, String)> {
-    let id = format!("b2384410-f8d2-11e8-{:012x}", reconciled::now_ms());
+    let id = format!("b2384410-f8d2-11e8-{:012x}", reconciled::time::now_ms());
     let time = "2026-11-22T10:00:00Z";
     let sig =
         paypal::sign(key, paypal::signed_message(&id, time, webhook_id, body).as_bytes()).unwrap();

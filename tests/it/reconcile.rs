@@ -574,14 +574,14 @@ async fn a_pruned_refund_is_not_emitted_again_when_its_payment_comes_back() {
     // 100 days pass for order 1001's rows.
     let mut conn =
         reconciled::store::schema::open_writer(&db, std::time::Duration::from_secs(5)).unwrap();
-    let old = reconciled::now_ms() - 100 * 86_400_000;
+    let old = reconciled::time::now_ms() - 100 * 86_400_000;
     conn.execute(
         "UPDATE inbox SET received_at = ?1, last_received_at = ?1, processed_at = ?1 \
          WHERE dedup_key IN ('evt_a', 'evt_b')",
         [old],
     )
     .unwrap();
-    let cut = reconciled::store::prune::cutoff_now(&conn, reconciled::now_ms(), 90).unwrap();
+    let cut = reconciled::store::prune::cutoff_now(&conn, reconciled::time::now_ms(), 90).unwrap();
     assert_eq!(reconciled::store::prune::prune(&mut conn, cut, &|| false).unwrap(), 2);
     drop(conn);
 

@@ -63,7 +63,7 @@ async fn no_secret_reaches_any_log_line() {
         .unwrap();
     let (addr, mut log, rest) = crate::harness::listening(&mut child);
 
-    let now = reconciled::now_ms() / 1000;
+    let now = reconciled::time::now_ms() / 1000;
     let body = event("evt_secret_test");
     for (secret, t) in
         [(STRIPE, now), (STRIPE_ROLLED, now), ("whsec_wrong", now), (STRIPE, now - 3600)]
