@@ -17,7 +17,7 @@ pub enum SignCommand {
     Stripe(StripeArgs),
     /// Print a Worldpay `Event-Signature` header (`{keyId}/SHA256/{hex}`).
     Worldpay(WorldpayArgs),
-    /// Print an Adflex HMAC-SHA256 signature header (the assumed scheme; see the README).
+    /// Print an Adflex HMAC-SHA256 signature header (the assumed scheme; see docs/providers.md).
     Adflex(AdflexArgs),
     /// Print PayPal's five webhook transmission headers, signed with an RSA private key.
     Paypal(PaypalArgs),

@@ -199,7 +199,7 @@ fn payment_kind(kind: &str) -> Option<Kind> {
         "cancelled" | "expired" | "cancelledByCustomer" | "requestExpired" => Kind::Canceled,
         "sentForRefund" => Kind::Refunded,
         "refundFailed" => Kind::RefundFailed,
-        // A payment event in Worldpay's own list [doc], not in protocols.md's.
+        // A payment event in Worldpay's own list [doc] (docs/providers.md, Worldpay).
         "chargedBack" => Kind::Disputed,
         // [?] the reversal of a chargeback.
         "chargebackReversed" => Kind::DisputeClosed,

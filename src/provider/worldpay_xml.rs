@@ -14,8 +14,9 @@
 //!   and in every attribute; any other `&name;` is refused.
 //! - Nesting is capped at [`MAX_DEPTH`] and the element count at [`MAX_ELEMENTS`].
 //!
-//! There is no event id: the dedup key is `{orderCode}:{lastEvent}:{journalType}:{date}`
-//! (the last two empty when absent). `orderCode` is both the merchant reference and the
+//! There is no event id: the dedup key is
+//! `{merchantCode}/{orderCode}:{lastEvent}:{journalType}:{date}` (see
+//! [`OrderNotification::dedup_key`]). `orderCode` is both the merchant reference and the
 //! payment id. Amounts are `value` in units of 10^-`exponent`, never assumed to be cents.
 
 use hyper::HeaderMap;

@@ -1,4 +1,4 @@
-//! `decide`: the decision table of design.md as a pure function.
+//! `decide`: the decision table of docs/reconciliation.md as a pure function.
 //!
 //! Input: the canonical notification, what we already know about its payment (a small state
 //! machine per provider and payment id), the shop's order if one was found, which payment our

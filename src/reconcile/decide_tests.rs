@@ -1,4 +1,4 @@
-//! One case per row of the decision table in design.md, plus the edges found on the way.
+//! One case per row of the decision table in docs/reconciliation.md, plus the edges found on the way.
 
 use super::*;
 use crate::money::Currency;

@@ -1,6 +1,6 @@
 //! The shop's orders, read-only, through a configured query.
 //!
-//! The daemon never writes into the shop's database (design invariant 6). Each driver runs
+//! The daemon never writes into the shop's database (invariant 6 in docs/reconciliation.md). Each driver runs
 //! the configured query with the named parameters `:reference` (the merchant reference, cut
 //! down by `reference_pattern`) and `:psp_reference` (the provider's payment id), either of
 //! which may be NULL, and returns rows of neutral [`Cell`]s by column name. Turning a row

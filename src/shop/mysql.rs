@@ -226,7 +226,7 @@ impl MysqlShop {
     }
 }
 
-/// Makes a new connection's session read-only (design invariant 6: the daemon never writes
+/// Makes a new connection's session read-only (invariant 6 in docs/reconciliation.md: the daemon never writes
 /// to the shop's database), on top of the SELECT-only user the presets recommend. MySQL before
 /// 5.6.5 does not know the statement: there the user's grants alone keep it read-only.
 fn read_only(

@@ -80,7 +80,7 @@ impl PostgresShop {
         if pg.get_application_name().is_none() {
             pg.application_name("reconciled");
         }
-        // Design invariant 6: the daemon never writes to the shop's database. On top of the
+        // Invariant 6 (docs/reconciliation.md): the daemon never writes to the shop's database. On top of the
         // SELECT-only user the presets recommend, every transaction is read-only.
         let options = match pg.get_options() {
             Some(o) if !o.trim().is_empty() => format!("{o} -c default_transaction_read_only=on"),

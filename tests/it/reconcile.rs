@@ -1,5 +1,5 @@
 //! Reconciliation end to end: signed HTTP → inbox → worker → outbox, against a real SQLite
-//! shop database. Each test is a row (or an edge) of the decision table in design.md.
+//! shop database. Each test is a row (or an edge) of the decision table in docs/reconciliation.md.
 
 use hyper::StatusCode;
 
