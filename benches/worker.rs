@@ -74,7 +74,9 @@ async fn drain(config: &Config, n: u64, label: &str) {
     let source = OrderSource::connect(&shop).await.expect("shop reachable");
     let conn =
         reconciled::store::schema::open_writer(&config.store.path, Duration::from_secs(5)).unwrap();
-    let worker = Worker::new(conn, &config.endpoints, shop, config.policy, config.worker);
+    let endpoints =
+        std::sync::Arc::new(reconciled::endpoint::Endpoints::new(&config.endpoints).unwrap());
+    let worker = Worker::new(conn, endpoints, shop, config.policy, config.worker);
     let started = Instant::now();
     let never = tokio_util::sync::CancellationToken::new();
     let done = worker.work_through(&source, &never).await.expect("worker").claimed;

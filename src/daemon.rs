@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::endpoint::Endpoints;
 use crate::store::{Store, StoreError};
 use crate::{http, reconcile, store, systemd};
 
@@ -19,6 +20,7 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
+    let endpoints = Arc::new(Endpoints::new(&config.endpoints)?);
     let store = Store::open(&config.store)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let worker = match &config.shop {
@@ -26,7 +28,7 @@ pub async fn run(
             let conn = store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
             let worker = reconcile::worker::Worker::new(
                 conn,
-                &config.endpoints,
+                endpoints.clone(),
                 shop.clone(),
                 config.policy,
                 config.worker,
@@ -38,9 +40,7 @@ pub async fn run(
             None
         }
     };
-    let state = Arc::new(
-        http::AppState::new(config, store.clone(), wake).map_err(|why| anyhow::anyhow!(why))?,
-    );
+    let state = Arc::new(http::AppState::new(&config.server, &endpoints, store.clone(), wake));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
         on_ready(addr);

@@ -33,7 +33,8 @@ use std::task::{Context, Poll, Waker};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::HeaderMap;
 
-use crate::config::{Config, Endpoint};
+use crate::config::Config;
+use crate::endpoint::{Endpoints, Registered};
 use crate::provider::{self, paypal, paypal_ipn, stripe, worldpay, Accepted, Rejection};
 
 /// The fixed clock (unix seconds, November 2026): inside the test PayPal certificate's
@@ -89,15 +90,15 @@ pub enum Reached {
     Notified,
 }
 
-/// The endpoints every target runs against, built once through the real config loader.
+/// The endpoints every target runs against, built once through the real config loader and
+/// the daemon's registry.
 struct Fixture {
-    config: Config,
-    paypal: paypal::CertSource,
+    endpoints: Endpoints,
 }
 
 impl Fixture {
-    fn endpoint(&self, name: &str) -> &Endpoint {
-        self.config.endpoints.iter().find(|e| e.name == name).expect("fixture endpoint")
+    fn endpoint(&self, name: &str) -> &Registered {
+        self.endpoints.get(name).expect("fixture endpoint")
     }
 }
 
@@ -154,9 +155,8 @@ allow_from = ["127.0.0.1"]
     // Relative paths (the pinned certificate) are read beside this file: the crate's root.
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz.toml");
     let config = Config::from_toml(&text, &source).expect("the fuzz fixture's config is valid");
-    let settings = config.endpoints.iter().find_map(|e| e.paypal.as_ref()).expect("paypal");
-    let paypal = paypal::CertSource::new(settings).expect("a pinned-only certificate source");
-    Fixture { config, paypal }
+    let endpoints = Endpoints::new(&config.endpoints).expect("pinned-only, no HTTPS client");
+    Fixture { endpoints }
 });
 
 /// Builds an input for the header-reading targets: `name: value` lines, a NUL, the body.
@@ -195,13 +195,8 @@ fn headers(head: &[u8]) -> HeaderMap {
 
 /// Runs the real (async) dispatch. With no certificate download configured nothing in it
 /// waits, so one poll finishes it; anything else is a bug.
-fn accept(
-    endpoint: &Endpoint,
-    certs: Option<&paypal::CertSource>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Accepted, Rejection> {
-    let future = pin!(provider::accept(endpoint, certs, headers, body, NOW));
+fn accept(endpoint: &Registered, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, Rejection> {
+    let future = pin!(endpoint.provider.accept(headers, body, NOW));
     match future.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(result) => result,
         Poll::Pending => panic!("accept waited, with no certificate download configured"),
@@ -249,18 +244,17 @@ fn run(
 ) -> Reached {
     let fixture = &*FIXTURE;
     let endpoint = fixture.endpoint(name);
-    let certs = endpoint.paypal.as_ref().map(|_| &fixture.paypal);
-    let accepted = match accept(endpoint, certs, headers, body) {
+    let accepted = match accept(endpoint, headers, body) {
         Ok(a) => a,
         Err(rejection) => {
             check_refusal(&rejection, input);
             // The worker reads stored bodies with parse; it must cope with any bytes too.
-            let _ = provider::parse(endpoint.provider.as_str(), Some(endpoint), body);
+            let _ = endpoint.provider.parse(body);
             return Reached::Refused(rejection.code());
         }
     };
     check_accepted(&accepted);
-    match provider::parse(endpoint.provider.as_str(), Some(endpoint), body) {
+    match endpoint.provider.parse(body) {
         Ok(n) => {
             agree(&accepted, &n);
             Reached::Notified
@@ -293,7 +287,7 @@ pub fn stripe(data: &[u8]) -> Reached {
     let reached = run("stripe", &headers, body, data, same_id_and_type);
     let header = stripe::sign(STRIPE_SECRETS[1].as_bytes(), NOW, body);
     headers.insert(stripe::HEADER, HeaderValue::from_str(&header).expect("ASCII"));
-    check_signed(accept(FIXTURE.endpoint("stripe"), None, &headers, body), data);
+    check_signed(accept(FIXTURE.endpoint("stripe"), &headers, body), data);
     reached
 }
 
@@ -353,7 +347,7 @@ pub fn worldpay_event(data: &[u8]) -> Reached {
     let (key_id, secret) = WORLDPAY_KEYS[1];
     let header = worldpay::sign(key_id, secret.as_bytes(), body);
     headers.insert(worldpay::HEADER, HeaderValue::from_str(&header).expect("ASCII"));
-    check_signed(accept(FIXTURE.endpoint("worldpay"), None, &headers, body), data);
+    check_signed(accept(FIXTURE.endpoint("worldpay"), &headers, body), data);
     reached
 }
 
@@ -374,7 +368,7 @@ pub fn adflex(data: &[u8]) -> Reached {
     let open = run("adflex-open", &headers, body, data, same_id_and_type);
     let header = format!("sha256={}", provider::adflex::sign(ADFLEX_SECRET.as_bytes(), body));
     headers.insert(ADFLEX_HEADER, HeaderValue::from_str(&header).expect("ASCII"));
-    check_signed(accept(FIXTURE.endpoint("adflex"), None, &headers, body), data);
+    check_signed(accept(FIXTURE.endpoint("adflex"), &headers, body), data);
     match signed {
         Reached::Refused(_) => open,
         reached => reached,

@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //! - [`daemon`]: wires the parts together and takes them down in order.
-//! - [`config`]: the TOML file → a validated [`config::Config`].
+//! - [`config`]: the TOML file → a validated [`config::Config`]; [`settings`] holds what every
+//!   module's settings reader shares.
+//! - [`endpoint`]: the `[[endpoint]]` tables and the registry of endpoints built at start.
 //! - [`http`]: the hyper accept loop, routes and the webhook handler.
 //! - [`provider`]: one file per provider; verification, identification, parsing.
 //! - [`store`]: the inbox, payments and outbox: schema, migrations, the group-commit writer.
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod endpoint;
 pub mod error;
 pub mod failpoint;
 #[doc(hidden)]
@@ -27,6 +30,7 @@ pub mod money;
 pub mod provider;
 pub mod reconcile;
 pub mod secret;
+pub mod settings;
 pub mod shop;
 pub mod store;
 pub mod systemd;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use reconciled::cli::{self, Cli};
-use reconciled::config::ConfigError;
+use reconciled::settings::ConfigError;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {

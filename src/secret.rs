@@ -6,6 +6,11 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
+/// The secret printed by `default-config`: a placeholder, refused as a real secret.
+pub const PLACEHOLDER_SECRET: &str = "whsec_REPLACE_WITH_YOUR_ENDPOINT_SECRET";
+/// The demo's public test secret; refused in any configuration but the demo's own.
+pub const DEMO_SECRET: &str = "whsec_demo_PUBLIC_TEST_SECRET_not_for_production";
+
 /// A database location whose `Debug` and `Display` hide any password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DbUrl(String);

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-use crate::config::{Config, ConfigError, DEMO_SECRET as SECRET};
+use crate::config::Config;
+use crate::secret::DEMO_SECRET as SECRET;
+use crate::settings::ConfigError;
 
 /// The demo store, in the current directory.
 pub(super) const STORE_PATH: &str = "reconciled-demo.db";

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::StoreArgs;
+use crate::provider::ProviderKind;
 use crate::store::read::{self, ListFilter};
 use crate::time::format_utc;
 
@@ -131,7 +132,8 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         let conn =
             crate::store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
         let source = OrderSource::connect(&shop).await?;
-        let worker = Worker::new(conn, &config.endpoints, shop, config.policy, config.worker);
+        let endpoints = std::sync::Arc::new(crate::endpoint::Endpoints::new(&config.endpoints)?);
+        let worker = Worker::new(conn, endpoints, shop, config.policy, config.worker);
         let (decision, written) = worker
             .replay(&source, args.id, args.dry_run)
             .await
@@ -232,12 +234,11 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     if let Some(error) = &s.last_error {
         writeln!(out, "last error:     {error} (after {} attempt(s))", s.attempts)?;
     }
-    if s.provider == "paypal-ipn" {
+    let confirmed_by = ProviderKind::from_name(&s.provider).and_then(ProviderKind::confirmed_by);
+    if let Some(by) = confirmed_by {
         match s.verified_at {
-            Some(at) => {
-                writeln!(out, "verified:       by PayPal's postback at {}", format_utc(at))?
-            }
-            None => writeln!(out, "verified:       not yet (the worker posts it back to PayPal)")?,
+            Some(at) => writeln!(out, "verified:       by {by} at {}", format_utc(at))?,
+            None => writeln!(out, "verified:       not yet (the worker asks for {by})")?,
         }
     }
     writeln!(out, "received:       {} from {}", format_utc(s.received_at), s.remote_addr)?;

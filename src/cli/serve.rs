@@ -9,7 +9,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use super::demo;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
+use crate::settings::ConfigError;
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]

@@ -15,7 +15,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTE
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::AppState;
-use crate::provider;
+use crate::provider::ProviderKind;
 use crate::store::{FailureRecord, NewRow, FAILURE_BODY_PREFIX};
 
 type Reply = Response<Full<Bytes>>;
@@ -33,8 +33,8 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
 }
 
 /// The 200 answer each provider expects for a stored or duplicate notification.
-fn ack(kind: crate::config::ProviderKind, duplicate: bool) -> Reply {
-    let (content_type, body) = provider::acknowledgement(kind, duplicate);
+fn ack(kind: ProviderKind, duplicate: bool) -> Reply {
+    let (content_type, body) = kind.acknowledgement(duplicate);
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
@@ -102,8 +102,13 @@ async fn webhook(
     let Some(served) = state.endpoints.get(name) else {
         return text(StatusCode::NOT_FOUND, "unknown endpoint\n");
     };
-    let (endpoint_name, endpoint, auth) = (&served.name, &served.endpoint, &served.auth);
-    if let Err(refusal) = super::trust::check(endpoint, auth.as_ref(), remote.ip(), req.headers()) {
+    let registered = &served.registered;
+    let (endpoint_name, provider) = (&registered.name, &registered.provider);
+    let kind = provider.kind();
+    let trust = &registered.endpoint.trust;
+    if let Err(refusal) =
+        super::trust::check(trust, served.auth.as_ref(), remote.ip(), req.headers())
+    {
         tracing::debug!(endpoint = %endpoint_name, %remote, reason = refusal.code(), "request refused");
         state.store.record_failure(FailureRecord {
             at_ms: crate::time::now_ms(),
@@ -152,15 +157,7 @@ async fn webhook(
 
     let now_ms = crate::time::now_ms();
     let now = now_ms.div_euclid(1000);
-    let accepted = match provider::accept(
-        endpoint,
-        served.certs.as_ref(),
-        &parts.headers,
-        &body,
-        now,
-    )
-    .await
-    {
+    let accepted = match provider.accept(&parts.headers, &body, now).await {
         Ok(a) => a,
         Err(rejection) => {
             let detail = rejection.to_string();
@@ -201,7 +198,7 @@ async fn webhook(
     crate::failpoint::failpoint("ingest_after_verify");
     let row = NewRow {
         endpoint: endpoint_name.clone(),
-        provider: endpoint.provider.as_str(),
+        provider: kind,
         dedup_key: accepted.dedup_key,
         event_type: accepted.event_type,
         received_at_ms: now_ms,
@@ -218,7 +215,7 @@ async fn webhook(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             let _ = store.insert(row).await;
         });
-        return ack(endpoint.provider, false);
+        return ack(kind, false);
     }
     #[cfg_attr(feature = "test-ack-before-commit", allow(unreachable_code))]
     match tokio::time::timeout(limits.request_timeout, state.store.insert(row)).await {
@@ -228,13 +225,13 @@ async fn webhook(
                 deliveries = stored.delivery_count,
                 "duplicate delivery"
             );
-            ack(endpoint.provider, true)
+            ack(kind, true)
         }
         Ok(Ok(stored)) => {
             tracing::debug!(id = stored.id, "stored");
             crate::failpoint::failpoint("ingest_after_commit");
             state.wake.notify_one();
-            ack(endpoint.provider, false)
+            ack(kind, false)
         }
         Ok(Err(e)) => {
             tracing::error!(error = %crate::error::error_chain(&e), endpoint = %endpoint_name, "notification not stored; answered 503");

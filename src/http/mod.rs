@@ -22,6 +22,7 @@ mod stall;
 pub mod trust;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Endpoint, ServerConfig};
+use crate::endpoint::{Endpoints, Registered};
 use crate::store::Store;
 
 /// The read buffer per connection: the largest request head accepted.
@@ -47,11 +48,30 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// its writes stall and the write timeout can cut it off.
 const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
+/// `[server]`: the listener and the limits that protect it.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the daemon binds.
+    pub listen: SocketAddr,
+    /// Requests with a larger body get 413 without being read further.
+    pub max_body_bytes: u64,
+    /// A connection that has not sent complete headers in this time is closed.
+    pub header_read_timeout: Duration,
+    /// Bound on reading a body and on waiting for the store to commit it.
+    pub request_timeout: Duration,
+    /// A connection whose client has taken no bytes of an answer for this long is closed.
+    pub write_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Drain time for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+}
+
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
     /// Endpoints by name, as in `POST /webhooks/{name}`.
-    endpoints: HashMap<String, Served>,
+    endpoints: HashMap<Arc<str>, Served>,
     /// The inbox writer.
     store: Store,
     /// Body size and timeouts.
@@ -62,59 +82,37 @@ pub struct AppState {
     last_refusal_warning: std::sync::atomic::AtomicI64,
 }
 
-/// One endpoint as served: its configuration and what verifying it needs.
+/// One endpoint as served: the registry's entry and the basic auth header it expects.
 #[derive(Debug)]
 struct Served {
-    /// Its name, shared by every row and log line.
-    name: Arc<str>,
-    /// Its configuration.
-    endpoint: Endpoint,
+    /// Its configuration and provider.
+    registered: Arc<Registered>,
     /// The basic auth header it expects, if any.
     auth: Option<trust::ExpectedAuth>,
-    /// PayPal webhooks: pinned and downloaded signing certificates.
-    certs: Option<crate::provider::paypal::CertSource>,
 }
 
 impl AppState {
-    /// State for serving `config`'s endpoints into `store`. Fails only when an endpoint's
-    /// HTTPS client cannot be built (its `tls_ca_file`).
+    /// State for serving `endpoints` into `store` within `limits`.
     pub fn new(
-        config: &Config,
+        limits: &ServerConfig,
+        endpoints: &Endpoints,
         store: Store,
         wake: Arc<tokio::sync::Notify>,
-    ) -> Result<AppState, String> {
-        let mut endpoints = HashMap::new();
-        for e in &config.endpoints {
-            let certs = match &e.paypal {
-                Some(settings) => {
-                    let now = crate::time::now_ms() / 1000;
-                    for (n, cert) in settings.certs.iter().enumerate() {
-                        if let Err(why) = cert.check_validity(now) {
-                            tracing::warn!(endpoint = %e.name, "pinned certificate certs[{n}]: {why}");
-                        }
-                    }
-                    Some(
-                        crate::provider::paypal::CertSource::new(settings)
-                            .map_err(|why| format!("endpoint \"{}\": {why}", e.name))?,
-                    )
-                }
-                None => None,
-            };
-            let served = Served {
-                name: Arc::from(e.name.as_str()),
-                endpoint: e.clone(),
-                auth: trust::ExpectedAuth::for_endpoint(e),
-                certs,
-            };
-            endpoints.insert(e.name.clone(), served);
-        }
-        Ok(AppState {
+    ) -> AppState {
+        let endpoints = endpoints
+            .iter()
+            .map(|registered| {
+                let auth = trust::ExpectedAuth::for_trust(&registered.endpoint.trust);
+                (registered.name.clone(), Served { registered: registered.clone(), auth })
+            })
+            .collect();
+        AppState {
             endpoints,
             store,
             wake,
-            limits: config.server.clone(),
+            limits: limits.clone(),
             last_refusal_warning: std::sync::atomic::AtomicI64::new(i64::MIN),
-        })
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use crate::config::Endpoint;
+use crate::endpoint::Trust;
 
 /// Why a request was refused before its body was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,9 @@ impl std::fmt::Debug for ExpectedAuth {
 }
 
 impl ExpectedAuth {
-    /// From an endpoint's configuration.
-    pub fn for_endpoint(endpoint: &Endpoint) -> Option<ExpectedAuth> {
-        let b = endpoint.basic_auth.as_ref()?;
+    /// From an endpoint's trust options.
+    pub fn for_trust(trust: &Trust) -> Option<ExpectedAuth> {
+        let b = trust.basic_auth.as_ref()?;
         let mut credentials = b.user.as_bytes().to_vec();
         credentials.push(b':');
         credentials.extend_from_slice(b.password.expose());
@@ -75,7 +75,7 @@ impl ExpectedAuth {
 
 /// Checks an endpoint's trust options for a request from `peer`.
 pub fn check(
-    endpoint: &Endpoint,
+    endpoint: &Trust,
     auth: Option<&ExpectedAuth>,
     peer: IpAddr,
     headers: &HeaderMap,
@@ -98,7 +98,7 @@ pub fn check(
 
 /// The client's address: the peer, or through trusted proxies the right-most
 /// `X-Forwarded-For` entry that is not a trusted proxy. `None` if a header is unreadable.
-fn client_address(endpoint: &Endpoint, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+fn client_address(endpoint: &Trust, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
     let trusted = |ip: &IpAddr| endpoint.trusted_proxies.iter().any(|net| net.contains(ip));
     if !trusted(&peer) {
         return Some(peer);
@@ -127,9 +127,9 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn endpoint(extra: &str) -> Endpoint {
+    fn endpoint(extra: &str) -> Trust {
         let text = format!("[[endpoint]]\nname = \"w\"\nprovider = \"worldpay-xml\"\n{extra}\n");
-        Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap().endpoints.remove(0)
+        Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap().endpoints.remove(0).trust
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn basic_auth_must_match_exactly() {
         let e = endpoint("basic_auth = { user = \"wp\", password = \"s3cret\" }");
-        let auth = ExpectedAuth::for_endpoint(&e);
+        let auth = ExpectedAuth::for_trust(&e);
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
         let good =
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("wp:s3cret"));

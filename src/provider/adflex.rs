@@ -15,9 +15,107 @@ use hyper::HeaderMap;
 use serde_json::Value;
 
 use super::{keep_headers, Accepted, Kind, Notification, Rejection};
-use crate::config::{AdflexFields, Endpoint};
 use crate::money::{Currency, Money};
 use crate::secret::Secret;
+use crate::settings::{ConfigError, Resolver};
+
+/// `provider = "adflex"` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The header carrying a hex HMAC-SHA256 of the body, if notifications are signed
+    /// (keyed with `secrets`); lower case.
+    pub signature_header: Option<String>,
+    /// Signing secrets for `signature_header`; any of them verifies.
+    pub secrets: Vec<Secret>,
+    /// Where each field sits in the JSON notification.
+    pub fields: Fields,
+}
+
+/// Dotted JSON paths of the Adflex notification's fields. The format is not public: these
+/// defaults follow Adflex's hosted payment page API and can be changed per endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
+    /// The transaction's GUID (the payment id).
+    pub transaction_id: String,
+    /// The merchant's reference (order id).
+    pub reference: String,
+    /// The amount, a decimal string.
+    pub amount: String,
+    /// The ISO 4217 currency.
+    pub currency: String,
+    /// The status code (`Authorised`, `Settled`, `Declined`, …).
+    pub status: String,
+}
+
+impl Default for Fields {
+    fn default() -> Fields {
+        Fields {
+            transaction_id: "transactionGUID".into(),
+            reference: "reference".into(),
+            amount: "amount.value".into(),
+            currency: "amount.currency".into(),
+            status: "statusCode".into(),
+        }
+    }
+}
+
+/// The endpoint keys Adflex reads.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Raw {
+    signature_header: Option<String>,
+    #[serde(default, deserialize_with = "crate::secret::secret_list")]
+    secrets: Vec<Secret>,
+    #[serde(default)]
+    fields: RawFields,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFields {
+    transaction_id: Option<String>,
+    reference: Option<String>,
+    amount: Option<String>,
+    currency: Option<String>,
+    status: Option<String>,
+}
+
+impl Settings {
+    pub(crate) fn resolve(raw: Raw, r: &Resolver<'_>) -> Result<Settings, ConfigError> {
+        if !r.has_trust() && raw.signature_header.is_none() {
+            return Err(r.invalid(
+                "signature_header",
+                "adflex needs signature_header (with secrets), basic_auth or allow_from",
+            ));
+        }
+        if raw.signature_header.is_some() == raw.secrets.is_empty() {
+            return Err(r.invalid("secrets", "signature_header and secrets go together"));
+        }
+        r.secrets("secrets", &raw.secrets)?;
+        let d = Fields::default();
+        let f = raw.fields;
+        Ok(Settings {
+            signature_header: raw.signature_header.map(|h| h.to_ascii_lowercase()),
+            secrets: raw.secrets,
+            fields: Fields {
+                transaction_id: f.transaction_id.unwrap_or(d.transaction_id),
+                reference: f.reference.unwrap_or(d.reference),
+                amount: f.amount.unwrap_or(d.amount),
+                currency: f.currency.unwrap_or(d.currency),
+                status: f.status.unwrap_or(d.status),
+            },
+        })
+    }
+
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let mut out = match &self.signature_header {
+            Some(h) => vec![format!("signed in {h}, {} secret(s)", self.secrets.len())],
+            None => vec!["unsigned".into()],
+        };
+        out.extend(self.secrets.iter().map(Secret::hint));
+        out
+    }
+}
 
 /// The `{hex}` signature of `body` for a signed test request.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
@@ -54,7 +152,7 @@ fn text_at(v: &Value, path: &str) -> Option<String> {
     }
 }
 
-fn ids(v: &Value, f: &AdflexFields) -> Result<(String, String), Rejection> {
+fn ids(v: &Value, f: &Fields) -> Result<(String, String), Rejection> {
     let valid = |s: &String| super::is_plain_id(s);
     let id = text_at(v, &f.transaction_id).filter(valid).ok_or_else(|| {
         Rejection::MalformedBody(format!("no {} in the notification", f.transaction_id))
@@ -67,21 +165,20 @@ fn ids(v: &Value, f: &AdflexFields) -> Result<(String, String), Rejection> {
 
 /// Verifies (when the endpoint signs) and identifies a request.
 pub fn accept(
-    endpoint: &Endpoint,
+    settings: &Settings,
     headers: &HeaderMap,
     body: &[u8],
-    _now: i64,
 ) -> Result<Accepted, Rejection> {
-    if let Some(name) = &endpoint.signature_header {
+    if let Some(name) = &settings.signature_header {
         let value = super::header_text(headers, name, "signature")?;
-        verify(&endpoint.secrets, value, body)?;
+        verify(&settings.secrets, value, body)?;
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Rejection::MalformedBody(format!("not JSON: {e}")))?;
-    let (id, status) = ids(&v, &endpoint.fields)?;
+    let (id, status) = ids(&v, &settings.fields)?;
     // The configured signature header is kept too, so the row can be verified again.
     let mut kept = vec!["content-type", "user-agent"];
-    kept.extend(endpoint.signature_header.as_deref());
+    kept.extend(settings.signature_header.as_deref());
     let headers_json = keep_headers(headers, &kept);
     Ok(Accepted { dedup_key: format!("{id}:{status}"), event_type: Some(status), headers_json })
 }
@@ -103,7 +200,7 @@ pub fn kind(status: &str) -> Kind {
 }
 
 /// Reads a stored notification with the endpoint's field paths.
-pub fn parse(fields: &AdflexFields, body: &[u8]) -> Result<Notification, String> {
+pub fn parse(fields: &Fields, body: &[u8]) -> Result<Notification, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let (id, status) = ids(&v, fields).map_err(|e| e.to_string())?;
     // The amount must be a decimal string (as in Adflex's API): a JSON number could be minor
@@ -130,7 +227,7 @@ pub fn parse(fields: &AdflexFields, body: &[u8]) -> Result<Notification, String>
     };
     let kind = kind(&status);
     Ok(Notification {
-        provider: "adflex",
+        provider: super::ProviderKind::Adflex,
         event_id: format!("{id}:{status}"),
         kind,
         raw_type: status.clone(),
@@ -155,7 +252,7 @@ mod tests {
 
     #[test]
     fn statuses_map_and_amounts_are_exact() {
-        let n = parse(&AdflexFields::default(), BODY).unwrap();
+        let n = parse(&Fields::default(), BODY).unwrap();
         assert_eq!(n.kind, Kind::Succeeded);
         assert_eq!(n.merchant_reference.as_deref(), Some("3001"));
         assert_eq!(n.amount.unwrap().minor, 4999);
@@ -179,7 +276,7 @@ mod tests {
 
     #[test]
     fn field_paths_are_configurable() {
-        let fields = AdflexFields {
+        let fields = Fields {
             transaction_id: "txn.guid".into(),
             reference: "txn.merchantRef".into(),
             amount: "txn.total".into(),
@@ -192,11 +289,11 @@ mod tests {
             (n.payment_id.as_deref(), n.amount.unwrap().minor, n.kind),
             (Some("g-1"), 1050, Kind::Succeeded)
         );
-        assert!(parse(&AdflexFields::default(), body).is_err(), "default paths do not find it");
+        assert!(parse(&Fields::default(), body).is_err(), "default paths do not find it");
         // A number or a negative amount is refused rather than guessed.
         for bad in [&br#"{"transactionGUID":"g","statusCode":"Settled","amount":{"value":4999,"currency":"GBP"}}"#[..],
                     br#"{"transactionGUID":"g","statusCode":"Settled","amount":{"value":"-1.00","currency":"GBP"}}"#] {
-            assert!(parse(&AdflexFields::default(), bad).is_err());
+            assert!(parse(&Fields::default(), bad).is_err());
         }
     }
 

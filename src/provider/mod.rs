@@ -1,7 +1,13 @@
-//! Provider adapters: verify a notification's raw bytes and identify it for the inbox.
+//! Provider adapters: verify a notification's raw bytes and identify it for the inbox, then
+//! read a stored body into a canonical [`Notification`].
 //!
-//! Each provider lives in one file with the same small surface (`verify`, `identify`); the
-//! dispatch on [`ProviderKind`] is here. Nothing is parsed before its signature checks out.
+//! Each provider lives in one file that owns its settings (`Settings`, read from the
+//! endpoint's table by `Settings::resolve`), its `accept` (verify and identify the raw
+//! request) and its `parse` (the stored body to a notification). The dispatch is here, in the
+//! style of a closed enum with delegating matches: [`ProviderKind`] names a provider,
+//! [`Settings`] holds an endpoint's validated settings, and [`Provider`] is the runtime built
+//! from them once at start (with any HTTPS client it needs). Nothing is parsed before its
+//! signature checks out. Adding a provider: see `docs/architecture.md`.
 
 pub mod adflex;
 mod hmac;
@@ -11,13 +17,311 @@ pub mod stripe;
 pub mod worldpay;
 pub mod worldpay_xml;
 
+use std::fmt;
 use std::time::Duration;
 
 use hyper::HeaderMap;
 use serde::Serialize;
 
-use crate::config::{Endpoint, ProviderKind};
 use crate::money::Money;
+use crate::settings::{field_names, ConfigError, Resolver};
+
+/// Which provider's wire format an endpoint speaks. Its name is the `provider` key of an
+/// endpoint and the inbox's `provider` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// Stripe snapshot and thin events, `Stripe-Signature` HMAC.
+    Stripe,
+    /// PayPal REST webhooks, RSA-signed transmissions.
+    Paypal,
+    /// PayPal IPN, confirmed by posting it back to PayPal.
+    PaypalIpn,
+    /// Access Worldpay events (JSON), `Event-Signature` HMAC per key id.
+    Worldpay,
+    /// Worldpay Corporate Gateway XML order notifications (no signature: trust options).
+    WorldpayXml,
+    /// Adflex server-to-server notifications (format assumed; field paths configurable).
+    Adflex,
+}
+
+impl ProviderKind {
+    /// Every provider, in the order they are listed to people.
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Stripe,
+        ProviderKind::Paypal,
+        ProviderKind::PaypalIpn,
+        ProviderKind::Worldpay,
+        ProviderKind::WorldpayXml,
+        ProviderKind::Adflex,
+    ];
+
+    /// The name used in the config file and in the inbox's `provider` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Stripe => "stripe",
+            ProviderKind::Paypal => "paypal",
+            ProviderKind::PaypalIpn => "paypal-ipn",
+            ProviderKind::Worldpay => "worldpay",
+            ProviderKind::WorldpayXml => "worldpay-xml",
+            ProviderKind::Adflex => "adflex",
+        }
+    }
+
+    /// The provider named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The keys of an endpoint table this provider reads (besides `name`, `provider` and the
+    /// trust options every endpoint has).
+    pub fn settings_keys(self) -> &'static [&'static str] {
+        match self {
+            ProviderKind::Stripe => field_names::<stripe::Raw>(),
+            ProviderKind::Paypal => field_names::<paypal::Raw>(),
+            ProviderKind::PaypalIpn => field_names::<paypal_ipn::Raw>(),
+            ProviderKind::Worldpay => field_names::<worldpay::Raw>(),
+            ProviderKind::WorldpayXml => field_names::<worldpay_xml::Raw>(),
+            ProviderKind::Adflex => field_names::<adflex::Raw>(),
+        }
+    }
+
+    /// Providers that report the same payments through two channels share a family: a PayPal
+    /// capture comes as a webhook and, when IPN is on too, as an IPN with the same id.
+    pub fn family(self) -> ProviderKind {
+        match self {
+            ProviderKind::PaypalIpn => ProviderKind::Paypal,
+            other => other,
+        }
+    }
+
+    /// The body and content type of the answer to a stored (or duplicate) notification: what
+    /// each provider expects to read back.
+    pub fn acknowledgement(self, duplicate: bool) -> (&'static str, &'static str) {
+        match (self, duplicate) {
+            // Worldpay's XML service retries anything but exactly `[OK]`.
+            (ProviderKind::WorldpayXml, _) => ("text/plain", "[OK]"),
+            // IPN wants an empty 200.
+            (ProviderKind::PaypalIpn, _) => ("text/plain", ""),
+            (_, false) => ("text/plain; charset=utf-8", "stored\n"),
+            (_, true) => ("text/plain; charset=utf-8", "duplicate\n"),
+        }
+    }
+
+    /// Whether a stored notification must be confirmed with the provider (see
+    /// [`Provider::confirm`]) before anything is decided on it, and by what, for people.
+    pub fn confirmed_by(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::PaypalIpn => Some("PayPal's postback"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An endpoint's validated provider settings, each owned by its provider's module.
+#[derive(Debug, Clone)]
+pub enum Settings {
+    /// `provider = "stripe"`.
+    Stripe(stripe::Settings),
+    /// `provider = "paypal"`.
+    Paypal(paypal::Settings),
+    /// `provider = "paypal-ipn"`.
+    PaypalIpn(paypal_ipn::Settings),
+    /// `provider = "worldpay"`.
+    Worldpay(worldpay::Settings),
+    /// `provider = "worldpay-xml"`.
+    WorldpayXml(worldpay_xml::Settings),
+    /// `provider = "adflex"`.
+    Adflex(adflex::Settings),
+}
+
+impl Settings {
+    /// Reads `kind`'s settings from the rest of an endpoint's table. `path` names the table
+    /// in serde's errors (`endpoint[0]`); `r` names it in the provider's own checks.
+    pub fn resolve(
+        kind: ProviderKind,
+        path: &str,
+        table: toml::Table,
+        r: &Resolver<'_>,
+    ) -> Result<Settings, ConfigError> {
+        Ok(match kind {
+            ProviderKind::Stripe => {
+                Settings::Stripe(stripe::Settings::resolve(r.deserialize(path, table)?, r)?)
+            }
+            ProviderKind::Paypal => {
+                Settings::Paypal(paypal::Settings::resolve(r.deserialize(path, table)?, r)?)
+            }
+            ProviderKind::PaypalIpn => {
+                Settings::PaypalIpn(paypal_ipn::Settings::resolve(r.deserialize(path, table)?, r)?)
+            }
+            ProviderKind::Worldpay => {
+                Settings::Worldpay(worldpay::Settings::resolve(r.deserialize(path, table)?, r)?)
+            }
+            ProviderKind::WorldpayXml => Settings::WorldpayXml(worldpay_xml::Settings::resolve(
+                r.deserialize(path, table)?,
+                r,
+            )?),
+            ProviderKind::Adflex => {
+                Settings::Adflex(adflex::Settings::resolve(r.deserialize(path, table)?, r)?)
+            }
+        })
+    }
+
+    /// Which provider these settings are for.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Settings::Stripe(_) => ProviderKind::Stripe,
+            Settings::Paypal(_) => ProviderKind::Paypal,
+            Settings::PaypalIpn(_) => ProviderKind::PaypalIpn,
+            Settings::Worldpay(_) => ProviderKind::Worldpay,
+            Settings::WorldpayXml(_) => ProviderKind::WorldpayXml,
+            Settings::Adflex(_) => ProviderKind::Adflex,
+        }
+    }
+
+    /// What `check-config` shows of them: never a secret, at most a hint of one.
+    pub fn describe(&self) -> Vec<String> {
+        match self {
+            Settings::Stripe(s) => s.describe(),
+            Settings::Paypal(s) => s.describe(),
+            Settings::PaypalIpn(s) => s.describe(),
+            Settings::Worldpay(s) => s.describe(),
+            Settings::WorldpayXml(s) => s.describe(),
+            Settings::Adflex(s) => s.describe(),
+        }
+    }
+}
+
+/// Why a provider's runtime could not be built from valid settings (an HTTPS client).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+/// An endpoint's provider at run time: its settings, and whatever verifying and confirming
+/// needs (PayPal's certificate source, the IPN postback client). Built once at start and
+/// shared by the HTTP layer and the worker.
+#[derive(Debug)]
+pub enum Provider {
+    /// Stripe.
+    Stripe(stripe::Settings),
+    /// PayPal webhooks: the certificate source owns the settings.
+    Paypal(paypal::CertSource),
+    /// PayPal IPN, with its postback client.
+    PaypalIpn(paypal_ipn::Ipn),
+    /// Access Worldpay.
+    Worldpay(worldpay::Settings),
+    /// Worldpay XML.
+    WorldpayXml(worldpay_xml::Settings),
+    /// Adflex.
+    Adflex(adflex::Settings),
+}
+
+impl Provider {
+    /// The runtime for an endpoint's settings.
+    pub fn new(settings: &Settings) -> Result<Provider, SetupError> {
+        Ok(match settings {
+            Settings::Stripe(s) => Provider::Stripe(s.clone()),
+            Settings::Paypal(s) => {
+                s.warn_about_pinned();
+                Provider::Paypal(paypal::CertSource::new(s).map_err(SetupError)?)
+            }
+            Settings::PaypalIpn(s) => Provider::PaypalIpn(paypal_ipn::Ipn::new(s)?),
+            Settings::Worldpay(s) => Provider::Worldpay(s.clone()),
+            Settings::WorldpayXml(s) => Provider::WorldpayXml(s.clone()),
+            Settings::Adflex(s) => Provider::Adflex(s.clone()),
+        })
+    }
+
+    /// Which provider this is.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Provider::Stripe(_) => ProviderKind::Stripe,
+            Provider::Paypal(_) => ProviderKind::Paypal,
+            Provider::PaypalIpn(_) => ProviderKind::PaypalIpn,
+            Provider::Worldpay(_) => ProviderKind::Worldpay,
+            Provider::WorldpayXml(_) => ProviderKind::WorldpayXml,
+            Provider::Adflex(_) => ProviderKind::Adflex,
+        }
+    }
+
+    /// Verifies a request's raw bytes and identifies it for the inbox. `now` is unix seconds.
+    pub async fn accept(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Accepted, Rejection> {
+        match self {
+            Provider::Stripe(s) => stripe::accept(s, headers, body, now),
+            Provider::Paypal(certs) => certs.accept(headers, body, now).await,
+            Provider::PaypalIpn(ipn) => paypal_ipn::accept(&ipn.settings, headers, body),
+            Provider::Worldpay(s) => worldpay::accept(s, headers, body),
+            Provider::WorldpayXml(s) => worldpay_xml::accept(s, headers, body),
+            Provider::Adflex(s) => adflex::accept(s, headers, body),
+        }
+    }
+
+    /// Reads a stored, verified body into a canonical notification.
+    pub fn parse(&self, body: &[u8]) -> Result<Notification, String> {
+        match self {
+            Provider::Stripe(_) => stripe::parse(body),
+            Provider::Paypal(certs) => paypal::parse(Some(certs.settings()), body),
+            Provider::PaypalIpn(ipn) => paypal_ipn::parse(Some(&ipn.settings), body),
+            Provider::Worldpay(_) => worldpay::parse(body),
+            Provider::WorldpayXml(_) => worldpay_xml::parse(body),
+            Provider::Adflex(s) => adflex::parse(&s.fields, body),
+        }
+    }
+
+    /// Confirms a stored notification with the provider before anything is decided on it,
+    /// for the providers whose [`ProviderKind::confirmed_by`] says so (the IPN postback).
+    pub async fn confirm(&self, body: &[u8]) -> Confirmation {
+        match self {
+            Provider::PaypalIpn(ipn) => ipn.confirm(body).await,
+            Provider::Stripe(_)
+            | Provider::Paypal(_)
+            | Provider::Worldpay(_)
+            | Provider::WorldpayXml(_)
+            | Provider::Adflex(_) => Confirmation::Confirmed,
+        }
+    }
+}
+
+/// Reads a stored body of `kind` with the provider's default settings: for rows whose
+/// endpoint is no longer configured.
+pub fn parse_unconfigured(kind: ProviderKind, body: &[u8]) -> Result<Notification, String> {
+    match kind {
+        ProviderKind::Stripe => stripe::parse(body),
+        ProviderKind::Paypal => paypal::parse(None, body),
+        ProviderKind::PaypalIpn => paypal_ipn::parse(None, body),
+        ProviderKind::Worldpay => worldpay::parse(body),
+        ProviderKind::WorldpayXml => worldpay_xml::parse(body),
+        ProviderKind::Adflex => adflex::parse(&adflex::Fields::default(), body),
+    }
+}
+
+/// What the provider said when asked to confirm a stored notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Genuine: decide it.
+    Confirmed,
+    /// Not genuine (PayPal answered `INVALID`): the row ends `rejected`, with no action.
+    Refused(String),
+    /// No answer (network, timeout, an unexpected answer): try again later. `transient`: the
+    /// provider is down, which is nobody's fault, so the attempt is not counted.
+    Failed {
+        /// What happened, for the row's last error.
+        message: String,
+        /// Whether the attempt is free (the provider or the network is down).
+        transient: bool,
+    },
+}
 
 /// What a notification says happened to a payment, in the provider-neutral terms of the
 /// decision table.
@@ -67,8 +371,8 @@ impl Kind {
 /// The canonical notification every provider adapter produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// Provider name (`stripe`).
-    pub provider: &'static str,
+    /// Which provider sent it.
+    pub provider: ProviderKind,
     /// The provider's event id (the dedup key).
     pub event_id: String,
     /// What happened.
@@ -94,27 +398,6 @@ pub struct Notification {
     pub related_payment_id: Option<String>,
     /// A short human detail (decline message, dispute reason, why ignored).
     pub detail: Option<String>,
-}
-
-/// Reads a stored, verified body into a canonical notification. `endpoint` is the
-/// configuration of the endpoint it arrived on, for adapters whose format is configurable.
-pub fn parse(
-    provider: &str,
-    endpoint: Option<&Endpoint>,
-    body: &[u8],
-) -> Result<Notification, String> {
-    match provider {
-        "paypal" => paypal::parse(endpoint.and_then(|e| e.paypal.as_ref()), body),
-        "paypal-ipn" => paypal_ipn::parse(endpoint.and_then(|e| e.ipn.as_ref()), body),
-        "adflex" => {
-            let default = crate::config::AdflexFields::default();
-            adflex::parse(endpoint.map_or(&default, |e| &e.fields), body)
-        }
-        "stripe" => stripe::parse(body),
-        "worldpay" => worldpay::parse(body),
-        "worldpay-xml" => worldpay_xml::parse(body),
-        other => Err(format!("no adapter for provider \"{other}\"")),
-    }
 }
 
 /// A verified notification, ready to be stored.
@@ -199,56 +482,6 @@ impl Rejection {
     }
 }
 
-/// Verifies a request for `endpoint` and identifies it. `now` is unix seconds. `certs` is
-/// the endpoint's certificate source when it is a PayPal webhook endpoint (the only provider
-/// whose verification may need the network).
-pub async fn accept(
-    endpoint: &Endpoint,
-    certs: Option<&paypal::CertSource>,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: i64,
-) -> Result<Accepted, Rejection> {
-    match endpoint.provider {
-        ProviderKind::Paypal => match certs {
-            Some(certs) => certs.accept(headers, body, now).await,
-            None => Err(Rejection::CertificateUnavailable(
-                "no certificate source for this PayPal endpoint".into(),
-            )),
-        },
-        ProviderKind::PaypalIpn => match &endpoint.ipn {
-            Some(settings) => paypal_ipn::accept(settings, headers, body),
-            None => Err(Rejection::WrongReceiver("receiver_email")),
-        },
-        ProviderKind::Stripe => stripe::accept(endpoint, headers, body, now),
-        ProviderKind::Worldpay => worldpay::accept(endpoint, headers, body, now),
-        ProviderKind::WorldpayXml => worldpay_xml::accept(endpoint, headers, body, now),
-        ProviderKind::Adflex => adflex::accept(endpoint, headers, body, now),
-    }
-}
-
-/// The body and content type of the answer to a stored (or duplicate) notification: what
-/// each provider expects to read back.
-pub fn acknowledgement(kind: ProviderKind, duplicate: bool) -> (&'static str, &'static str) {
-    match (kind, duplicate) {
-        // Worldpay's XML service retries anything but exactly `[OK]`.
-        (ProviderKind::WorldpayXml, _) => ("text/plain", "[OK]"),
-        // IPN wants an empty 200.
-        (ProviderKind::PaypalIpn, _) => ("text/plain", ""),
-        (_, false) => ("text/plain; charset=utf-8", "stored\n"),
-        (_, true) => ("text/plain; charset=utf-8", "duplicate\n"),
-    }
-}
-
-/// Providers that report the same payments through two channels share a family: a PayPal
-/// capture comes as a webhook and, when IPN is on too, as an IPN with the same id.
-pub fn family(provider: &str) -> &str {
-    match provider {
-        "paypal-ipn" => "paypal",
-        other => other,
-    }
-}
-
 /// Most characters of a [`Rejection::MalformedBody`] detail in the reason. serde_json and
 /// quick-xml quote what they refuse (a string of the wrong type, an unknown entity, a closing
 /// tag) in full, and the reason is sent back, logged and stored with the failure record.
@@ -305,6 +538,19 @@ pub(crate) fn keep_headers(headers: &HeaderMap, names: &[&str]) -> String {
         }
     }
     serde_json::Value::Object(map).to_string()
+}
+
+/// Reads an endpoint's `tls_ca_file`: extra trusted roots (PEM) for a provider's HTTPS client.
+pub(crate) fn read_tls_ca(
+    r: &Resolver<'_>,
+    path: Option<&std::path::Path>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(path) = path else { return Ok(None) };
+    let pem = r.read("tls_ca_file", path)?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(roots) if !roots.is_empty() => Ok(Some(pem)),
+        _ => Err(r.invalid("tls_ca_file", "holds no PEM certificate")),
+    }
 }
 
 /// The HTTPS client for PayPal's certificate URL and IPN postback: https only, no redirects

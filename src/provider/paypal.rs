@@ -28,8 +28,132 @@ use hyper::HeaderMap;
 use serde_json::Value;
 
 use super::{keep_headers, str_at, Accepted, Kind, Notification, Rejection};
-use crate::config::{PaypalReference, PaypalSettings};
 use crate::money::{Currency, Money};
+use crate::settings::{ConfigError, Resolver};
+
+/// PayPal's API hosts, the default `cert_hosts`: certificate URLs on any other host are refused.
+pub const CERT_HOSTS: &[&str] =
+    &["api.paypal.com", "api-m.paypal.com", "api.sandbox.paypal.com", "api-m.sandbox.paypal.com"];
+/// The default `cert_subjects`.
+pub const CERT_SUBJECTS: &[&str] = &["*.paypal.com"];
+
+/// `provider = "paypal"` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The id of our webhook subscription: part of the signed string.
+    pub webhook_id: String,
+    /// Pinned signing certificates (PEM files), tried before any download.
+    pub certs: Vec<Certificate>,
+    /// Whether certificates may be downloaded from `PAYPAL-CERT-URL` (allowed hosts only).
+    pub cert_url_fetch: bool,
+    /// Hosts (`host` or `host:port`) a certificate URL may name.
+    pub cert_hosts: Vec<String>,
+    /// Subject name patterns a signing certificate must match (`*.paypal.com`).
+    pub cert_subjects: Vec<String>,
+    /// Extra trusted roots (PEM) for the HTTPS download.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Which resource field holds the shop's order reference.
+    pub reference: Reference,
+}
+
+/// Where a PayPal resource carries the shop's reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reference {
+    /// `custom_id`, then `invoice_id`.
+    #[default]
+    CustomId,
+    /// `invoice_id`, then `custom_id`.
+    InvoiceId,
+}
+
+/// The endpoint keys PayPal webhooks read.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Raw {
+    webhook_id: Option<String>,
+    #[serde(default)]
+    certs: Vec<std::path::PathBuf>,
+    cert_url_fetch: Option<bool>,
+    cert_hosts: Option<Vec<String>>,
+    cert_subjects: Option<Vec<String>>,
+    tls_ca_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    reference: Reference,
+}
+
+impl Settings {
+    pub(crate) fn resolve(raw: Raw, r: &Resolver<'_>) -> Result<Settings, ConfigError> {
+        let webhook_id = raw.webhook_id.unwrap_or_default();
+        if webhook_id.is_empty() || !webhook_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(r.invalid(
+                "webhook_id",
+                "the id of the webhook in PayPal's developer dashboard is required (it is part of what PayPal signs)",
+            ));
+        }
+        let tls_ca = super::read_tls_ca(r, raw.tls_ca_file.as_deref())?;
+        let mut certs = Vec::with_capacity(raw.certs.len());
+        for (n, path) in raw.certs.iter().enumerate() {
+            let key = format!("certs[{n}]");
+            let pem = r.read(&key, path)?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|err| r.invalid(&key, format!("{}: {err}", r.beside(path).display())))?;
+            certs.push(cert);
+        }
+        let cert_url_fetch = raw.cert_url_fetch.unwrap_or(false);
+        if certs.is_empty() && !cert_url_fetch {
+            return Err(r.invalid(
+                "certs",
+                "pin PayPal's signing certificate (certs = [\"paypal-cert.pem\"]) and/or set cert_url_fetch = true",
+            ));
+        }
+        let lower = |list: Option<Vec<String>>, default: &[&str]| -> Vec<String> {
+            match list {
+                Some(list) => list.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+                None => default.iter().map(|h| (*h).to_owned()).collect(),
+            }
+        };
+        let cert_hosts = lower(raw.cert_hosts, CERT_HOSTS);
+        if let Some(h) =
+            cert_hosts.iter().find(|h| h.is_empty() || h.contains('/') || h.contains('@'))
+        {
+            return Err(r.invalid("cert_hosts", format!("\"{h}\" is not a host or host:port")));
+        }
+        let cert_subjects = lower(raw.cert_subjects, CERT_SUBJECTS);
+        if cert_subjects.is_empty() {
+            return Err(r.invalid("cert_subjects", "must not be empty"));
+        }
+        Ok(Settings {
+            webhook_id,
+            certs,
+            cert_url_fetch,
+            cert_hosts,
+            cert_subjects,
+            tls_ca,
+            reference: raw.reference,
+        })
+    }
+
+    /// Warns about pinned certificates that are not valid now: they will not verify.
+    pub(crate) fn warn_about_pinned(&self) {
+        let now = crate::time::now_ms() / 1000;
+        for (n, cert) in self.certs.iter().enumerate() {
+            if let Err(why) = cert.check_validity(now) {
+                tracing::warn!("pinned certificate certs[{n}]: {why}");
+            }
+        }
+    }
+
+    pub(crate) fn describe(&self) -> Vec<String> {
+        vec![format!(
+            "webhook id {}, {} pinned certificate(s), certificate download {} (hosts {})",
+            self.webhook_id,
+            self.certs.len(),
+            if self.cert_url_fetch { "on" } else { "off" },
+            self.cert_hosts.join(" ")
+        )]
+    }
+}
 
 /// The headers PayPal sends with every webhook.
 pub const TRANSMISSION_ID: &str = "paypal-transmission-id";
@@ -308,7 +432,7 @@ pub fn verify_with<'c>(
 /// certificate URLs (when fetching is on).
 #[derive(Debug)]
 pub struct CertSource {
-    settings: PaypalSettings,
+    settings: Settings,
     client: Option<reqwest::Client>,
     cache: Mutex<HashMap<String, Certificate>>,
     /// URL → when its last download failed (unix ms), and the answer it got; repeated
@@ -320,7 +444,7 @@ pub struct CertSource {
 
 impl CertSource {
     /// The certificate source for a `paypal` endpoint's settings.
-    pub fn new(settings: &PaypalSettings) -> Result<CertSource, String> {
+    pub fn new(settings: &Settings) -> Result<CertSource, String> {
         let client = if settings.cert_url_fetch {
             Some(super::https_client(settings.tls_ca.as_deref(), FETCH_TIMEOUT)?)
         } else {
@@ -333,6 +457,11 @@ impl CertSource {
             failed: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The endpoint's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Verifies and identifies a request to a PayPal endpoint. `now` is unix seconds.
@@ -495,18 +624,18 @@ fn linked_id(resource: &Value, rel: &str) -> Option<String> {
 /// (`seller_transaction_id`) name. A capture's pending and completed events share it; a
 /// capture of an authorization names the authorization as its related payment, so the two
 /// are never taken for two payments of one order. Checkout-order events carry the order id.
-pub fn parse(settings: Option<&PaypalSettings>, body: &[u8]) -> Result<Notification, String> {
+pub fn parse(settings: Option<&Settings>, body: &[u8]) -> Result<Notification, String> {
     let event: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let event_id = str_at(&event, &["id"]).ok_or("event has no id")?;
     let raw_type = str_at(&event, &["event_type"]).ok_or("event has no event_type")?;
-    let prefer = settings.map_or(PaypalReference::CustomId, |s| s.reference);
+    let prefer = settings.map_or(Reference::CustomId, |s| s.reference);
     let r = &event["resource"];
     let reference = |custom: &[&str], invoice: &[&str]| match prefer {
-        PaypalReference::CustomId => str_at(r, custom).or_else(|| str_at(r, invoice)),
-        PaypalReference::InvoiceId => str_at(r, invoice).or_else(|| str_at(r, custom)),
+        Reference::CustomId => str_at(r, custom).or_else(|| str_at(r, invoice)),
+        Reference::InvoiceId => str_at(r, invoice).or_else(|| str_at(r, custom)),
     };
     let mut n = Notification {
-        provider: "paypal",
+        provider: super::ProviderKind::Paypal,
         event_id,
         kind: Kind::Ignored,
         raw_type: raw_type.clone(),
@@ -561,10 +690,10 @@ pub fn parse(settings: Option<&PaypalSettings>, body: &[u8]) -> Result<Notificat
             let unit = &r["purchase_units"][0];
             n.payment_id = id;
             n.merchant_reference = match prefer {
-                PaypalReference::CustomId => {
+                Reference::CustomId => {
                     str_at(unit, &["custom_id"]).or_else(|| str_at(unit, &["invoice_id"]))
                 }
-                PaypalReference::InvoiceId => {
+                Reference::InvoiceId => {
                     str_at(unit, &["invoice_id"]).or_else(|| str_at(unit, &["custom_id"]))
                 }
             }
@@ -602,10 +731,10 @@ pub fn parse(settings: Option<&PaypalSettings>, body: &[u8]) -> Result<Notificat
             // Legacy v1 sales: amount {total, currency}; refunds name their sale.
             let action = t.rsplit('.').next().unwrap_or_default();
             n.merchant_reference = match prefer {
-                PaypalReference::CustomId => {
+                Reference::CustomId => {
                     str_at(r, &["custom"]).or_else(|| str_at(r, &["invoice_number"]))
                 }
-                PaypalReference::InvoiceId => {
+                Reference::InvoiceId => {
                     str_at(r, &["invoice_number"]).or_else(|| str_at(r, &["custom"]))
                 }
             };
@@ -634,7 +763,7 @@ mod tests {
     use super::*;
 
     fn hosts() -> Vec<String> {
-        crate::config::PAYPAL_CERT_HOSTS.iter().map(|h| (*h).to_owned()).collect()
+        CERT_HOSTS.iter().map(|h| (*h).to_owned()).collect()
     }
 
     #[test]
@@ -724,14 +853,14 @@ mod tests {
         assert_eq!(capture.payment_id.as_deref(), Some("CAP-1"));
         assert_eq!(capture.related_payment_id, auth.payment_id);
         assert_eq!(capture.merchant_reference.as_deref(), Some("1001"));
-        let invoice = PaypalSettings {
+        let invoice = Settings {
             webhook_id: "W".into(),
             certs: vec![],
             cert_url_fetch: false,
             cert_hosts: vec![],
             cert_subjects: vec![],
             tls_ca: None,
-            reference: PaypalReference::InvoiceId,
+            reference: Reference::InvoiceId,
         };
         let by_invoice = parse(
             Some(&invoice),

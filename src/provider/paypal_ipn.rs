@@ -17,8 +17,129 @@ use std::time::Duration;
 use hyper::HeaderMap;
 
 use super::{keep_headers, Accepted, Kind, Notification, Rejection};
-use crate::config::{IpnReference, IpnSettings};
 use crate::money::{Currency, Money};
+use crate::settings::{ConfigError, Resolver};
+
+/// PayPal's live IPN verification URL, the default `verify_url`.
+pub const VERIFY_URL: &str = "https://ipnpb.paypal.com/cgi-bin/webscr";
+
+/// `provider = "paypal-ipn"` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Our PayPal account's email; the message's `receiver_email` must equal it.
+    pub receiver_email: Option<String>,
+    /// Our PayPal account's merchant id; the message's `receiver_id` must equal it.
+    pub receiver_id: Option<String>,
+    /// Where messages are posted back for verification (https).
+    pub verify_url: String,
+    /// Extra trusted roots (PEM) for the postback.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Which field holds the shop's order reference.
+    pub reference: Reference,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            receiver_email: None,
+            receiver_id: None,
+            verify_url: VERIFY_URL.into(),
+            tls_ca: None,
+            reference: Reference::Invoice,
+        }
+    }
+}
+
+/// Where an IPN message carries the shop's reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reference {
+    /// `invoice`, then `custom`.
+    #[default]
+    Invoice,
+    /// `custom`, then `invoice`.
+    Custom,
+}
+
+/// The endpoint keys PayPal IPN reads.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Raw {
+    receiver_email: Option<String>,
+    receiver_id: Option<String>,
+    verify_url: Option<String>,
+    tls_ca_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    reference: Reference,
+}
+
+impl Settings {
+    pub(crate) fn resolve(raw: Raw, r: &Resolver<'_>) -> Result<Settings, ConfigError> {
+        let tls_ca = super::read_tls_ca(r, raw.tls_ca_file.as_deref())?;
+        let nonempty = |v: Option<String>| {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+        };
+        let (receiver_email, receiver_id) =
+            (nonempty(raw.receiver_email), nonempty(raw.receiver_id));
+        if receiver_email.is_none() && receiver_id.is_none() {
+            return Err(r.invalid(
+                "receiver_email",
+                "set receiver_email and/or receiver_id (your PayPal account's): messages for other accounts are refused",
+            ));
+        }
+        let verify_url = raw.verify_url.unwrap_or_else(|| VERIFY_URL.into());
+        match url::Url::parse(&verify_url) {
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {}
+            _ => {
+                return Err(r.invalid(
+                    "verify_url",
+                    format!("\"{verify_url}\" is not an https URL (PayPal's is {VERIFY_URL})"),
+                ))
+            }
+        }
+        Ok(Settings { receiver_email, receiver_id, verify_url, tls_ca, reference: raw.reference })
+    }
+
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let receiver = [self.receiver_email.as_deref(), self.receiver_id.as_deref()];
+        vec![format!(
+            "receiver {}, verified by postback to {}",
+            receiver.iter().flatten().copied().collect::<Vec<_>>().join(" / "),
+            self.verify_url
+        )]
+    }
+}
+
+/// An IPN endpoint at run time: its settings and the HTTPS client of its postback.
+#[derive(Debug)]
+pub struct Ipn {
+    /// The endpoint's settings.
+    pub settings: Settings,
+    /// Posts messages back to `verify_url`.
+    client: reqwest::Client,
+}
+
+impl Ipn {
+    /// Builds the postback client (https only, no redirects, `tls_ca` trusted).
+    pub fn new(settings: &Settings) -> Result<Ipn, super::SetupError> {
+        let client = super::https_client(settings.tls_ca.as_deref(), POSTBACK_TIMEOUT)
+            .map_err(|why| super::SetupError(format!("IPN postback client: {why}")))?;
+        Ok(Ipn { settings: settings.clone(), client })
+    }
+
+    /// Posts a stored message back to PayPal: `VERIFIED` confirms it, `INVALID` refuses it.
+    pub async fn confirm(&self, body: &[u8]) -> super::Confirmation {
+        use super::Confirmation;
+        match postback(&self.client, &self.settings.verify_url, body).await {
+            Ok(Verdict::Verified) => Confirmation::Confirmed,
+            Ok(Verdict::Invalid) => Confirmation::Refused(
+                "PayPal answered INVALID to the IPN postback: not sent by PayPal, or altered"
+                    .into(),
+            ),
+            Err(e) => Confirmation::Failed { message: e.message, transient: e.transient },
+        }
+    }
+}
 
 /// More fields than this is not a PayPal message.
 const MAX_FIELDS: usize = 1000;
@@ -139,7 +260,7 @@ pub fn dedup_key(form: &Form) -> Option<String> {
 
 /// Whether the message is for our account: every configured receiver field must be present
 /// and equal (the email case-insensitively).
-pub fn check_receiver(settings: &IpnSettings, form: &Form) -> Result<(), Rejection> {
+pub fn check_receiver(settings: &Settings, form: &Form) -> Result<(), Rejection> {
     let wrong = |field: &'static str| Rejection::WrongReceiver(field);
     if let Some(email) = &settings.receiver_email {
         let theirs = form.get("receiver_email").or(form.get("business"));
@@ -158,7 +279,7 @@ pub fn check_receiver(settings: &IpnSettings, form: &Form) -> Result<(), Rejecti
 /// Checks and identifies an IPN request for storing. It is not verified yet: the worker posts
 /// it back to PayPal before acting on it.
 pub fn accept(
-    settings: &IpnSettings,
+    settings: &Settings,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Accepted, Rejection> {
@@ -280,20 +401,20 @@ fn amount(form: &Form) -> Result<Option<Money>, String> {
 }
 
 /// Reads a stored IPN message (verified by the postback) into a canonical notification.
-pub fn parse(settings: Option<&IpnSettings>, body: &[u8]) -> Result<Notification, String> {
+pub fn parse(settings: Option<&Settings>, body: &[u8]) -> Result<Notification, String> {
     let form = decode(body)?;
     let event_id = dedup_key(&form).ok_or("no txn_id, case_id or ipn_track_id")?;
     let status = form.get("payment_status");
     let txn_type = form.get("txn_type");
-    let prefer = settings.map_or(IpnReference::Invoice, |s| s.reference);
+    let prefer = settings.map_or(Reference::Invoice, |s| s.reference);
     let reference = match prefer {
-        IpnReference::Invoice => form.get("invoice").or(form.get("custom")),
-        IpnReference::Custom => form.get("custom").or(form.get("invoice")),
+        Reference::Invoice => form.get("invoice").or(form.get("custom")),
+        Reference::Custom => form.get("custom").or(form.get("invoice")),
     };
     let txn = form.get("txn_id").map(str::to_owned);
     let parent = form.get("parent_txn_id").map(str::to_owned);
     let mut n = Notification {
-        provider: "paypal-ipn",
+        provider: super::ProviderKind::PaypalIpn,
         event_id,
         kind: Kind::Ignored,
         raw_type: status.or(txn_type).unwrap_or("unknown").to_owned(),
@@ -414,10 +535,10 @@ mod tests {
 
     #[test]
     fn receiver_must_be_ours() {
-        let settings = IpnSettings {
+        let settings = Settings {
             receiver_email: Some("Shop@Example.com".into()),
             receiver_id: Some("RCV1".into()),
-            ..IpnSettings::default()
+            ..Settings::default()
         };
         let ok = decode(b"receiver_email=shop%40example.com&receiver_id=RCV1").unwrap();
         assert!(check_receiver(&settings, &ok).is_ok());

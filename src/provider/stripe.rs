@@ -17,9 +17,9 @@ use serde_json::Value;
 use super::{
     header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
 };
-use crate::config::Endpoint;
 use crate::money::{stripe_exponent, Currency, Money};
 use crate::secret::Secret;
+use crate::settings::{ConfigError, Resolver};
 
 /// The signature header.
 pub const HEADER: &str = "stripe-signature";
@@ -157,15 +157,63 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// Stripe's own default signature tolerance.
+pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
+/// Beyond a day a tolerance is a typo (and a day is already a long replay window).
+const MAX_TOLERANCE_SECS: u64 = 86_400;
+
+/// `provider = "stripe"` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Signing secrets; any of them verifies (several are live while a secret is rolled).
+    pub secrets: Vec<Secret>,
+    /// Largest accepted distance between a signature's timestamp and now, either way.
+    pub tolerance: std::time::Duration,
+}
+
+/// The endpoint keys Stripe reads.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Raw {
+    #[serde(default, deserialize_with = "crate::secret::secret_list")]
+    secrets: Vec<Secret>,
+    tolerance_secs: Option<u64>,
+}
+
+impl Settings {
+    pub(crate) fn resolve(raw: Raw, r: &Resolver<'_>) -> Result<Settings, ConfigError> {
+        if raw.secrets.is_empty() {
+            return Err(r.invalid("secrets", "at least one signing secret is required"));
+        }
+        r.secrets("secrets", &raw.secrets)?;
+        let tolerance = r.bounded(
+            "tolerance_secs",
+            raw.tolerance_secs,
+            DEFAULT_TOLERANCE_SECS,
+            MAX_TOLERANCE_SECS,
+        )?;
+        Ok(Settings { secrets: raw.secrets, tolerance: std::time::Duration::from_secs(tolerance) })
+    }
+
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let mut out = vec![
+            format!("tolerance {}s", self.tolerance.as_secs()),
+            format!("{} secret(s)", self.secrets.len()),
+        ];
+        out.extend(self.secrets.iter().map(Secret::hint));
+        out
+    }
+}
+
 /// Verifies and identifies a request to a Stripe endpoint.
 pub fn accept(
-    endpoint: &Endpoint,
+    settings: &Settings,
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
 ) -> Result<Accepted, Rejection> {
     let header = header_text(headers, HEADER, "Stripe-Signature")?;
-    verify(&endpoint.secrets, endpoint.tolerance.as_secs(), header, body, now)?;
+    verify(&settings.secrets, settings.tolerance.as_secs(), header, body, now)?;
     let event = identify(body)?;
     Ok(Accepted {
         dedup_key: event.id,
@@ -185,7 +233,7 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
     let event_id = str_at(&event, &["id"]).ok_or("event has no id")?;
     let raw_type = str_at(&event, &["type"]).ok_or("event has no type")?;
     let mut n = Notification {
-        provider: "stripe",
+        provider: super::ProviderKind::Stripe,
         event_id,
         kind: Kind::Ignored,
         raw_type: raw_type.clone(),

@@ -23,9 +23,9 @@ use serde_json::Value;
 use super::{
     header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
 };
-use crate::config::Endpoint;
 use crate::money::{Currency, Money};
 use crate::secret::Secret;
+use crate::settings::{ConfigError, Resolver};
 
 /// The signature header.
 pub const HEADER: &str = "event-signature";
@@ -163,16 +163,51 @@ pub fn identify(body: &[u8]) -> Result<EventId, Rejection> {
     Ok(EventId { id: id.into_owned(), kind: kind.into_owned() })
 }
 
-/// Verifies and identifies a request to an Access Worldpay endpoint. `now` is unused: nothing
-/// but the body is signed.
+/// `provider = "worldpay"` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Signing secrets by key id (`Event-Signature: {keyId}/SHA256/{hex}`).
+    pub keys: Vec<(String, Secret)>,
+}
+
+/// The endpoint keys Access Worldpay reads.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Raw {
+    #[serde(default, deserialize_with = "crate::secret::secret_map")]
+    keys: Vec<(String, Secret)>,
+}
+
+impl Settings {
+    pub(crate) fn resolve(raw: Raw, r: &Resolver<'_>) -> Result<Settings, ConfigError> {
+        if raw.keys.is_empty() {
+            return Err(r.invalid(
+                "keys",
+                "at least one key id = \"secret\" is required (Event-Signature)",
+            ));
+        }
+        if let Some((id, _)) =
+            raw.keys.iter().find(|(id, s)| id.is_empty() || s.expose().is_empty())
+        {
+            return Err(r.invalid("keys", format!("key id \"{id}\" or its secret is empty")));
+        }
+        Ok(Settings { keys: raw.keys })
+    }
+
+    pub(crate) fn describe(&self) -> Vec<String> {
+        self.keys.iter().map(|(id, k)| format!("key {id}: {}", k.hint())).collect()
+    }
+}
+
+/// Verifies and identifies a request to an Access Worldpay endpoint. Nothing but the body is
+/// signed: there is no timestamp to check.
 pub fn accept(
-    endpoint: &Endpoint,
+    settings: &Settings,
     headers: &HeaderMap,
     body: &[u8],
-    _now: i64,
 ) -> Result<Accepted, Rejection> {
     let header = header_text(headers, HEADER, HEADER_NAME)?;
-    verify(&endpoint.keys, header, body)?;
+    verify(&settings.keys, header, body)?;
     let event = identify(body)?;
     Ok(Accepted {
         dedup_key: event.id,
@@ -222,7 +257,7 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
     let classification = str_at(details, &["classification"]).unwrap_or_default();
     let reference = str_at(details, &["transactionReference"]);
     let mut n = Notification {
-        provider: "worldpay",
+        provider: super::ProviderKind::Worldpay,
         event_id,
         kind: Kind::Ignored,
         raw_type: raw_type.clone(),
@@ -412,21 +447,17 @@ mod tests {
 
     #[test]
     fn accept_reads_the_header_and_the_envelope() {
-        use crate::config::Config;
-        let text =
-            "[[endpoint]]\nname = \"wp\"\nprovider = \"worldpay\"\nkeys = { \"1\" = \"s1\" }\n";
-        let config = Config::from_toml(text, std::path::Path::new("t.toml")).unwrap();
-        let endpoint = &config.endpoints[0];
+        let endpoint = &Settings { keys: keys(&[("1", "s1")]) };
         let mut headers = HeaderMap::new();
         assert_eq!(
-            accept(endpoint, &headers, BODY, 0).unwrap_err(),
+            accept(endpoint, &headers, BODY).unwrap_err(),
             Rejection::MissingHeader("Event-Signature")
         );
         headers.insert(HEADER, sign("1", b"s1", BODY).parse().unwrap());
         headers.insert("authorization", "Basic eDp5".parse().unwrap());
         headers
             .insert("content-type", "application/vnd.worldpay.events-v1.hal+json".parse().unwrap());
-        let a = accept(endpoint, &headers, BODY, 0).unwrap();
+        let a = accept(endpoint, &headers, BODY).unwrap();
         assert_eq!(a.dedup_key, "bb55ca5a-e05c-47e1-8e94-e88bac1a0a17");
         assert_eq!(a.event_type.as_deref(), Some("authorized"));
         let kept: Value = serde_json::from_str(&a.headers_json).unwrap();
@@ -435,7 +466,7 @@ mod tests {
         // Signed garbage is refused as a body, not as a signature.
         let garbage = b"{\"eventId\":\"\"}";
         headers.insert(HEADER, sign("1", b"s1", garbage).parse().unwrap());
-        assert_eq!(accept(endpoint, &headers, garbage, 0).unwrap_err().code(), "malformed_body");
+        assert_eq!(accept(endpoint, &headers, garbage).unwrap_err().code(), "malformed_body");
     }
 
     #[test]
@@ -503,7 +534,7 @@ mod tests {
             let n = parse(&event("payment", t, amount)).unwrap();
             assert_eq!(n.kind, kind, "{t}");
             assert_eq!(n.raw_type, t);
-            assert_eq!(n.provider, "worldpay");
+            assert_eq!(n.provider, super::super::ProviderKind::Worldpay);
             assert_eq!(n.event_id, format!("e-{t}"));
             assert_eq!(n.payment_id.as_deref(), Some("2001"), "{t}");
             assert_eq!(n.merchant_reference.as_deref(), Some("2001"), "{t}");

@@ -24,8 +24,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 use super::{keep_headers, Accepted, Kind, Notification, Rejection};
-use crate::config::Endpoint;
 use crate::money::{Currency, Money};
+use crate::settings::{ConfigError, Resolver};
 
 /// Headers kept with the row. Never `authorization`: it holds the basic-auth password.
 const KEPT_HEADERS: &[&str] = &["content-type", "user-agent"];
@@ -384,17 +384,54 @@ fn collect(stack: &[Vec<u8>], e: &BytesStart<'_>, got: &mut Collected) -> Result
     Ok(())
 }
 
+/// `provider = "worldpay-xml"` settings.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The merchant codes whose notifications this endpoint takes (empty: any).
+    pub merchant_codes: Vec<String>,
+}
+
+/// The endpoint keys Worldpay XML reads.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Raw {
+    merchant_codes: Option<Vec<String>>,
+}
+
+impl Settings {
+    pub(crate) fn resolve(raw: Raw, r: &Resolver<'_>) -> Result<Settings, ConfigError> {
+        if !r.has_trust() {
+            return Err(r.invalid(
+                "basic_auth",
+                "worldpay-xml notifications carry no signature: configure basic_auth and/or allow_from",
+            ));
+        }
+        let merchant_codes = raw.merchant_codes.unwrap_or_default();
+        if merchant_codes.iter().any(|c| c.trim().is_empty()) {
+            return Err(r.invalid("merchant_codes", "holds an empty code"));
+        }
+        Ok(Settings { merchant_codes })
+    }
+
+    pub(crate) fn describe(&self) -> Vec<String> {
+        if self.merchant_codes.is_empty() {
+            vec!["any merchant code".into()]
+        } else {
+            vec![format!("merchant codes {}", self.merchant_codes.join(" "))]
+        }
+    }
+}
+
 /// Identifies a request to a Worldpay XML endpoint. There is no signature: trust was checked
 /// by the HTTP layer. Unsafe or malformed XML is [`Rejection::MalformedBody`].
 pub fn accept(
-    endpoint: &Endpoint,
+    settings: &Settings,
     headers: &HeaderMap,
     body: &[u8],
-    _now: i64,
 ) -> Result<Accepted, Rejection> {
     let order = read(body).map_err(Rejection::MalformedBody)?;
-    if !endpoint.merchant_codes.is_empty()
-        && !order.merchant_code.as_ref().is_some_and(|c| endpoint.merchant_codes.contains(c))
+    if !settings.merchant_codes.is_empty()
+        && !order.merchant_code.as_ref().is_some_and(|c| settings.merchant_codes.contains(c))
     {
         return Err(Rejection::WrongReceiver("merchantCode"));
     }
@@ -443,7 +480,7 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
         Some(format!("journal {journal}"))
     });
     Ok(Notification {
-        provider: "worldpay-xml",
+        provider: super::ProviderKind::WorldpayXml,
         event_id,
         kind,
         raw_type: order.last_event,
@@ -608,13 +645,10 @@ mod tests {
     }
 
     fn accept_body(body: &[u8]) -> Result<Accepted, Rejection> {
-        use crate::config::Config;
-        let text = "[[endpoint]]\nname = \"wpx\"\nprovider = \"worldpay-xml\"\nbasic_auth = { user = \"wp\", password = \"pw\" }\n";
-        let config = Config::from_toml(text, std::path::Path::new("t.toml")).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Basic d3A6cHc=".parse().unwrap());
         headers.insert("content-type", "text/xml".parse().unwrap());
-        accept(&config.endpoints[0], &headers, body, 0)
+        accept(&Settings::default(), &headers, body)
     }
 
     #[test]
@@ -653,7 +687,7 @@ mod tests {
         for (event, kind) in kinds {
             let n = parse(doc(event, AMOUNT, "").as_bytes()).unwrap();
             assert_eq!(n.kind, kind, "{event}");
-            assert_eq!(n.provider, "worldpay-xml");
+            assert_eq!(n.provider, super::super::ProviderKind::WorldpayXml);
             assert_eq!(n.raw_type, event);
             assert_eq!(n.event_id, format!("SHOPEUR/2001:{event}::"));
             assert_eq!(n.payment_id.as_deref(), Some("2001"));

@@ -10,9 +10,9 @@
 
 use serde::Serialize;
 
-use crate::config::{FulfilOn, OverpaidPolicy, Policy, RefundOrReview};
 use crate::money::Money;
 use crate::provider::{Kind, Notification};
+use crate::reconcile::policy::{FulfilOn, OverpaidPolicy, Policy, RefundOrReview};
 use crate::shop::{Order, OrderStatus};
 
 /// Where a payment stands, as far as its notifications tell.

@@ -9,7 +9,7 @@ fn usd(minor: i64) -> Money {
 
 fn note(kind: Kind, amount: Option<Money>) -> Notification {
     Notification {
-        provider: "stripe",
+        provider: crate::provider::ProviderKind::Stripe,
         event_id: "evt_1".into(),
         kind,
         raw_type: "test".into(),

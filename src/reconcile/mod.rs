@@ -1,4 +1,6 @@
-//! Reconciliation: the pure decision table ([`decide`]) and the worker that applies it.
+//! Reconciliation: the pure decision table ([`decide`]), its policy, and the worker that
+//! applies it.
 
 pub mod decide;
+pub mod policy;
 pub mod worker;

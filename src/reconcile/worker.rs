@@ -33,17 +33,18 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{decide, Action, Decision, Facts, Outcome, PaymentState, PaymentStatus};
-use crate::config::{Policy, ShopConfig, WorkerConfig};
-use crate::provider::paypal_ipn::{PostbackError, Verdict};
-use crate::provider::{self, Kind, Notification};
+use crate::endpoint::Endpoints;
+use crate::provider::{self, Confirmation, Kind, Notification, ProviderKind};
+use crate::reconcile::policy::{Policy, WorkerConfig};
+use crate::shop::ShopConfig;
 use crate::shop::{cut_reference, Lookup, Order, OrderSource, ShopError};
 
 /// Longest sleep with nothing due: a safety net for rows written by other processes.
 const IDLE_WAKE: Duration = Duration::from_secs(30);
-/// IPN postbacks of one batch in flight at once.
-const IPN_POSTBACKS_AT_ONCE: usize = 8;
-/// IPN postbacks per pass; further unverified rows wait for the next pass.
-const IPN_POSTBACKS_PER_PASS: usize = 16;
+/// Confirmations (IPN postbacks) of one batch in flight at once.
+const CONFIRMATIONS_AT_ONCE: usize = 8;
+/// Confirmations per pass; further unconfirmed rows wait for the next pass.
+const CONFIRMATIONS_PER_PASS: usize = 16;
 /// Wait before reconnecting to an unreachable shop database.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -60,8 +61,8 @@ macro_rules! unfinished {
 pub struct Claimed {
     /// Row id.
     pub id: i64,
-    /// Provider name.
-    pub provider: String,
+    /// Which provider sent it; `None` for a name this build does not know.
+    pub provider: Option<ProviderKind>,
     /// The endpoint it arrived on.
     pub endpoint: String,
     /// First delivery, unix ms.
@@ -74,16 +75,16 @@ pub struct Claimed {
     pub unreadable: Option<String>,
     /// Failed attempts before this one.
     pub attempts: u32,
-    /// When PayPal verified it by postback (IPN rows only).
+    /// When the provider confirmed it (see [`Provider::confirm`](crate::provider::Provider::confirm)).
     pub verified_at: Option<i64>,
     /// Its status when it was read: the decision is written only if it is still the same.
     pub status: String,
 }
 
 impl Claimed {
-    /// Whether the row must be posted back to PayPal before anything is decided on it.
-    fn needs_postback(&self) -> bool {
-        self.provider == "paypal-ipn" && self.verified_at.is_none()
+    /// Whether the row must be confirmed with its provider before anything is decided on it.
+    fn needs_confirmation(&self) -> bool {
+        self.provider.is_some_and(|p| p.confirmed_by().is_some()) && self.verified_at.is_none()
     }
 }
 
@@ -92,14 +93,15 @@ impl Claimed {
 enum Prepared {
     /// The body could not be read: it will not get better by retrying.
     Unreadable(String),
-    /// PayPal answered INVALID to the IPN postback: not a genuine notification.
-    Invalid,
-    /// The IPN postback failed (network, timeout, an unexpected answer): try again later. The
+    /// The provider refused to confirm it (PayPal answered INVALID to the IPN postback): not
+    /// a genuine notification.
+    Refused(String),
+    /// The confirmation failed (network, timeout, an unexpected answer): try again later. The
     /// payment it names (read, not acted on) makes later rows of that payment wait behind it.
-    /// `counts`: whether the failure uses up an attempt (not when PayPal is down).
-    Unverified { error: String, payment_key: Option<String>, counts: bool },
+    /// `counts`: whether the failure uses up an attempt (not when the provider is down).
+    Unconfirmed { error: String, payment_key: Option<String>, counts: bool },
     /// Parsed, and the order looked up (or the lookup failed). `verified` is set when the
-    /// row was verified by postback in this pass (recorded with the row).
+    /// row was confirmed by its provider in this pass (recorded with the row).
     Ready { n: Box<Notification>, order: Result<Option<Order>, ShopError>, verified: bool },
 }
 
@@ -123,17 +125,15 @@ pub struct Worker {
     policy: Policy,
     /// Retries, batch size.
     config: WorkerConfig,
-    /// Endpoint configurations by name, for adapters whose format is configurable.
-    endpoints: HashMap<String, crate::config::Endpoint>,
-    /// PayPal IPN endpoints' HTTPS clients for the postback, by endpoint name.
-    postback: HashMap<String, reqwest::Client>,
+    /// The endpoints' providers, by endpoint name: they parse and confirm stored rows.
+    endpoints: Arc<Endpoints>,
 }
 
 impl Worker {
     /// A worker over the store at `conn`.
     pub fn new(
         conn: Connection,
-        endpoints: &[crate::config::Endpoint],
+        endpoints: Arc<Endpoints>,
         shop: ShopConfig,
         policy: Policy,
         config: WorkerConfig,
@@ -143,22 +143,7 @@ impl Worker {
         if let Err(e) = conn.execute_batch("PRAGMA cache_size = -16384") {
             tracing::debug!(error = %e, "worker page cache left at its default");
         }
-        let mut postback = HashMap::new();
-        for e in endpoints {
-            let Some(ipn) = &e.ipn else { continue };
-            match provider::https_client(
-                ipn.tls_ca.as_deref(),
-                provider::paypal_ipn::POSTBACK_TIMEOUT,
-            ) {
-                Ok(client) => {
-                    postback.insert(e.name.clone(), client);
-                }
-                // Its rows wait (and say why) until the daemon is restarted with a fixed config.
-                Err(why) => tracing::error!(endpoint = %e.name, "IPN postback client: {why}"),
-            }
-        }
-        let endpoints = endpoints.iter().map(|e| (e.name.clone(), e.clone())).collect();
-        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, endpoints, postback }
+        Worker { conn: Arc::new(Mutex::new(conn)), shop, policy, config, endpoints }
     }
 
     /// Runs until `shutdown`: connects to the shop (retrying while it is unreachable), then
@@ -322,66 +307,63 @@ impl Worker {
     /// Parses each row and looks its order up; no transaction is open meanwhile. Lookups are
     /// deduplicated and run concurrently, up to the shop's pool size.
     ///
-    /// IPN rows are posted back to PayPal first (with `postback`; a dry run does not) and
-    /// nothing is decided on an unverified one. At most [`IPN_POSTBACKS_PER_PASS`] are posted
-    /// back per pass, so a slow PayPal holds up the rest of the batch for a bounded time.
+    /// Rows whose provider confirms notifications (IPN) are confirmed first (when `confirm`;
+    /// a dry run does not) and nothing is decided on an unconfirmed one. At most
+    /// [`CONFIRMATIONS_PER_PASS`] are confirmed per pass, so a slow provider holds up the rest
+    /// of the batch for a bounded time.
     async fn prepare(
         &self,
         source: &OrderSource,
         rows: &[Claimed],
-        postback: bool,
+        confirm: bool,
     ) -> Vec<Prepared> {
         use futures_util::stream::{self, StreamExt};
-        let not_now = |message: &str| PostbackError { message: message.into(), transient: true };
-        let mut verdicts: HashMap<i64, Result<Verdict, PostbackError>> = HashMap::new();
-        let mut unverified = Vec::new();
-        for row in rows.iter().filter(|r| r.needs_postback() && r.unreadable.is_none()) {
-            if !postback {
-                verdicts.insert(row.id, Err(not_now("dry run: not posted back to PayPal")));
-            } else if unverified.len() == IPN_POSTBACKS_PER_PASS {
-                verdicts.insert(row.id, Err(not_now("waiting for its turn to be posted back")));
+        let not_now =
+            |message: &str| Confirmation::Failed { message: message.into(), transient: true };
+        let mut answers: HashMap<i64, Confirmation> = HashMap::new();
+        let mut pending = Vec::new();
+        for row in rows.iter().filter(|r| r.needs_confirmation() && r.unreadable.is_none()) {
+            if !confirm {
+                answers.insert(row.id, not_now("dry run: not confirmed with the provider"));
+            } else if pending.len() == CONFIRMATIONS_PER_PASS {
+                answers.insert(row.id, not_now("waiting for its turn to be confirmed"));
             } else {
-                unverified.push((row.id, row.endpoint.clone(), row.body.clone()));
+                pending.push((row.id, row.endpoint.clone(), row.body.clone()));
             }
         }
-        let answered: Vec<(i64, Result<Verdict, PostbackError>)> =
-            stream::iter(unverified)
+        let answered: Vec<(i64, Confirmation)> =
+            stream::iter(pending)
                 .map(|(id, endpoint, body)| async move {
-                    (id, self.verify_ipn(id, &endpoint, &body).await)
+                    (id, self.confirm(id, &endpoint, &body).await)
                 })
-                .buffer_unordered(IPN_POSTBACKS_AT_ONCE)
+                .buffer_unordered(CONFIRMATIONS_AT_ONCE)
                 .collect()
                 .await;
-        verdicts.extend(answered);
+        answers.extend(answered);
         let mut parsed = Vec::with_capacity(rows.len());
         for row in rows {
             if let Some(e) = &row.unreadable {
                 parsed.push(Err(Prepared::Unreadable(e.clone())));
                 continue;
             }
-            match verdicts.get(&row.id) {
-                None | Some(Ok(Verdict::Verified)) => {}
-                Some(Ok(Verdict::Invalid)) => {
-                    parsed.push(Err(Prepared::Invalid));
+            match answers.get(&row.id) {
+                None | Some(Confirmation::Confirmed) => {}
+                Some(Confirmation::Refused(why)) => {
+                    parsed.push(Err(Prepared::Refused(why.clone())));
                     continue;
                 }
-                Some(Err(e)) => {
-                    let payment_key = provider::parse(
-                        &row.provider,
-                        self.endpoints.get(&row.endpoint),
-                        &row.body,
-                    )
-                    .ok()
-                    .map(|n| n.payment_id.unwrap_or(n.event_id));
-                    parsed.push(Err(Prepared::Unverified {
-                        error: e.message.clone(),
+                Some(Confirmation::Failed { message, transient }) => {
+                    let payment_key =
+                        self.parse(row).ok().map(|n| n.payment_id.unwrap_or(n.event_id));
+                    parsed.push(Err(Prepared::Unconfirmed {
+                        error: message.clone(),
                         payment_key,
-                        counts: !e.transient,
+                        counts: !transient,
                     }));
                     continue;
                 }
             }
-            match provider::parse(&row.provider, self.endpoints.get(&row.endpoint), &row.body) {
+            match self.parse(row) {
                 Err(e) => parsed.push(Err(Prepared::Unreadable(e))),
                 Ok(n) if n.kind == Kind::Ignored => parsed.push(Ok((n, None))),
                 Ok(n) => {
@@ -410,7 +392,7 @@ impl Worker {
             .into_iter()
             .zip(rows)
             .map(|(p, row)| {
-                let verified = verdicts.contains_key(&row.id);
+                let verified = answers.contains_key(&row.id);
                 match p {
                     Err(prepared) => prepared,
                     Ok((n, None)) => Prepared::Ready { n: Box::new(n), order: Ok(None), verified },
@@ -423,36 +405,40 @@ impl Worker {
             .collect()
     }
 
-    /// Posts an IPN row back to its endpoint's verification URL.
-    async fn verify_ipn(
-        &self,
-        id: i64,
-        endpoint: &str,
-        body: &[u8],
-    ) -> Result<Verdict, PostbackError> {
-        let setup = |message: String| PostbackError { message, transient: false };
-        let ipn = self.endpoints.get(endpoint).and_then(|e| e.ipn.as_ref()).ok_or_else(|| {
-            setup(format!(
-                "endpoint \"{endpoint}\" is no longer a configured paypal-ipn endpoint; cannot verify"
-            ))
-        })?;
-        let client = self.postback.get(endpoint).ok_or_else(|| {
-            setup("no HTTPS client for the IPN postback (see the error at startup)".into())
-        })?;
-        let verdict = provider::paypal_ipn::postback(client, &ipn.verify_url, body).await;
-        match &verdict {
-            Ok(v) => tracing::debug!(inbox_id = id, verdict = ?v, "IPN postback answered"),
-            Err(e) => {
-                tracing::warn!(inbox_id = id, error = %e.message, "IPN postback failed; will retry")
-            }
+    /// Reads a row's body with its endpoint's provider, or with the provider's defaults when
+    /// the endpoint is no longer configured.
+    fn parse(&self, row: &Claimed) -> Result<Notification, String> {
+        let kind = row.provider.ok_or("no adapter for this row's provider")?;
+        match self.endpoints.get(&row.endpoint) {
+            Some(e) if e.provider.kind() == kind => e.provider.parse(&row.body),
+            _ => provider::parse_unconfigured(kind, &row.body),
         }
-        verdict
+    }
+
+    /// Confirms a row with its endpoint's provider.
+    async fn confirm(&self, id: i64, endpoint: &str, body: &[u8]) -> Confirmation {
+        let Some(registered) = self.endpoints.get(endpoint) else {
+            return Confirmation::Failed {
+                message: format!(
+                    "endpoint \"{endpoint}\" is no longer configured; cannot confirm the notification"
+                ),
+                transient: false,
+            };
+        };
+        let answer = registered.provider.confirm(body).await;
+        match &answer {
+            Confirmation::Failed { message, .. } => {
+                tracing::warn!(inbox_id = id, error = %message, "confirmation failed; will retry")
+            }
+            other => tracing::debug!(inbox_id = id, answer = ?other, "confirmation answered"),
+        }
+        answer
     }
 
     /// The order our records matched this payment to before (refunds and disputes often
     /// carry no merchant reference).
     async fn known_order(&self, n: &Notification) -> Option<String> {
-        let (provider, payment) = (n.provider, n.payment_id.clone()?);
+        let (provider, payment) = (n.provider.as_str(), n.payment_id.clone()?);
         self.blocking(move |_, conn| {
             conn.query_row(
                 "SELECT order_id FROM payments WHERE provider = ?1 AND payment_id = ?2",
@@ -502,7 +488,7 @@ fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
         };
     Ok(Claimed {
         id: r.get(0)?,
-        provider: r.get(1)?,
+        provider: ProviderKind::from_name(&r.get::<_, String>(1)?),
         endpoint: r.get(2)?,
         received_at: r.get(3)?,
         first_tried_at: r.get(4)?,
@@ -686,15 +672,13 @@ impl WorkerRef {
                 tracing::error!(inbox_id = row.id, error = %e, "notification cannot be read; marked dead");
                 return Ok((None, vec![]));
             }
-            Prepared::Invalid => {
-                let why =
-                    "PayPal answered INVALID to the IPN postback: not sent by PayPal, or altered";
+            Prepared::Refused(why) => {
                 set_status(tx, row, "rejected", Some(why), None, now, None)?;
                 tracing::warn!(inbox_id = row.id, "{why}; rejected with no action");
                 return Ok((None, vec![]));
             }
-            Prepared::Unverified { error, payment_key, counts } => {
-                // PayPal or the network down is not the row's fault: no attempt is used up.
+            Prepared::Unconfirmed { error, payment_key, counts } => {
+                // The provider or the network down is not the row's fault: no attempt is used up.
                 self.failed(tx, row, payment_key.as_deref(), error, now, *counts)?;
                 return Ok((None, vec![]));
             }
@@ -717,7 +701,7 @@ impl WorkerRef {
                 "SELECT id, next_attempt_at FROM inbox WHERE provider = ?1 AND payment_key = ?2 AND id < ?3 \
                  AND status IN ('pending', 'processing') LIMIT 1",
             )?
-            .query_row(params![row.provider, payment_key, row.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![n.provider.as_str(), payment_key, row.id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((earlier, its_next)) = blocker {
             let note = format!("waiting for earlier notification {earlier} of the same payment");
@@ -731,12 +715,12 @@ impl WorkerRef {
             return Ok((None, vec![]));
         }
 
-        let payment = load_payment(tx, n.provider, &payment_key)?;
+        let payment = load_payment(tx, n.provider.as_str(), &payment_key)?;
         let order_id = order.map(|o| o.order_id.clone());
         // Another payment that paid this order: not this one, under any of its ids, through
         // any channel of its provider (a PayPal capture comes as a webhook and as an IPN).
         let same_payment = |provider: &str, id: &str| {
-            provider::family(provider) == provider::family(n.provider)
+            ProviderKind::from_name(provider).map(ProviderKind::family) == Some(n.provider.family())
                 && (id == payment_key || Some(id) == n.related_payment_id.as_deref())
         };
         let paid_by_other: Option<String> = match &order_id {
@@ -800,7 +784,7 @@ impl WorkerRef {
                     }
                 }
                 if let Some(state) = &decision.payment {
-                    save_payment(tx, n.provider, &payment_key, state, row.id, now)?;
+                    save_payment(tx, n.provider.as_str(), &payment_key, state, row.id, now)?;
                 }
                 let status = if decision.outcome == Outcome::Ignored { "ignored" } else { "done" };
                 set_status(tx, row, status, Some(&decision.note), None, now, Some(&payment_key))?;
@@ -946,7 +930,7 @@ fn insert_action(
     let changed = tx.prepare_cached(INSERT_ACTION)?.execute(params![
         a.kind.as_str(),
         a.order_id,
-        n.provider,
+        n.provider.as_str(),
         n.payment_id,
         a.amount.map(|m| m.minor),
         a.amount.map(|m| m.currency.code().to_owned()),
@@ -1018,8 +1002,8 @@ mod tests {
         .unwrap();
         let shop_config = config.shop.clone().unwrap();
         let source = OrderSource::connect(&shop_config).await.unwrap();
-        let worker =
-            Worker::new(conn, &config.endpoints, shop_config, config.policy, config.worker);
+        let endpoints = Arc::new(Endpoints::new(&config.endpoints).unwrap());
+        let worker = Worker::new(conn, endpoints, shop_config, config.policy, config.worker);
 
         let now = crate::time::now_ms();
         let claimed =

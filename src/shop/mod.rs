@@ -10,11 +10,12 @@
 //! whole units) or `amount_minor` (integer minor units); optional `customer_email` and
 //! `psp_reference`.
 
+pub mod config;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
-use crate::config::{ShopConfig, ShopDriver, StatusMap};
+pub use self::config::{ShopConfig, ShopDriver, StatusMap};
 use crate::money::{Currency, Money};
 
 /// A value read from a shop database, before it is interpreted.

@@ -16,7 +16,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Value};
 
 use super::{Cell, Lookup, RawOrder, ShopError};
-use crate::config::ShopConfig;
+use crate::shop::ShopConfig;
 
 /// How long connecting (TCP, handshake, authentication) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

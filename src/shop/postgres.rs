@@ -20,7 +20,7 @@ use tokio_postgres::NoTls;
 
 use super::mysql::{scrub, url_password};
 use super::{named_parameters, Cell, Lookup, RawOrder, ShopError};
-use crate::config::ShopConfig;
+use crate::shop::ShopConfig;
 
 /// How long connecting (TCP, startup, authentication) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

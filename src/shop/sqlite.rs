@@ -6,7 +6,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{Cell, Lookup, RawOrder, ShopError};
-use crate::config::ShopConfig;
+use crate::shop::ShopConfig;
 
 /// A read-only connection to a SQLite shop, used from blocking tasks.
 #[derive(Debug, Clone)]

@@ -17,15 +17,32 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::StoreConfig;
-
 /// Requests queued for the writer beyond this wait (backpressure on the handlers).
 const QUEUE_DEPTH: usize = 8192;
+
+/// `[store]`: the SQLite inbox file and its writer.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The database file (created if missing).
+    pub path: PathBuf,
+    /// Wait for another process's lock before failing the batch.
+    pub busy_timeout: Duration,
+    /// Most rows per group commit.
+    pub max_batch: usize,
+    /// Verification failures kept; the table never grows past this.
+    pub failures_kept: u64,
+    /// Finished inbox rows (and their actions) are deleted this many days after their last
+    /// delivery; never fewer than [`crate::config::MIN_RETENTION_DAYS`].
+    pub retention_days: u64,
+    /// The WAL's size, in MiB, past which the writer restarts it during a sustained burst.
+    pub wal_max_mb: u64,
+}
 
 /// A store failure. Callers branch on it: anything here means "not stored", answer 503.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +87,8 @@ impl StoreError {
 pub struct NewRow {
     /// The endpoint name it arrived on.
     pub endpoint: Arc<str>,
-    /// The provider's name (`stripe`).
-    pub provider: &'static str,
+    /// Which provider sent it.
+    pub provider: crate::provider::ProviderKind,
     /// The provider's id for the notification.
     pub dedup_key: String,
     /// The provider's event type.
@@ -282,7 +299,7 @@ mod tests {
                 for n in 0..160 {
                     let row = NewRow {
                         endpoint: Arc::from("stripe"),
-                        provider: "stripe",
+                        provider: crate::provider::ProviderKind::Stripe,
                         dedup_key: format!("evt_{task}_{n}"),
                         event_type: Some("payment_intent.succeeded".into()),
                         received_at_ms: crate::time::now_ms(),

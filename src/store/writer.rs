@@ -394,7 +394,7 @@ fn write_batch(
             let dedup_key = &row.dedup_key;
             let added = insert.execute(params![
                 &*row.endpoint,
-                row.provider,
+                row.provider.as_str(),
                 dedup_key,
                 row.event_type,
                 row.received_at_ms,
@@ -407,10 +407,10 @@ fn write_batch(
             let stored = if added == 1 {
                 Stored { id: tx.last_insert_rowid(), delivery_count: 1 }
             } else {
-                tx.prepare_cached(REDELIVERED)?
-                    .query_row(params![row.provider, row.dedup_key, row.received_at_ms], |r| {
-                        Ok(Stored { id: r.get(0)?, delivery_count: r.get(1)? })
-                    })?
+                tx.prepare_cached(REDELIVERED)?.query_row(
+                    params![row.provider.as_str(), row.dedup_key, row.received_at_ms],
+                    |r| Ok(Stored { id: r.get(0)?, delivery_count: r.get(1)? }),
+                )?
             };
             results.push(stored);
         }

@@ -107,7 +107,7 @@ fn default_config_is_valid_once_its_placeholder_secret_is_replaced() {
         refused.stderr
     );
     let text =
-        out.stdout.replace(reconciled::config::PLACEHOLDER_SECRET, "whsec_from_the_dashboard");
+        out.stdout.replace(reconciled::secret::PLACEHOLDER_SECRET, "whsec_from_the_dashboard");
     let cfg = write_config(dir.path(), &text);
     let out = run(bin().arg("check-config").arg("--config").arg(&cfg), b"");
     assert_eq!(out.code, Some(0), "{}", out.stderr);

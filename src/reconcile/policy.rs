@@ -1,0 +1,92 @@
+//! `[policy]` and `[worker]`: the choices the decision table leaves to the shop, and the
+//! worker's retries and batches.
+
+use std::time::Duration;
+
+/// `[policy]`: the choices the decision table leaves to the shop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// A payment smaller than the order (the cart grew after checkout).
+    pub on_underpaid: RefundOrReview,
+    /// A payment larger than the order: fulfil and refund the difference, or review.
+    pub on_overpaid: OverpaidPolicy,
+    /// A payment in another currency than the order's.
+    pub on_currency_mismatch: RefundOrReview,
+    /// A payment for an order that was cancelled.
+    pub on_paid_after_cancel: RefundOrReview,
+    /// Fulfil on capture (default) or already on authorization.
+    pub fulfil_on: FulfilOn,
+    /// How long a notification whose order is not found keeps being retried.
+    pub unmatched_retry_for: Duration,
+}
+
+/// Refund the payment, or leave it to an admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundOrReview {
+    /// Emit `refund` + `notify_customer`.
+    Refund,
+    /// Emit `review`.
+    Review,
+}
+
+/// What to do with an overpayment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverpaidPolicy {
+    /// Fulfil and refund the difference.
+    RefundDifference,
+    /// Emit `review`.
+    Review,
+}
+
+/// When a payment is good enough to fulfil.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FulfilOn {
+    /// When the money is captured (`succeeded`).
+    Captured,
+    /// Already when it is authorized.
+    Authorized,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            on_underpaid: RefundOrReview::Refund,
+            on_overpaid: OverpaidPolicy::RefundDifference,
+            on_currency_mismatch: RefundOrReview::Refund,
+            on_paid_after_cancel: RefundOrReview::Refund,
+            fulfil_on: FulfilOn::Captured,
+            unmatched_retry_for: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[worker]`: retries and batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Rows left `processing` by an earlier version (which claimed under a lease) are taken
+    /// again after this; the current worker claims in memory and never leaves such rows.
+    pub lease: Duration,
+    /// Attempts before a row that keeps failing is marked `dead`.
+    pub max_attempts: u32,
+    /// First retry delay; it doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Rows claimed per pass.
+    pub batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> WorkerConfig {
+        WorkerConfig {
+            lease: Duration::from_secs(60),
+            max_attempts: 20,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            batch: 256,
+        }
+    }
+}
