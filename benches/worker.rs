@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use reconciled::config::Config;
 use reconciled::reconcile::worker::Worker;
 use reconciled::shop::OrderSource;
+use reconciled::store::Store;
 use rusqlite::{params, Connection};
 
 const SECRET: &str = "whsec_bench_worker";
@@ -40,8 +41,9 @@ fn config(dir: &Path, shop: &str) -> Config {
 
 /// Fills the inbox directly (the benchmark measures the worker, not ingestion).
 fn fill_inbox(config: &Config, n: u64) {
-    let mut conn =
-        reconciled::store::schema::open_writer(&config.store.path, Duration::from_secs(5)).unwrap();
+    // Created and migrated as the daemon does, then filled with plain SQL.
+    drop(Store::open_tool(&config.store).unwrap());
+    let mut conn = Connection::open(&config.store.path).unwrap();
     let tx = conn.transaction().unwrap();
     {
         let mut stmt = tx
@@ -72,11 +74,10 @@ fn fill_inbox(config: &Config, n: u64) {
 async fn drain(config: &Config, n: u64, label: &str) {
     let shop = config.shop.clone().unwrap();
     let source = OrderSource::connect(&shop).await.expect("shop reachable");
-    let conn =
-        reconciled::store::schema::open_writer(&config.store.path, Duration::from_secs(5)).unwrap();
+    let store = Store::open_tool(&config.store).unwrap();
     let endpoints =
         std::sync::Arc::new(reconciled::endpoint::Endpoints::new(&config.endpoints).unwrap());
-    let worker = Worker::new(conn, endpoints, shop, config.policy, config.worker);
+    let worker = Worker::new(store, endpoints, shop, config.policy, config.worker);
     let started = Instant::now();
     let never = tokio_util::sync::CancellationToken::new();
     let done = worker.work_through(&source, &never).await.expect("worker").claimed;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::endpoint::Endpoints;
 use crate::store::{Store, StoreError};
-use crate::{http, reconcile, store, systemd};
+use crate::{http, reconcile, systemd};
 
 /// Runs the daemon on an already bound listener until `shutdown` is cancelled: opens the
 /// store, calls `on_ready` (the daemon now answers requests), serves, drains in-flight
@@ -25,9 +25,8 @@ pub async fn run(
     let wake = Arc::new(tokio::sync::Notify::new());
     let worker = match &config.shop {
         Some(shop) => {
-            let conn = store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
             let worker = reconcile::worker::Worker::new(
-                conn,
+                store.clone(),
                 endpoints.clone(),
                 shop.clone(),
                 config.policy,
@@ -47,12 +46,8 @@ pub async fn run(
         systemd::ready(addr);
     }
     let systemd_watchdog = systemd::watchdog(store.clone(), shutdown.clone());
-    let pruner = tokio::spawn(store::prune::run(
-        config.store.path.clone(),
-        config.store.busy_timeout,
-        config.store.retention_days,
-        shutdown.clone(),
-    ));
+    let pruner =
+        tokio::spawn(store.clone().run_pruner(config.store.retention_days, shutdown.clone()));
     // A dead writer stops the daemon (and systemd restarts it) instead of leaving it up and
     // answering 503 to everything.
     let watchdog = {

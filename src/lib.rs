@@ -13,6 +13,7 @@
 //! - [`store`]: the inbox, payments and outbox: schema, migrations, the group-commit writer.
 //! - [`reconcile`]: the worker and the pure decision table.
 //! - [`shop`]: read-only order lookups in the shop's database.
+//! - [`domain`]: the nouns the decision table and the store share (statuses, actions).
 //! - [`money`]: exact amounts in minor units with ISO 4217 currencies.
 //! - [`secret`], [`time`], [`error`], [`failpoint`], [`systemd`]: shared helpers.
 //! - [`cli`]: one file per subcommand; `main.rs` only maps errors to exit codes.
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod domain;
 pub mod endpoint;
 pub mod error;
 pub mod failpoint;

@@ -5,7 +5,6 @@ use std::io::Write;
 use clap::Args;
 
 use super::StoreArgs;
-use crate::store::read;
 use crate::time::format_utc;
 
 /// Arguments of `failures`.
@@ -22,8 +21,8 @@ pub struct FailuresArgs {
 }
 
 pub(super) fn run(args: &FailuresArgs) -> anyhow::Result<()> {
-    let conn = args.store.open()?;
-    let rows = read::failures(&conn, args.limit)?;
+    let store = args.store.open()?;
+    let rows = super::block_on(async { Ok(store.failures(args.limit).await?) })?;
     let mut out = std::io::stdout().lock();
     for f in &rows {
         if args.json {

@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::StoreArgs;
+use crate::domain::InboxStatus;
 use crate::provider::ProviderKind;
-use crate::store::read::{self, ListFilter};
+use crate::store::{ListFilter, Store};
 use crate::time::format_utc;
 
 /// `inbox` subcommands.
@@ -62,8 +63,8 @@ pub struct ListArgs {
     #[arg(long)]
     json: bool,
     /// Only rows with this status.
-    #[arg(long, value_name = "S", value_parser = ["pending", "processing", "done", "parked", "ignored", "rejected", "dead"])]
-    status: Option<String>,
+    #[arg(long, value_name = "S")]
+    status: Option<InboxStatus>,
     /// Only rows from this provider.
     #[arg(long, value_name = "P")]
     provider: Option<String>,
@@ -97,21 +98,19 @@ pub(super) fn run(cmd: InboxCommand) -> anyhow::Result<()> {
 }
 
 fn prune(args: &PruneArgs) -> anyhow::Result<()> {
-    use crate::store::prune;
     let config = crate::config::Config::load(&args.config)?;
     let store = &config.store;
     if !store.path.exists() {
         anyhow::bail!("no such store: {}", store.path.display());
     }
-    let mut conn = crate::store::schema::open_writer(&store.path, store.busy_timeout)?;
-    let cutoff = prune::cutoff_now(&conn, crate::time::now_ms(), store.retention_days)
-        .context("reading the inbox")?;
+    let store = Store::open_tool(store)?;
+    let (cutoff, n) = super::block_on(async {
+        store.prune(config.store.retention_days, args.dry_run).await.context("pruning")
+    })?;
     let before = format_utc(cutoff);
     if args.dry_run {
-        let n = prune::count_prunable(&conn, cutoff).context("counting prunable rows")?;
         println!("would prune {n} finished notifications last delivered before {before}");
     } else {
-        let n = prune::prune(&mut conn, cutoff, &|| false).context("pruning")?;
         println!(
             "pruned {n} finished notifications, and their actions, last delivered before {before}"
         );
@@ -129,11 +128,10 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let shop = config.shop.clone().context("replay needs a [shop] section to find the order")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let conn =
-            crate::store::schema::open_writer(&config.store.path, config.store.busy_timeout)?;
+        let store = Store::open_tool(&config.store)?;
         let source = OrderSource::connect(&shop).await?;
         let endpoints = std::sync::Arc::new(crate::endpoint::Endpoints::new(&config.endpoints)?);
-        let worker = Worker::new(conn, endpoints, shop, config.policy, config.worker);
+        let worker = Worker::new(store, endpoints, shop, config.policy, config.worker);
         let (decision, written) = worker
             .replay(&source, args.id, args.dry_run)
             .await
@@ -166,14 +164,15 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<()> {
-    let conn = args.store.open()?;
+    let store = args.store.open()?;
     let filter = ListFilter {
-        status: args.status.clone(),
+        status: args.status,
         provider: args.provider.clone(),
         after: args.after,
         limit: args.limit,
     };
-    let rows = read::list(&conn, &filter).context("cannot read the inbox")?;
+    let rows =
+        super::block_on(async { store.list(filter).await.context("cannot read the inbox") })?;
     let mut out = std::io::stdout().lock();
     if args.json {
         for row in &rows {
@@ -206,10 +205,10 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
 }
 
 fn show(args: &ShowArgs) -> anyhow::Result<()> {
-    let conn = args.store.open()?;
-    let row = read::show(&conn, args.id)
-        .context("cannot read the inbox")?
-        .with_context(|| format!("no inbox row with id {}", args.id))?;
+    let store = args.store.open()?;
+    let row =
+        super::block_on(async { store.show(args.id).await.context("cannot read the inbox") })?
+            .with_context(|| format!("no inbox row with id {}", args.id))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let headers: serde_json::Value =

@@ -69,14 +69,15 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> anyhow::Result<rusqlite::Connection> {
+    /// Opens the store read-only.
+    fn open(&self) -> anyhow::Result<crate::store::Store> {
         let path = match (&self.config, &self.db, self.demo) {
             (Some(c), _, _) => Config::load(c)?.store.path,
             (_, Some(db), _) => db.clone(),
             (_, _, true) => PathBuf::from(demo::STORE_PATH),
             _ => anyhow::bail!("say which store to read: --config FILE, --db PATH or --demo"),
         };
-        Ok(crate::store::schema::open_reader(&path)?)
+        Ok(crate::store::Store::open_reader(&path)?)
     }
 }
 
@@ -91,4 +92,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Failures(args) => failures::run(&args),
         Command::Sign(cmd) => sign::run(cmd),
     }
+}
+
+/// Runs a command's work on a small runtime of its own (the store's API is async).
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work)
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::StoreArgs;
-use crate::store::read::{self, OutboxRow};
+use crate::domain::ActionKind;
+use crate::store::OutboxRow;
 
 /// How often `tail --follow` looks for new rows.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
@@ -34,8 +35,8 @@ pub struct ListArgs {
     #[arg(long, value_name = "ID")]
     after: Option<i64>,
     /// Only actions of this kind.
-    #[arg(long, value_name = "K", value_parser = ["fulfil", "refund", "notify_customer", "review"])]
-    kind: Option<String>,
+    #[arg(long, value_name = "K")]
+    kind: Option<ActionKind>,
     /// At most this many.
     #[arg(long, value_name = "N")]
     limit: Option<u64>,
@@ -57,8 +58,10 @@ pub struct TailArgs {
 pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
     match cmd {
         OutboxCommand::List(args) => {
-            let conn = args.store.open()?;
-            let rows = read::outbox(&conn, args.after, args.kind.as_deref(), args.limit)?;
+            let store = args.store.open()?;
+            let rows = super::block_on(async {
+                Ok(store.outbox(args.after, args.kind, args.limit).await?)
+            })?;
             let mut out = std::io::stdout().lock();
             if !args.json {
                 writeln!(out, "{}", header())?;
@@ -72,23 +75,25 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
             Ok(())
         }
         OutboxCommand::Tail(args) => {
-            let conn = args.store.open()?;
-            let mut last = (read::outbox_last_id(&conn)? - TAIL_ROWS).max(0);
-            let mut out = std::io::stdout().lock();
-            if !args.json {
-                writeln!(out, "{}", header())?;
-            }
-            loop {
-                for row in read::outbox(&conn, Some(last), None, Some(1000))? {
-                    print_row(&mut out, &row, args.json)?;
-                    last = row.id;
+            let store = args.store.open()?;
+            super::block_on(async {
+                let mut last = (store.outbox_last_id().await? - TAIL_ROWS).max(0);
+                let mut out = std::io::stdout().lock();
+                if !args.json {
+                    writeln!(out, "{}", header())?;
                 }
-                out.flush()?;
-                if !args.follow {
-                    return Ok(());
+                loop {
+                    for row in store.outbox(Some(last), None, Some(1000)).await? {
+                        print_row(&mut out, &row, args.json)?;
+                        last = row.id;
+                    }
+                    out.flush()?;
+                    if !args.follow {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(FOLLOW_INTERVAL).await;
                 }
-                std::thread::sleep(FOLLOW_INTERVAL);
-            }
+            })
         }
     }
 }

@@ -8,111 +8,11 @@
 //! Every action carries a deterministic idempotency key (`fulfil:order:1001`,
 //! `refund:stripe:pi_1`), so deciding twice never emits twice.
 
-use serde::Serialize;
-
+use crate::domain::{Action, ActionKind, PaymentState, PaymentStatus};
 use crate::money::Money;
 use crate::provider::{Kind, Notification};
 use crate::reconcile::policy::{FulfilOn, OverpaidPolicy, Policy, RefundOrReview};
 use crate::shop::{Order, OrderStatus};
-
-/// Where a payment stands, as far as its notifications tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentStatus {
-    /// Processing.
-    Pending,
-    /// Authorized, not captured.
-    Authorized,
-    /// Captured.
-    Succeeded,
-    /// Failed or declined.
-    Failed,
-    /// Canceled or expired.
-    Canceled,
-}
-
-impl PaymentStatus {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentStatus::Pending => "pending",
-            PaymentStatus::Authorized => "authorized",
-            PaymentStatus::Succeeded => "succeeded",
-            PaymentStatus::Failed => "failed",
-            PaymentStatus::Canceled => "canceled",
-        }
-    }
-
-    /// Reads a stored name.
-    pub fn parse(s: &str) -> Option<PaymentStatus> {
-        Some(match s {
-            "pending" => PaymentStatus::Pending,
-            "authorized" => PaymentStatus::Authorized,
-            "succeeded" => PaymentStatus::Succeeded,
-            "failed" => PaymentStatus::Failed,
-            "canceled" => PaymentStatus::Canceled,
-            _ => return None,
-        })
-    }
-}
-
-/// What we know about one payment (one row of `payments`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentState {
-    /// The latest meaningful status.
-    pub status: PaymentStatus,
-    /// It succeeded at some point: later failures and pendings about it are stale.
-    pub ever_succeeded: bool,
-    /// The order it was matched to.
-    pub order_id: Option<String>,
-    /// We emitted `fulfil` for it: it is the payment that paid its order.
-    pub fulfilled: bool,
-}
-
-/// The four action kinds of the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionKind {
-    /// Ship the order / mark it paid.
-    Fulfil,
-    /// Give money back.
-    Refund,
-    /// Tell the customer (`template` says what).
-    NotifyCustomer,
-    /// An admin must look.
-    Review,
-}
-
-impl ActionKind {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionKind::Fulfil => "fulfil",
-            ActionKind::Refund => "refund",
-            ActionKind::NotifyCustomer => "notify_customer",
-            ActionKind::Review => "review",
-        }
-    }
-}
-
-/// One action to write to the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Action {
-    /// What to do.
-    pub kind: ActionKind,
-    /// For whom.
-    pub order_id: Option<String>,
-    /// How much (refunds: the amount to refund; fulfil: the amount paid).
-    pub amount: Option<Money>,
-    /// Why, for people.
-    pub reason: String,
-    /// For `notify_customer`: which message.
-    pub template: Option<&'static str>,
-    /// Where to send it.
-    pub customer_email: Option<String>,
-    /// Unique per logical action: the outbox refuses a second row with it.
-    pub idempotency_key: String,
-}
 
 /// What becomes of the inbox row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

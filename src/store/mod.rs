@@ -1,30 +1,49 @@
-//! The SQLite store: the inbox of verified notifications and the verification-failure log.
+//! The store: the inbox of verified notifications, the payments' states, the outbox of
+//! actions, and the verification-failure log.
 //!
-//! ## Concurrency
-//! All writes go through one writer thread ([`writer`]) that owns the only read-write
-//! connection. Request handlers send it rows over a bounded channel and wait for the answer;
-//! the writer drains whatever has queued up (up to `max_batch`) into one transaction, commits
-//! (one fsync for the whole group), and only then answers every waiter. A handler therefore
-//! never answers 2xx before the commit that holds its row. The CLI reads with its own
-//! read-only connections ([`read`]); WAL lets it do so while the daemon writes.
+//! [`Store`] is the one handle the rest of the daemon uses, an API of operations rather than
+//! connections: store a notification ([`Store::insert`]), claim due rows, decide a batch in one
+//! transaction ([`Store::decide_batch`], see [`batch`]), list and show rows, prune. A backend
+//! owns its connections and its transactions; today there is one, SQLite ([`sqlite`]), and the
+//! handle dispatches over a closed set so a second (a PostgreSQL store shared by several
+//! daemons) is an additive variant.
+//!
+//! ## What a backend must guarantee
+//! - **An insert resolves only once it is durable** (committed and synced): the HTTP layer
+//!   answers 2xx on it. Concurrent inserts may share a commit; an error means nothing of the
+//!   row was stored.
+//! - **One row per `(provider, dedup_key)`**: a repeat delivery adds none and raises the row's
+//!   `delivery_count`, and reports the existing id.
+//! - **A decision batch is one transaction**: each row's facts are read and its plan written
+//!   inside it, so an action, the payment's new state and the row's status are committed
+//!   together or not at all; an action whose idempotency key is already in the outbox, or was
+//!   spent by a pruned refund, is never written again.
+//! - **A claimed row is decided only if it is unchanged** since it was read (status and
+//!   attempts), so a replay and the worker never both decide it.
+//! - **Rows of one payment are decided in arrival order**: the facts of a row include an
+//!   earlier unfinished row of its payment.
+//! - **Errors never hold a secret** and are [`StoreError`]s; a backend's own error is kept as
+//!   the source.
 
+pub mod batch;
 pub mod body;
-pub mod prune;
-pub mod read;
-pub mod schema;
-mod writer;
+mod rows;
+pub mod sqlite;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Requests queued for the writer beyond this wait (backpressure on the handlers).
-const QUEUE_DEPTH: usize = 8192;
+pub use self::batch::{Applied, Mode, Planner};
+pub use self::rows::{
+    Claimed, Failure, FailureRecord, InboxRow, InboxSummary, ListFilter, NewRow, OutboxRow, Stored,
+    FAILURE_BODY_PREFIX,
+};
+use crate::domain::ActionKind;
+use crate::provider::ProviderKind;
 
 /// `[store]`: the SQLite inbox file and its writer.
 #[derive(Debug, Clone)]
@@ -44,6 +63,9 @@ pub struct StoreConfig {
     pub wal_max_mb: u64,
 }
 
+/// A backend's own error, shared by every waiter of a failed batch.
+pub type BackendError = Arc<dyn std::error::Error + Send + Sync>;
+
 /// A store failure. Callers branch on it: anything here means "not stored", answer 503.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,213 +82,251 @@ pub enum StoreError {
     TooNew {
         /// The database file.
         path: PathBuf,
-        /// Its `user_version`.
+        /// Its schema version.
         found: u32,
         /// The newest version this build knows.
         known: u32,
     },
-    /// A write or commit failed; nothing in the batch was stored.
+    /// A write or commit failed; nothing of it was stored.
     #[error("store write failed")]
-    Write(#[source] rusqlite::Error),
-    /// The writer has stopped (shutdown).
+    Write(#[source] BackendError),
+    /// A read failed.
+    #[error("store read failed")]
+    Read(#[source] BackendError),
+    /// The store takes no notifications: it is closed (shutdown), or was opened without an
+    /// ingest writer (a command-line tool).
     #[error("store is closed")]
     Closed,
-    /// The writer thread ended without being asked to (a panic); the daemon must restart.
+    /// The writer ended without being asked to (a panic); the daemon must restart.
     #[error("the store writer stopped unexpectedly")]
     WriterDied,
 }
 
-impl StoreError {
-    fn open(path: &Path, e: rusqlite::Error) -> StoreError {
-        StoreError::Open { path: path.to_owned(), message: e.to_string() }
-    }
-}
-
-/// A verified notification to store.
-#[derive(Debug)]
-pub struct NewRow {
-    /// The endpoint name it arrived on.
-    pub endpoint: Arc<str>,
-    /// Which provider sent it.
-    pub provider: crate::provider::ProviderKind,
-    /// The provider's id for the notification.
-    pub dedup_key: String,
-    /// The provider's event type.
-    pub event_type: Option<String>,
-    /// Arrival time, unix milliseconds.
-    pub received_at_ms: i64,
-    /// Peer address.
-    pub remote_addr: String,
-    /// Headers needed to verify again, as a JSON object.
-    pub headers_json: String,
-    /// The body as stored (see [`body::pack`]); raw bodies are shared with the request.
-    pub body: body::Packed,
-    /// The raw body's length in bytes.
-    pub body_len: usize,
-}
-
-/// The outcome of storing a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    /// The inbox row id.
-    pub id: i64,
-    /// Deliveries seen so far, this one included; above 1 means a duplicate.
-    pub delivery_count: i64,
-}
-
-impl Stored {
-    /// Whether this delivery repeated one already stored.
-    pub fn is_duplicate(&self) -> bool {
-        self.delivery_count > 1
-    }
-}
-
-/// A request that failed verification, for the capped forensic log.
-#[derive(Debug)]
-pub struct FailureRecord {
-    /// Unix milliseconds.
-    pub at_ms: i64,
-    /// The endpoint name.
-    pub endpoint: Arc<str>,
-    /// Peer address.
-    pub remote_addr: String,
-    /// Short code (`bad_signature`).
-    pub reason: &'static str,
-    /// The message sent back.
-    pub detail: String,
-    /// The full body length.
-    pub body_len: usize,
-    /// The start of the body (at most [`FAILURE_BODY_PREFIX`] bytes).
-    pub body_prefix: Bytes,
-}
-
-/// Bytes of a failed request's body kept for forensics.
-pub const FAILURE_BODY_PREFIX: usize = 1024;
-
-pub(crate) enum Command {
-    Insert(NewRow, oneshot::Sender<Result<Stored, StoreError>>),
-    Failure(FailureRecord),
-    Probe(oneshot::Sender<Result<(), StoreError>>),
-    Shutdown,
-}
-
-/// A cloneable handle to the writer thread.
+/// The handle to the store. Cheap to clone; every clone is the same store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// Queue to the writer thread.
-    tx: mpsc::Sender<Command>,
-    /// The writer thread, joined once by [`Store::close`].
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
-    /// Cancelled if the writer thread ends without a `Shutdown` command.
-    died: CancellationToken,
+    backend: Backend,
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Insert(..) => "Insert",
-            Command::Failure(_) => "Failure",
-            Command::Probe(_) => "Probe",
-            Command::Shutdown => "Shutdown",
-        })
-    }
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(Arc<sqlite::Sqlite>),
 }
 
 impl Store {
-    /// Opens and migrates the database, then starts the writer thread.
+    /// Opens (creating and migrating if needed) the store for the daemon: it takes
+    /// notifications, decides them and prunes.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        let conn = schema::open_writer(&config.path, config.busy_timeout)?;
-        let open_err = |e: rusqlite::Error| StoreError::open(&config.path, e);
-        // Checkpoints run on their own thread (see writer::Checkpointer), which also gives the
-        // WAL file's space back when idle; a restart of the WAL cuts its file back only to the
-        // limit. The page cache is sized by writer::CacheSize.
-        let wal_max_bytes = config.wal_max_mb.saturating_mul(1 << 20);
-        conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {wal_max_bytes};"
-        ))
-        .map_err(open_err)?;
-        let page_size: u64 =
-            conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(open_err)?;
-        let cache = writer::CacheSize::set(&conn).map_err(open_err)?;
-        let mut wal_path = config.path.clone().into_os_string();
-        wal_path.push("-wal");
-        let checkpoint_conn = rusqlite::Connection::open(&config.path).map_err(open_err)?;
-        checkpoint_conn.busy_timeout(config.busy_timeout).map_err(open_err)?;
-        let checkpointer = writer::Checkpointer::start(
-            checkpoint_conn,
-            wal_path.into(),
-            wal_max_bytes,
-            page_size + 24,
-        )
-        .map_err(|e| StoreError::Open {
-            path: config.path.clone(),
-            message: format!("cannot start checkpoint thread: {e}"),
-        })?;
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let settings = writer::Settings {
-            max_batch: config.max_batch,
-            failures_kept: config.failures_kept,
-            cache,
-        };
-        let died = CancellationToken::new();
-        let guard = writer::DeathGuard::new(died.clone());
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer::run(conn, rx, settings, Some(checkpointer), guard))
-            .map_err(|e| StoreError::Open {
-                path: config.path.clone(),
-                message: format!("cannot start writer thread: {e}"),
-            })?;
-        Ok(Store { tx, thread: Arc::new(Mutex::new(Some(thread))), died })
+        Ok(Store { backend: Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true)?)) })
     }
 
-    /// Resolves if the writer thread ends unexpectedly.
-    pub async fn died(&self) {
-        self.died.cancelled().await;
+    /// Opens (creating and migrating if needed) the store for a command that decides or
+    /// prunes rows beside a running daemon (`inbox replay`, `inbox prune`): it takes no
+    /// notifications.
+    pub fn open_tool(config: &StoreConfig) -> Result<Store, StoreError> {
+        Ok(Store { backend: Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, false)?)) })
     }
 
-    /// Whether the writer thread ended unexpectedly.
-    pub fn is_dead(&self) -> bool {
-        self.died.is_cancelled()
+    /// Opens an existing store read-only (listing, showing, following the outbox).
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store { backend: Backend::Sqlite(Arc::new(sqlite::Sqlite::open_reader(path)?)) })
     }
 
-    /// Stores a verified notification; resolves once its transaction has committed.
+    // Taking notifications.
+
+    /// Stores a verified notification; resolves once it is durable.
     pub async fn insert(&self, row: NewRow) -> Result<Stored, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx.send(Command::Insert(row, done)).await.map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(s) => s.insert(row).await,
+        }
     }
 
-    /// Records a failed verification. Best effort: dropped once the writer's queue is half
-    /// full, so a flood of bad requests cannot crowd out good ones.
+    /// Records a failed verification. Best effort: dropped when the store is busy, so a flood
+    /// of bad requests cannot crowd out good ones.
     pub fn record_failure(&self, failure: FailureRecord) {
-        if self.tx.capacity() < QUEUE_DEPTH / 2
-            || self.tx.try_send(Command::Failure(failure)).is_err()
-        {
-            tracing::debug!("verification failure not recorded: writer queue busy");
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_failure(failure),
         }
     }
 
     /// Checks that the store can commit a write right now.
     pub async fn probe(&self) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx.send(Command::Probe(done)).await.map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(s) => s.probe().await,
+        }
     }
 
-    /// Commits everything queued so far, checkpoints the WAL and stops the writer. Later
-    /// inserts fail with [`StoreError::Closed`].
+    /// Resolves if the store's writer ends unexpectedly.
+    pub async fn died(&self) {
+        match &self.backend {
+            Backend::Sqlite(s) => s.died().await,
+        }
+    }
+
+    /// Whether the store's writer ended unexpectedly.
+    pub fn is_dead(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(s) => s.is_dead(),
+        }
+    }
+
+    /// Commits everything queued so far and stops taking notifications. Later inserts fail
+    /// with [`StoreError::Closed`].
     pub async fn close(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
-        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        match &self.backend {
+            Backend::Sqlite(s) => s.close().await,
+        }
+    }
+
+    // Deciding.
+
+    /// Makes rows an earlier version left claimed (`processing`) due again; returns how many.
+    pub async fn release_claims(&self) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.release_claims().await,
+        }
+    }
+
+    /// The oldest due rows, at most `limit`, leaving out the ids in `taken` (rows read by an
+    /// earlier claim and not decided yet). The claim is held by the caller: nothing is written.
+    pub async fn claim(
+        &self,
+        now: i64,
+        limit: usize,
+        taken: HashSet<i64>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.claim(now, limit, taken).await,
+        }
+    }
+
+    /// One row, whatever its status, read as a claim (for a replay).
+    pub async fn claim_one(&self, id: i64) -> Result<Option<Claimed>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.claim_one(id).await,
+        }
+    }
+
+    /// The order our records matched a payment to.
+    pub async fn order_of_payment(
+        &self,
+        provider: ProviderKind,
+        payment_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.order_of_payment(provider, payment_id.to_owned()).await,
+        }
+    }
+
+    /// When the next waiting row falls due (unix ms), if any does.
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.next_due().await,
+        }
+    }
+
+    /// Plans and writes a batch of claimed rows in one transaction (see [`batch`]). Returns,
+    /// per row, the planner's decision and the actions newly written.
+    pub async fn decide_batch<P, T>(
+        &self,
+        rows: Vec<Claimed>,
+        prepared: Vec<P>,
+        mode: Mode,
+        planner: Arc<T>,
+    ) -> Result<Vec<Applied<T::Decision>>, StoreError>
+    where
+        P: Send + 'static,
+        T: Planner<P>,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => s.decide_batch(rows, prepared, mode, planner).await,
+        }
+    }
+
+    // Pruning.
+
+    /// The cutoff (unix ms) of a prune with `retention_days` now, and how many rows it would
+    /// delete (`dry_run`) or deleted.
+    pub async fn prune(
+        &self,
+        retention_days: u64,
+        dry_run: bool,
+    ) -> Result<(i64, u64), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune(retention_days, dry_run).await,
+        }
+    }
+
+    /// Deletes the finished rows (and their actions) older than `cutoff_ms`; returns how many.
+    pub async fn prune_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune_before(cutoff_ms).await,
+        }
+    }
+
+    /// The daemon's pruning task: a minute after start, then hourly, until `shutdown`.
+    pub async fn run_pruner(self, retention_days: u64, shutdown: CancellationToken) {
+        match self.backend {
+            Backend::Sqlite(s) => sqlite::prune::run(s, retention_days, shutdown).await,
+        }
+    }
+
+    // Reading.
+
+    /// Inbox rows in arrival order.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<InboxSummary>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::list(c, &filter)).await,
+        }
+    }
+
+    /// One inbox row with its headers and raw body.
+    pub async fn show(&self, id: i64) -> Result<Option<InboxRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::show(c, id)).await,
+        }
+    }
+
+    /// The number of inbox rows.
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(sqlite::read::count).await,
+        }
+    }
+
+    /// Recorded verification failures, newest first.
+    pub async fn failures(&self, limit: u64) -> Result<Vec<Failure>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::failures(c, limit)).await,
+        }
+    }
+
+    /// Outbox rows in order, after `after`, optionally of one kind.
+    pub async fn outbox(
+        &self,
+        after: Option<i64>,
+        kind: Option<ActionKind>,
+        limit: Option<u64>,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| sqlite::read::outbox(c, after, kind, limit)).await
+            }
+        }
+    }
+
+    /// The highest outbox id, or 0.
+    pub async fn outbox_last_id(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(sqlite::read::outbox_last_id).await,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn config(path: PathBuf, wal_max_mb: u64) -> StoreConfig {
@@ -320,13 +380,13 @@ mod tests {
         }
         let burst_end = std::fs::metadata(&wal).unwrap().len();
         assert!(burst_end > 1 << 20, "the file is kept for reuse during the burst: {burst_end}");
-        let deadline = std::time::Instant::now() + writer::WAL_IDLE * 3;
+        let deadline = std::time::Instant::now() + sqlite::checkpoint::WAL_IDLE * 3;
         while std::fs::metadata(&wal).unwrap().len() > 0 {
             assert!(std::time::Instant::now() < deadline, "the idle WAL file was not truncated");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         // Everything is in the database file now, and still readable while the store is open.
-        let reader = schema::open_reader(&path).unwrap();
+        let reader = sqlite::schema::open_reader(&path).unwrap();
         let rows: i64 = reader.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 32 * 160);
         drop(reader);

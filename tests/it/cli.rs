@@ -186,7 +186,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
 
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0), "{}", stderr.join().unwrap());
-    let conn = reconciled::store::schema::open_reader(&db).unwrap();
+    let conn = harness::sql(&db);
     let n: i64 = conn
         .query_row("SELECT count(*) FROM inbox WHERE dedup_key = 'evt_in_flight'", [], |r| r.get(0))
         .unwrap();
@@ -213,7 +213,7 @@ async fn an_acknowledged_notification_survives_sigkill() {
     child.wait().unwrap();
     let log = stderr.join().unwrap();
     assert!(!log.contains(SECRET), "secret in the daemon's log");
-    let conn = reconciled::store::schema::open_reader(&db).unwrap();
+    let conn = harness::sql(&db);
     let mut stmt = conn.prepare("SELECT dedup_key FROM inbox ORDER BY id").unwrap();
     let stored: Vec<String> =
         stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
@@ -547,7 +547,7 @@ async fn inbox_prune_deletes_only_finished_rows_past_retention() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.starts_with("pruned 1 finished notifications"), "{}", out.stdout);
 
-    let conn = reconciled::store::schema::open_reader(&db).unwrap();
+    let conn = harness::sql(&db);
     let keys: Vec<String> = conn
         .prepare("SELECT dedup_key FROM inbox ORDER BY id")
         .unwrap()
@@ -556,11 +556,12 @@ async fn inbox_prune_deletes_only_finished_rows_past_retention() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(keys, ["evt_1002", "evt_1003"]);
-    let orders: Vec<String> = reconciled::store::read::outbox(&conn, None, None, None)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.order_id.unwrap_or_default())
-        .collect();
+    let orders: Vec<String> =
+        harness::reading(&db, |s| async move { s.outbox(None, None, None).await })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.order_id.unwrap_or_default())
+            .collect();
     assert_eq!(orders, ["1002", "1002", "1003", "1003"], "the pruned row's actions went with it");
     drop(conn);
 

@@ -53,15 +53,14 @@ impl Drop for Spawned {
 }
 
 fn inbox(db: &Path) -> Vec<(String, String, i64)> {
-    let conn = reconciled::store::schema::open_reader(db).unwrap();
+    let conn = harness::sql(db);
     let mut stmt = conn.prepare("SELECT dedup_key, status, delivery_count FROM inbox").unwrap();
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
     rows.map(Result::unwrap).collect()
 }
 
 fn outbox(db: &Path) -> Vec<String> {
-    let conn = reconciled::store::schema::open_reader(db).unwrap();
-    reconciled::store::read::outbox(&conn, None, None, None)
+    harness::reading(db, |s| async move { s.outbox(None, None, None).await })
         .unwrap()
         .into_iter()
         .map(|r| r.idempotency_key)

@@ -106,7 +106,7 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 fn dedup_keys(db: &Path) -> Vec<String> {
-    let conn = reconciled::store::schema::open_reader(db).unwrap();
+    let conn = crate::harness::sql(db);
     let mut stmt = conn.prepare("SELECT dedup_key FROM inbox ORDER BY dedup_key").unwrap();
     stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }

@@ -116,8 +116,9 @@ impl Daemon {
         request(self.addr, "GET", path, &[], Bytes::new()).await
     }
 
+    /// A read-only connection to the store's file, for assertions in SQL.
     pub fn read(&self) -> rusqlite::Connection {
-        reconciled::store::schema::open_reader(&self.db).expect("store readable")
+        sql(&self.db)
     }
 
     /// `(dedup_key, delivery_count)` of every inbox row.
@@ -158,7 +159,63 @@ pub async fn post_signed(addr: SocketAddr, body: Vec<u8>) -> (StatusCode, String
     request(addr, "POST", "/webhooks/stripe", &[("stripe-signature", &sig)], body.into()).await
 }
 
+/// A read-only connection to a store file, for assertions in SQL.
+pub fn sql(db: &Path) -> rusqlite::Connection {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(db, flags).expect("store readable");
+    conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    conn
+}
+
+/// Runs `f` with the store's own read API on a store file, on a thread and a runtime of its
+/// own, so that synchronous and asynchronous tests alike can call it.
+pub fn reading<T, F, Fut>(db: &Path, f: F) -> T
+where
+    F: FnOnce(reconciled::store::Store) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let db = db.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let store = reconciled::store::Store::open_reader(&db).expect("store readable");
+            f(store).await
+        })
+    })
+    .join()
+    .expect("the read ran")
+}
+
 /// `PRAGMA integrity_check` of the store at `db`: `"ok"` when it is intact.
+/// The store at `db` opened as the command-line tools open it (deciding and pruning beside a
+/// daemon), handed to `f` on a thread and a runtime of its own.
+pub fn as_tool<T, F, Fut>(db: &Path, f: F) -> T
+where
+    F: FnOnce(reconciled::store::Store) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let config = reconciled::store::StoreConfig {
+        path: db.to_owned(),
+        busy_timeout: std::time::Duration::from_secs(5),
+        max_batch: reconciled::config::DEFAULT_MAX_BATCH,
+        failures_kept: reconciled::config::DEFAULT_FAILURES_KEPT,
+        retention_days: reconciled::config::DEFAULT_RETENTION_DAYS,
+        wal_max_mb: reconciled::config::DEFAULT_WAL_MAX_MB,
+    };
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let store = reconciled::store::Store::open_tool(&config).expect("store opens");
+            f(store).await
+        })
+    })
+    .join()
+    .expect("the work ran")
+}
+
 pub fn integrity(db: &Path) -> String {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
@@ -329,12 +386,12 @@ impl Daemon {
 
     /// `(kind, order_id, amount, template)` of every outbox row, in order.
     pub fn actions(&self) -> Vec<(String, String, String, String)> {
-        reconciled::store::read::outbox(&self.read(), None, None, None)
+        reading(&self.db, |s| async move { s.outbox(None, None, None).await })
             .unwrap()
             .into_iter()
             .map(|r| {
                 (
-                    r.kind,
+                    r.kind.to_string(),
                     r.order_id.unwrap_or_default(),
                     format!("{} {}", r.amount.unwrap_or_default(), r.currency.unwrap_or_default()),
                     r.template.unwrap_or_default(),

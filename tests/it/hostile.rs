@@ -168,8 +168,7 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     let (status, _) =
         crate::harness::request(addr, "GET", "/healthz", &[], Default::default()).await;
     assert_eq!(status, hyper::StatusCode::OK, "the daemon is still up");
-    let rows: i64 = reconciled::store::schema::open_reader(&dir.path().join("inbox.db"))
-        .unwrap()
+    let rows: i64 = crate::harness::sql(&dir.path().join("inbox.db"))
         .query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 0, "nothing hostile was stored");

@@ -2,9 +2,8 @@
 
 use hyper::StatusCode;
 use reconciled::provider::stripe;
-use reconciled::store::read;
 
-use crate::harness::{self, event, fixture, now, Daemon, ROLLED, SECRET};
+use crate::harness::{self, event, fixture, now, reading, Daemon, ROLLED, SECRET};
 
 #[tokio::test]
 async fn valid_event_is_stored_byte_for_byte() {
@@ -25,10 +24,11 @@ async fn valid_event_is_stored_byte_for_byte() {
         .await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "stored\n"));
 
-    let conn = d.read();
-    let rows = read::list(&conn, &Default::default()).unwrap();
+    let rows = reading(&d.db, |s| async move { s.list(Default::default()).await }).unwrap();
     assert_eq!(rows.len(), 1);
-    let row = read::show(&conn, rows[0].id).unwrap().unwrap();
+    let id = rows[0].id;
+    let row = reading(&d.db, move |s| async move { s.show(id).await }).unwrap().unwrap();
+    let conn = d.read();
     assert_eq!(row.body, body, "raw body kept byte for byte");
     // On disk it is an LZ4 block, well under the raw size, with the raw length beside it.
     let (stored, encoding, len): (Vec<u8>, Option<String>, i64) = conn
@@ -221,7 +221,7 @@ async fn refused_requests_get_400_with_a_reason_and_store_nothing() {
     // A good request after them commits after them: their records are in by now.
     assert_eq!(d.post_stripe(SECRET, &event("evt_after")).await.0, StatusCode::OK);
     assert_eq!(d.rows(), vec![("evt_after".to_owned(), 1)], "nothing refused was stored");
-    let failures = read::failures(&d.read(), 100).unwrap();
+    let failures = reading(&d.db, |s| async move { s.failures(100).await }).unwrap();
     assert_eq!(failures.len(), n);
     let reasons: std::collections::BTreeSet<&str> =
         failures.iter().map(|f| f.reason.as_str()).collect();
@@ -247,7 +247,7 @@ async fn the_failure_log_is_capped() {
         assert_eq!(d.post_stripe("whsec_wrong", &body).await.0, StatusCode::BAD_REQUEST);
     }
     assert_eq!(d.post_stripe(SECRET, &event("evt_flush")).await.0, StatusCode::OK);
-    let failures = read::failures(&d.read(), 100).unwrap();
+    let failures = reading(&d.db, |s| async move { s.failures(100).await }).unwrap();
     assert_eq!(failures.len(), 5, "only the newest 5 are kept");
     assert!(failures.iter().all(|f| f.reason == "bad_signature" && f.body_len > 1000));
     d.stop().await;
@@ -405,8 +405,11 @@ async fn basic_auth_and_source_allow_list() {
         headers.contains("stripe-signature") && !headers.to_lowercase().contains("authorization"),
         "{headers}"
     );
-    let reasons: Vec<String> =
-        read::failures(&d.read(), 10).unwrap().into_iter().map(|f| f.reason).collect();
+    let reasons: Vec<String> = reading(&d.db, |s| async move { s.failures(10).await })
+        .unwrap()
+        .into_iter()
+        .map(|f| f.reason)
+        .collect();
     assert!(
         reasons.contains(&"unauthorized".to_owned()) && reasons.contains(&"forbidden".to_owned()),
         "{reasons:?}"

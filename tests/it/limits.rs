@@ -175,8 +175,10 @@ async fn bodies_are_stored_intact_across_many_writes() {
     }
     let (resp, _) = read_until_close(&mut s, Duration::from_secs(5)).await;
     assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
-    let conn = d.read();
-    let stored = reconciled::store::read::show(&conn, 1).unwrap().expect("row 1 stored").body;
+    let stored = crate::harness::reading(&d.db, |s| async move { s.show(1).await })
+        .unwrap()
+        .expect("row 1 stored")
+        .body;
     assert_eq!(stored, body);
     d.stop().await;
 }

@@ -3,7 +3,7 @@
 
 use hyper::StatusCode;
 
-use crate::harness::{pi_event, shop_config, Daemon, Shop, SECRET};
+use crate::harness::{self, pi_event, shop_config, Daemon, Shop, SECRET};
 
 fn a(kind: &str, order: &str, amount: &str, template: &str) -> (String, String, String, String) {
     (kind.into(), order.into(), amount.into(), template.into())
@@ -110,12 +110,13 @@ async fn the_customer_pays_twice() {
             a("notify_customer", "1001", "50.00 EUR", "duplicate_payment_refunded"),
         ]
     );
-    let refunded: Vec<String> =
-        reconciled::store::read::outbox(&d.read(), None, Some("refund"), None)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.idempotency_key)
-            .collect();
+    let refunded: Vec<String> = harness::reading(&d.db, |s| async move {
+        s.outbox(None, Some(reconciled::domain::ActionKind::Refund), None).await
+    })
+    .unwrap()
+    .into_iter()
+    .map(|r| r.idempotency_key)
+    .collect();
     assert_eq!(refunded, ["refund:stripe:pi_b", "refund:stripe:pi_c"]);
     d.stop().await;
 }
@@ -547,7 +548,7 @@ async fn a_damaged_stored_body_ends_dead_and_holds_up_nothing_else() {
     assert_eq!(status, "dead");
     assert!(error.contains("stored body is damaged"), "{error}");
     // `inbox show` says so too, instead of printing garbage.
-    let shown = reconciled::store::read::show(&d.read(), 2);
+    let shown = harness::reading(&d.db, |s| async move { s.show(2).await });
     assert!(shown.is_err(), "{shown:?}");
     d.stop().await;
 }
@@ -572,8 +573,7 @@ async fn a_pruned_refund_is_not_emitted_again_when_its_payment_comes_back() {
     d.stop().await;
 
     // 100 days pass for order 1001's rows.
-    let mut conn =
-        reconciled::store::schema::open_writer(&db, std::time::Duration::from_secs(5)).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
     let old = reconciled::time::now_ms() - 100 * 86_400_000;
     conn.execute(
         "UPDATE inbox SET received_at = ?1, last_received_at = ?1, processed_at = ?1 \
@@ -581,9 +581,9 @@ async fn a_pruned_refund_is_not_emitted_again_when_its_payment_comes_back() {
         [old],
     )
     .unwrap();
-    let cut = reconciled::store::prune::cutoff_now(&conn, reconciled::time::now_ms(), 90).unwrap();
-    assert_eq!(reconciled::store::prune::prune(&mut conn, cut, &|| false).unwrap(), 2);
     drop(conn);
+    let (_, pruned) = harness::as_tool(&db, |s| async move { s.prune(90, false).await }).unwrap();
+    assert_eq!(pruned, 2);
 
     let d = start(dir.path(), &shop, "").await;
     send(&d, &second).await;

@@ -5,14 +5,14 @@
 //! Only rows that are `done`, `ignored` or `rejected` are pruned, and only when both their last
 //! delivery and their decision are older than the cutoff: a row still waiting, or `dead` (an
 //! operator must look at it), stays. The dedup key goes with the row, which is why retention is
-//! never below [`MIN_RETENTION_DAYS`](crate::config::MIN_RETENTION_DAYS): providers retry for
+//! never below the config's minimum of 45 days: providers retry for
 //! up to 30 days, and a redelivery counts from the latest one. The `payments` table is kept: it
 //! is small, and it is what still recognises a late refund or a second payment for an order.
 //!
 //! Deletion goes in chunks of [`CHUNK`] rows, one short transaction each, so the ingest writer
 //! never waits long for the lock.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -132,12 +132,9 @@ pub fn prune(
 }
 
 /// The daemon's pruning task: a minute after start, then hourly, on its own connection.
-pub async fn run(
-    path: PathBuf,
-    busy_timeout: Duration,
-    retention_days: u64,
-    shutdown: CancellationToken,
-) {
+pub async fn run(store: Arc<super::Sqlite>, retention_days: u64, shutdown: CancellationToken) {
+    let (path, busy_timeout) = (store.path.clone(), store.busy_timeout);
+    drop(store);
     let mut delay = FIRST_DELAY;
     let mut conn = None;
     loop {

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// The schema file, split into migrations at `-- migration: N` lines.
-const SCHEMA: &str = include_str!("../../schema.sql");
+const SCHEMA: &str = include_str!("../../../schema.sql");
 
 /// `(version, sql)` for every migration in `schema.sql`, in order.
 pub fn migrations() -> Vec<(u32, &'static str)> {
@@ -41,15 +41,15 @@ pub fn latest_version() -> u32 {
 
 /// Opens (creating if needed) the store for writing and brings its schema up to date.
 pub fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| StoreError::open(path, e))?;
-    conn.busy_timeout(busy_timeout).map_err(|e| StoreError::open(path, e))?;
+    let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(busy_timeout).map_err(|e| open_error(path, e))?;
     // Never adopt someone else's database (the shop's, say): touch nothing in a file that
     // has tables but no reconciled schema version.
     let foreign = user_version(&conn).and_then(|v| {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
         Ok(v == 0 && tables > 0)
     });
-    if foreign.map_err(|e| StoreError::open(path, e))? {
+    if foreign.map_err(|e| open_error(path, e))? {
         return Err(StoreError::Open {
             path: path.to_owned(),
             message: "has tables but is not a reconciled store; refusing to touch it".into(),
@@ -59,7 +59,7 @@ pub fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, St
     // power loss, which is what a 2xx to the provider promises.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|e| StoreError::open(path, e))?;
+        .map_err(|e| open_error(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Open {
             path: path.to_owned(),
@@ -67,7 +67,7 @@ pub fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, St
         });
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .map_err(|e| StoreError::open(path, e))?;
+        .map_err(|e| open_error(path, e))?;
     migrate(&conn, path)?;
     Ok(conn)
 }
@@ -84,9 +84,9 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| StoreError::open(path, e))?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| StoreError::open(path, e))?;
-    let version = user_version(&conn).map_err(|e| StoreError::open(path, e))?;
+    .map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| open_error(path, e))?;
+    let version = user_version(&conn).map_err(|e| open_error(path, e))?;
     if version == 0 {
         return Err(StoreError::Open {
             path: path.to_owned(),
@@ -95,6 +95,10 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     }
     check_not_newer(path, version)?;
     Ok(conn)
+}
+
+fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Open { path: path.to_owned(), message: e.to_string() }
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
@@ -110,7 +114,7 @@ fn check_not_newer(path: &Path, version: u32) -> Result<(), StoreError> {
 }
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let current = user_version(conn).map_err(|e| StoreError::open(path, e))?;
+    let current = user_version(conn).map_err(|e| open_error(path, e))?;
     check_not_newer(path, current)?;
     for (version, sql) in migrations().into_iter().filter(|(v, _)| *v > current) {
         let step = || -> rusqlite::Result<()> {

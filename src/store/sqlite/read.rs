@@ -2,85 +2,9 @@
 
 use rusqlite::types::{Type, Value};
 use rusqlite::{params_from_iter, Connection};
-use serde::Serialize;
 
-/// An inbox row without its body, for listings.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct InboxSummary {
-    /// Row id.
-    pub id: i64,
-    /// Endpoint name.
-    pub endpoint: String,
-    /// Provider name.
-    pub provider: String,
-    /// The provider's notification id.
-    pub dedup_key: String,
-    /// The provider's event type.
-    pub event_type: Option<String>,
-    /// First delivery, unix milliseconds.
-    pub received_at: i64,
-    /// Latest delivery, unix milliseconds.
-    pub last_received_at: i64,
-    /// Peer address of the first delivery.
-    pub remote_addr: String,
-    /// Deliveries seen.
-    pub delivery_count: i64,
-    /// Processing status.
-    pub status: String,
-    /// Body length in bytes.
-    pub body_len: i64,
-    /// What the worker decided, for people.
-    pub outcome: Option<String>,
-    /// Failed attempts so far.
-    pub attempts: i64,
-    /// Why the last attempt failed (a `dead` row keeps it).
-    pub last_error: Option<String>,
-    /// PayPal IPN: when PayPal answered VERIFIED to the postback, unix milliseconds.
-    pub verified_at: Option<i64>,
-}
-
-/// A full inbox row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxRow {
-    /// Everything but the headers and body.
-    pub summary: InboxSummary,
-    /// The kept headers, a JSON object.
-    pub headers: String,
-    /// The raw body, byte for byte.
-    pub body: Vec<u8>,
-}
-
-/// A recorded verification failure.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Failure {
-    /// Row id.
-    pub id: i64,
-    /// Unix milliseconds.
-    pub at: i64,
-    /// Endpoint name.
-    pub endpoint: String,
-    /// Peer address.
-    pub remote_addr: String,
-    /// Short code.
-    pub reason: String,
-    /// The message sent back.
-    pub detail: String,
-    /// Body length.
-    pub body_len: i64,
-}
-
-/// Filters for [`list`].
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    /// Only rows with this status.
-    pub status: Option<String>,
-    /// Only rows from this provider.
-    pub provider: Option<String>,
-    /// Only rows with an id above this.
-    pub after: Option<i64>,
-    /// At most this many rows.
-    pub limit: Option<u64>,
-}
+use crate::domain::{ActionKind, InboxStatus};
+use crate::store::{body, Failure, InboxRow, InboxSummary, ListFilter, OutboxRow};
 
 const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
      last_received_at, remote_addr, delivery_count, status, coalesce(body_len, length(body)), outcome, attempts, last_error, \
@@ -97,7 +21,12 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
         last_received_at: r.get(6)?,
         remote_addr: r.get(7)?,
         delivery_count: r.get(8)?,
-        status: r.get(9)?,
+        status: {
+            let status: String = r.get(9)?;
+            InboxStatus::parse(&status).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(9, Type::Text, status.into())
+            })?
+        },
         body_len: r.get(10)?,
         outcome: r.get(11)?,
         attempts: r.get(12)?,
@@ -112,7 +41,7 @@ pub fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Inbo
     let mut args: Vec<Value> = Vec::new();
     if let Some(s) = &filter.status {
         sql.push_str(" AND status = ?");
-        args.push(Value::Text(s.clone()));
+        args.push(Value::Text(s.as_str().to_owned()));
     }
     if let Some(p) = &filter.provider {
         sql.push_str(" AND provider = ?");
@@ -141,7 +70,7 @@ pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else { return Ok(None) };
     let encoding: Option<String> = r.get(17)?;
-    let body = super::body::unpack(r.get(16)?, encoding.as_deref(), r.get(18)?)
+    let body = body::unpack(r.get(16)?, encoding.as_deref(), r.get(18)?)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(16, Type::Blob, Box::new(e)))?;
     Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(15)?, body }))
 }
@@ -171,48 +100,11 @@ pub fn failures(conn: &Connection, limit: u64) -> rusqlite::Result<Vec<Failure>>
     rows.collect()
 }
 
-/// An outbox row, as consumers read it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct OutboxRow {
-    /// Row id: consumers remember the last one they handled (`--after`).
-    pub id: i64,
-    /// `fulfil`, `refund`, `notify_customer` or `review`.
-    pub kind: String,
-    /// The shop's order id.
-    pub order_id: Option<String>,
-    /// Provider name.
-    pub provider: String,
-    /// The endpoint (provider account) the notification arrived on: refund through it.
-    pub endpoint: Option<String>,
-    /// The provider's payment id.
-    pub payment_id: Option<String>,
-    /// The amount as a decimal string with the currency's digits (`"100.00"`).
-    pub amount: Option<String>,
-    /// The amount in minor units.
-    pub amount_minor: Option<i64>,
-    /// ISO 4217 code.
-    pub currency: Option<String>,
-    /// Why, for people.
-    pub reason: String,
-    /// For `notify_customer`: which message.
-    pub template: Option<String>,
-    /// Where to send it.
-    pub customer_email: Option<String>,
-    /// Unique per logical action; pass it on (for example as Stripe's `Idempotency-Key`).
-    pub idempotency_key: String,
-    /// The inbox row that caused it.
-    pub inbox_id: i64,
-    /// The provider's event id that caused it.
-    pub event_id: String,
-    /// When it was written, RFC 3339 UTC.
-    pub created_at: String,
-}
-
 /// Outbox rows in order, after `after`, optionally of one kind.
 pub fn outbox(
     conn: &Connection,
     after: Option<i64>,
-    kind: Option<&str>,
+    kind: Option<ActionKind>,
     limit: Option<u64>,
 ) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut stmt = conn.prepare_cached(
@@ -221,6 +113,7 @@ pub fn outbox(
          WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id LIMIT ?3",
     )?;
     let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let kind = kind.map(ActionKind::as_str);
     let rows = stmt.query_map(rusqlite::params![after.unwrap_or(0), kind, limit], |r| {
         let minor: Option<i64> = r.get(5)?;
         let currency: Option<String> = r.get(6)?;
@@ -232,7 +125,12 @@ pub fn outbox(
         };
         Ok(OutboxRow {
             id: r.get(0)?,
-            kind: r.get(1)?,
+            kind: {
+                let kind: String = r.get(1)?;
+                ActionKind::parse(&kind).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(1, Type::Text, kind.into())
+                })?
+            },
             order_id: r.get(2)?,
             provider: r.get(3)?,
             endpoint: r.get(14)?,

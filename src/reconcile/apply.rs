@@ -1,0 +1,261 @@
+//! From a prepared row and what the store holds to what is written: the worker's side of a
+//! decision batch ([`crate::store::batch`]). Pure: no I/O, the store reads the facts and
+//! writes the plan inside its transaction.
+//!
+//! A prepared notification with its order goes through [`decide`]; everything else (an
+//! unreadable body, a refused or failed confirmation, a shop that could not be asked) becomes
+//! a status: tried again with backoff, or `dead` once its attempts run out.
+
+use super::decide::{decide, Decision, Facts, Outcome};
+use super::policy::{Policy, WorkerConfig};
+use super::prepare::Prepared;
+use crate::domain::InboxStatus;
+use crate::provider::ProviderKind;
+use crate::shop::ShopError;
+use crate::store::batch::{FactsQuery, Plan, Source, StoredFacts, Write};
+use crate::store::{Claimed, Planner};
+
+/// Plans rows with the policy and the worker's retry settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Decider {
+    /// What the decision table does in the cases with a choice.
+    pub policy: Policy,
+    /// Retries and backoff.
+    pub config: WorkerConfig,
+}
+
+impl Planner<Prepared> for Decider {
+    type Decision = Decision;
+
+    fn query<'a>(&self, _row: &'a Claimed, prepared: &'a Prepared) -> Option<FactsQuery<'a>> {
+        let Prepared::Ready { n, order: Ok(order), .. } = prepared else { return None };
+        Some(FactsQuery {
+            provider: n.provider,
+            payment_key: n.payment_id.as_deref().unwrap_or(&n.event_id),
+            order_id: order.as_ref().map(|o| o.order_id.as_str()),
+            request_key: n.request_key.as_deref(),
+        })
+    }
+
+    fn plan(
+        &self,
+        row: &Claimed,
+        prepared: &Prepared,
+        facts: Option<StoredFacts>,
+        now: i64,
+    ) -> Plan<Decision> {
+        let status = |write: Write| Plan { write, confirmed: false, decision: None };
+        match prepared {
+            Prepared::Unreadable(e) => {
+                tracing::error!(inbox_id = row.id, error = %e, "notification cannot be read; marked dead");
+                status(Write::Finish {
+                    status: InboxStatus::Dead,
+                    outcome: None,
+                    error: Some(e.clone()),
+                })
+            }
+            Prepared::Refused(why) => {
+                tracing::warn!(inbox_id = row.id, "{why}; rejected with no action");
+                status(Write::Finish {
+                    status: InboxStatus::Rejected,
+                    outcome: Some(why.clone()),
+                    error: None,
+                })
+            }
+            // The provider or the network down is not the row's fault: no attempt is used up.
+            Prepared::Unconfirmed { error, payment_key, counts } => {
+                status(self.failed(row, payment_key.clone(), error, now, *counts))
+            }
+            Prepared::Ready { n, order: Err(e), .. } => {
+                // An unreachable database is not this row's fault: it does not use up attempts.
+                let counts = !matches!(e, ShopError::Connect { .. });
+                let key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
+                status(self.failed(row, Some(key), &e.to_string(), now, counts))
+            }
+            Prepared::Ready { n, order: Ok(order), verified } => {
+                let facts = facts.unwrap_or_default();
+                let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
+                if let Some((earlier, its_next)) = facts.blocker {
+                    let next = its_next.max(now + self.config.retry_base.as_millis() as i64);
+                    return Plan {
+                        write: Write::Wait {
+                            status: InboxStatus::Pending,
+                            payment_key,
+                            note: format!(
+                                "waiting for earlier notification {earlier} of the same payment"
+                            ),
+                            next_attempt_at: next,
+                        },
+                        confirmed: *verified,
+                        decision: None,
+                    };
+                }
+                // Another payment that paid this order: not this one, under any of its ids,
+                // through any channel of its provider (a PayPal capture comes as a webhook and
+                // as an IPN).
+                let same_payment = |provider: &str, id: &str| {
+                    ProviderKind::from_name(provider).map(ProviderKind::family)
+                        == Some(n.provider.family())
+                        && (id == payment_key || Some(id) == n.related_payment_id.as_deref())
+                };
+                let paid_by_other = facts
+                    .payers
+                    .iter()
+                    .find(|(provider, id)| !same_payment(provider, id))
+                    .map(|(provider, id)| format!("{provider}:{id}"));
+                let window = self.policy.unmatched_retry_for.as_millis() as i64;
+                let decision = decide(
+                    Facts {
+                        notification: n,
+                        payment: facts.payment.as_ref(),
+                        order: order.as_ref(),
+                        paid_by_other: paid_by_other.as_deref(),
+                        own_refund: facts.own_refund,
+                        unmatched_expired: now - row.first_tried_at >= window,
+                    },
+                    &self.policy,
+                );
+                let write = match decision.outcome {
+                    Outcome::Park => Write::Wait {
+                        status: InboxStatus::Parked,
+                        payment_key,
+                        note: decision.note.clone(),
+                        next_attempt_at: park_until(row.first_tried_at, now, window, &self.config),
+                    },
+                    Outcome::Done | Outcome::Ignored => Write::Decided {
+                        status: if decision.outcome == Outcome::Ignored {
+                            InboxStatus::Ignored
+                        } else {
+                            InboxStatus::Done
+                        },
+                        note: decision.note.clone(),
+                        payment_key,
+                        source: Source {
+                            provider: n.provider,
+                            payment_id: n.payment_id.clone(),
+                            event_id: n.event_id.clone(),
+                        },
+                        actions: decision.actions.clone(),
+                        payment: decision.payment.clone(),
+                    },
+                };
+                tracing::debug!(inbox_id = row.id, event = %n.event_id, note = %decision.note, actions = decision.actions.len(), "decided");
+                Plan { write, confirmed: *verified, decision: Some(decision) }
+            }
+        }
+    }
+
+    fn store_error(&self, row: &Claimed, error: &str, now: i64) -> Write {
+        self.failed(row, None, error, now, true)
+    }
+}
+
+impl Decider {
+    /// A failed attempt: retry with backoff, or `dead` when attempts run out. With `counts`
+    /// false (the shop database or the provider is unreachable) the attempt is not counted:
+    /// the row waits as long as the outage lasts, backing off up to `retry_max`.
+    fn failed(
+        &self,
+        row: &Claimed,
+        payment_key: Option<String>,
+        error: &str,
+        now: i64,
+        counts: bool,
+    ) -> Write {
+        let attempts = row.attempts + u32::from(counts);
+        if attempts >= self.config.max_attempts {
+            tracing::error!(
+                inbox_id = row.id,
+                attempts,
+                error,
+                "giving up on notification; marked dead"
+            );
+            return Write::GiveUp { attempts, error: error.to_owned(), payment_key };
+        }
+        let delay = retry_delay(attempts, counts, now - row.first_tried_at, &self.config);
+        tracing::warn!(
+            inbox_id = row.id,
+            attempts,
+            retry_in_ms = delay,
+            error,
+            "notification will be retried"
+        );
+        Write::Retry {
+            attempts,
+            error: error.to_owned(),
+            payment_key,
+            next_attempt_at: now + delay,
+        }
+    }
+}
+
+/// Milliseconds before a failed row is tried again. A counted failure backs off
+/// exponentially from `retry_base` (its `attempts`th try); an outage (not counted) waits half
+/// the time the row has been failing, so a long outage is not hammered. Both within
+/// `retry_base..=retry_max`.
+pub fn retry_delay(attempts: u32, counts: bool, failing_for: i64, config: &WorkerConfig) -> i64 {
+    let (base, max) = (config.retry_base.as_millis() as i64, config.retry_max.as_millis() as i64);
+    if counts {
+        base.saturating_mul(1 << attempts.saturating_sub(1).min(20)).min(max)
+    } else {
+        (failing_for / 2).clamp(base, max)
+    }
+}
+
+/// When a parked row (its order not found yet) is tried again: after half the time it has been
+/// waiting (within `retry_base..=retry_max`), and no later than the end of its window, when
+/// it is decided as unmatched.
+pub fn park_until(first_tried_at: i64, now: i64, window: i64, config: &WorkerConfig) -> i64 {
+    let (base, max) = (config.retry_base.as_millis() as i64, config.retry_max.as_millis() as i64);
+    let delay = ((now - first_tried_at) / 2).clamp(base, max);
+    (now + delay).min(first_tried_at + window)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config() -> WorkerConfig {
+        WorkerConfig {
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            ..WorkerConfig::default()
+        }
+    }
+
+    #[test]
+    fn counted_failures_back_off_exponentially_up_to_the_maximum() {
+        let c = config();
+        let delays: Vec<i64> = (1..=11).map(|n| retry_delay(n, true, 0, &c)).collect();
+        assert_eq!(
+            delays,
+            [
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000,
+                300_000
+            ]
+        );
+        // No overflow however many attempts.
+        assert_eq!(retry_delay(u32::MAX, true, 0, &c), 300_000);
+    }
+
+    #[test]
+    fn an_outage_waits_half_the_time_it_has_lasted() {
+        let c = config();
+        assert_eq!(retry_delay(3, false, 0, &c), 1_000, "never below the base");
+        assert_eq!(retry_delay(3, false, 60_000, &c), 30_000);
+        assert_eq!(retry_delay(3, false, 3_600_000, &c), 300_000, "never above the maximum");
+    }
+
+    #[test]
+    fn a_parked_row_is_tried_again_by_the_end_of_its_window() {
+        let c = config();
+        let window = 30 * 60_000;
+        assert_eq!(park_until(0, 0, window, &c), 1_000);
+        assert_eq!(park_until(0, 120_000, window, &c), 180_000);
+        assert_eq!(park_until(0, 1_000_000, window, &c), 1_300_000);
+        // Half an hour after the first try it is decided as unmatched, not later.
+        assert_eq!(park_until(0, 1_700_000, window, &c), window);
+    }
+}

@@ -1,0 +1,211 @@
+//! The rows the store takes and gives back, the same for every backend.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::body;
+use crate::domain::{ActionKind, InboxStatus};
+use crate::provider::ProviderKind;
+
+/// A verified notification to store.
+#[derive(Debug)]
+pub struct NewRow {
+    /// The endpoint name it arrived on.
+    pub endpoint: Arc<str>,
+    /// Which provider sent it.
+    pub provider: crate::provider::ProviderKind,
+    /// The provider's id for the notification.
+    pub dedup_key: String,
+    /// The provider's event type.
+    pub event_type: Option<String>,
+    /// Arrival time, unix milliseconds.
+    pub received_at_ms: i64,
+    /// Peer address.
+    pub remote_addr: String,
+    /// Headers needed to verify again, as a JSON object.
+    pub headers_json: String,
+    /// The body as stored (see [`body::pack`]); raw bodies are shared with the request.
+    pub body: body::Packed,
+    /// The raw body's length in bytes.
+    pub body_len: usize,
+}
+
+/// The outcome of storing a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The inbox row id.
+    pub id: i64,
+    /// Deliveries seen so far, this one included; above 1 means a duplicate.
+    pub delivery_count: i64,
+}
+
+impl Stored {
+    /// Whether this delivery repeated one already stored.
+    pub fn is_duplicate(&self) -> bool {
+        self.delivery_count > 1
+    }
+}
+
+/// A request that failed verification, for the capped forensic log.
+#[derive(Debug)]
+pub struct FailureRecord {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// The endpoint name.
+    pub endpoint: Arc<str>,
+    /// Peer address.
+    pub remote_addr: String,
+    /// Short code (`bad_signature`).
+    pub reason: &'static str,
+    /// The message sent back.
+    pub detail: String,
+    /// The full body length.
+    pub body_len: usize,
+    /// The start of the body (at most [`FAILURE_BODY_PREFIX`] bytes).
+    pub body_prefix: Bytes,
+}
+
+/// Bytes of a failed request's body kept for forensics.
+pub const FAILURE_BODY_PREFIX: usize = 1024;
+
+/// A claimed inbox row, as the worker reads it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Row id.
+    pub id: i64,
+    /// Which provider sent it; `None` for a name this build does not know.
+    pub provider: Option<ProviderKind>,
+    /// The endpoint it arrived on.
+    pub endpoint: String,
+    /// First delivery, unix ms.
+    pub received_at: i64,
+    /// When the worker first tried it, unix ms (now, if this is the first time).
+    pub first_tried_at: i64,
+    /// The raw body (empty if it could not be read back; see `unreadable`).
+    pub body: Vec<u8>,
+    /// Why the stored body could not be turned back into the raw bytes.
+    pub unreadable: Option<String>,
+    /// Failed attempts before this one.
+    pub attempts: u32,
+    /// When its provider confirmed it (providers that confirm, such as PayPal IPN).
+    pub verified_at: Option<i64>,
+    /// Its status when it was read: the decision is written only if it is still the same.
+    pub status: InboxStatus,
+}
+
+/// An inbox row without its body, for listings.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InboxSummary {
+    /// Row id.
+    pub id: i64,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Provider name (as stored: a row may come from a provider this build does not know).
+    pub provider: String,
+    /// The provider's notification id.
+    pub dedup_key: String,
+    /// The provider's event type.
+    pub event_type: Option<String>,
+    /// First delivery, unix milliseconds.
+    pub received_at: i64,
+    /// Latest delivery, unix milliseconds.
+    pub last_received_at: i64,
+    /// Peer address of the first delivery.
+    pub remote_addr: String,
+    /// Deliveries seen.
+    pub delivery_count: i64,
+    /// Where the row stands.
+    pub status: InboxStatus,
+    /// Body length in bytes.
+    pub body_len: i64,
+    /// What the worker decided, for people.
+    pub outcome: Option<String>,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed (a `dead` row keeps it).
+    pub last_error: Option<String>,
+    /// PayPal IPN: when PayPal answered VERIFIED to the postback, unix milliseconds.
+    pub verified_at: Option<i64>,
+}
+
+/// A full inbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRow {
+    /// Everything but the headers and body.
+    pub summary: InboxSummary,
+    /// The kept headers, a JSON object.
+    pub headers: String,
+    /// The raw body, byte for byte.
+    pub body: Vec<u8>,
+}
+
+/// A recorded verification failure.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    /// Row id.
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Peer address.
+    pub remote_addr: String,
+    /// Short code.
+    pub reason: String,
+    /// The message sent back.
+    pub detail: String,
+    /// Body length.
+    pub body_len: i64,
+}
+
+/// Filters for [`list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only rows with this status.
+    pub status: Option<InboxStatus>,
+    /// Only rows from this provider.
+    pub provider: Option<String>,
+    /// Only rows with an id above this.
+    pub after: Option<i64>,
+    /// At most this many rows.
+    pub limit: Option<u64>,
+}
+
+/// An outbox row, as consumers read it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Row id: consumers remember the last one they handled (`--after`).
+    pub id: i64,
+    /// `fulfil`, `refund`, `notify_customer` or `review`.
+    pub kind: ActionKind,
+    /// The shop's order id.
+    pub order_id: Option<String>,
+    /// Provider name.
+    pub provider: String,
+    /// The endpoint (provider account) the notification arrived on: refund through it.
+    pub endpoint: Option<String>,
+    /// The provider's payment id.
+    pub payment_id: Option<String>,
+    /// The amount as a decimal string with the currency's digits (`"100.00"`).
+    pub amount: Option<String>,
+    /// The amount in minor units.
+    pub amount_minor: Option<i64>,
+    /// ISO 4217 code.
+    pub currency: Option<String>,
+    /// Why, for people.
+    pub reason: String,
+    /// For `notify_customer`: which message.
+    pub template: Option<String>,
+    /// Where to send it.
+    pub customer_email: Option<String>,
+    /// Unique per logical action; pass it on (for example as Stripe's `Idempotency-Key`).
+    pub idempotency_key: String,
+    /// The inbox row that caused it.
+    pub inbox_id: i64,
+    /// The provider's event id that caused it.
+    pub event_id: String,
+    /// When it was written, RFC 3339 UTC.
+    pub created_at: String,
+}

@@ -1,0 +1,299 @@
+//! The SQLite backend: one database file in WAL mode.
+//!
+//! ## Concurrency
+//! Notifications are written by one writer thread ([`writer`]) with its own connection:
+//! request handlers send it rows over a bounded channel and wait for the answer; it drains
+//! whatever has queued up (up to `max_batch`) into one transaction, commits (one fsync for the
+//! whole group), and only then answers every waiter. A handler therefore never answers 2xx
+//! before the commit that holds its row. A checkpoint thread ([`checkpoint`]) with a second
+//! connection keeps the WAL bounded. The worker's claims and decision batches, and the
+//! command line's reads and replays, go through a third connection (`work`), on tokio's
+//! blocking threads; the pruner opens a fourth. SQLite's locks serialize the writers
+//! (`busy_timeout` bounds the wait); WAL lets readers read while they write.
+//!
+//! One daemon owns a SQLite store: claims are held in memory (see [`queue`]).
+
+pub mod batch;
+pub mod checkpoint;
+pub mod prune;
+pub mod queue;
+pub mod read;
+pub mod schema;
+mod writer;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Applied, Claimed, FailureRecord, Mode, NewRow, Planner, StoreConfig, StoreError, Stored,
+};
+use crate::provider::ProviderKind;
+
+/// Requests queued for the writer beyond this wait (backpressure on the handlers).
+const QUEUE_DEPTH: usize = 8192;
+
+pub(crate) enum Command {
+    Insert(NewRow, oneshot::Sender<Result<Stored, StoreError>>),
+    Failure(FailureRecord),
+    Probe(oneshot::Sender<Result<(), StoreError>>),
+    Shutdown,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Insert(..) => "Insert",
+            Command::Failure(_) => "Failure",
+            Command::Probe(_) => "Probe",
+            Command::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// The writer thread, seen from the handlers.
+#[derive(Debug)]
+struct WriterHandle {
+    /// Queue to the writer thread.
+    tx: mpsc::Sender<Command>,
+    /// The writer thread, joined once by [`Sqlite::close`].
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Cancelled if the writer thread ends without a `Shutdown` command.
+    died: CancellationToken,
+}
+
+/// A SQLite store.
+#[derive(Debug)]
+pub struct Sqlite {
+    /// The database file.
+    path: PathBuf,
+    /// How long a connection waits for another's lock.
+    busy_timeout: Duration,
+    /// The group-commit writer; `None` for a store that takes no notifications.
+    writer: Option<WriterHandle>,
+    /// The connection for claims, decisions, replays and reads.
+    work: Arc<Mutex<Connection>>,
+}
+
+impl Sqlite {
+    /// Opens and migrates the database; with `ingest`, starts the writer and checkpoint
+    /// threads too.
+    pub fn open(config: &StoreConfig, ingest: bool) -> Result<Sqlite, StoreError> {
+        let writer = if ingest { Some(start_writer(config)?) } else { None };
+        let work = schema::open_writer(&config.path, config.busy_timeout)?;
+        // A decision batch dirties a few hundred pages: with SQLite's default 2 MB cache they
+        // would be spilled to the WAL mid-transaction, written twice. Best effort: only speed.
+        if let Err(e) = work.execute_batch("PRAGMA cache_size = -16384") {
+            tracing::debug!(error = %e, "worker page cache left at its default");
+        }
+        Ok(Sqlite {
+            path: config.path.clone(),
+            busy_timeout: config.busy_timeout,
+            writer,
+            work: Arc::new(Mutex::new(work)),
+        })
+    }
+
+    /// Opens an existing store read-only.
+    pub fn open_reader(path: &Path) -> Result<Sqlite, StoreError> {
+        let conn = schema::open_reader(path)?;
+        Ok(Sqlite {
+            path: path.to_owned(),
+            busy_timeout: Duration::from_secs(5),
+            writer: None,
+            work: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub(super) async fn insert(&self, row: NewRow) -> Result<Stored, StoreError> {
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        let (done, wait) = oneshot::channel();
+        writer.tx.send(Command::Insert(row, done)).await.map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) fn record_failure(&self, failure: FailureRecord) {
+        let Some(writer) = &self.writer else { return };
+        if writer.tx.capacity() < QUEUE_DEPTH / 2
+            || writer.tx.try_send(Command::Failure(failure)).is_err()
+        {
+            tracing::debug!("verification failure not recorded: writer queue busy");
+        }
+    }
+
+    pub(super) async fn probe(&self) -> Result<(), StoreError> {
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        let (done, wait) = oneshot::channel();
+        writer.tx.send(Command::Probe(done)).await.map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) async fn died(&self) {
+        match &self.writer {
+            Some(writer) => writer.died.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    pub(super) fn is_dead(&self) -> bool {
+        self.writer.as_ref().is_some_and(|w| w.died.is_cancelled())
+    }
+
+    pub(super) async fn close(&self) {
+        let Some(writer) = &self.writer else { return };
+        let _ = writer.tx.send(Command::Shutdown).await;
+        let thread = writer.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Runs `f` on the work connection, on a blocking thread.
+    async fn on_work<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, rusqlite::Error> {
+        let work = self.work.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = work.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| {
+            rusqlite::Error::ToSqlConversionFailure(format!("store task failed: {e}").into())
+        })?
+    }
+
+    /// A read on the work connection.
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.on_work(move |c| f(c)).await.map_err(|e| StoreError::Read(std::sync::Arc::new(e)))
+    }
+
+    /// A write on the work connection.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.on_work(f).await.map_err(|e| StoreError::Write(std::sync::Arc::new(e)))
+    }
+
+    pub(super) async fn release_claims(&self) -> Result<usize, StoreError> {
+        self.write(queue::release_claims).await
+    }
+
+    pub(super) async fn claim(
+        &self,
+        now: i64,
+        limit: usize,
+        taken: HashSet<i64>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.read(move |c| queue::claim(c, now, limit, &taken)).await
+    }
+
+    pub(super) async fn claim_one(&self, id: i64) -> Result<Option<Claimed>, StoreError> {
+        self.read(move |c| queue::claim_one(c, id, crate::time::now_ms())).await
+    }
+
+    pub(super) async fn order_of_payment(
+        &self,
+        provider: ProviderKind,
+        payment_id: String,
+    ) -> Result<Option<String>, StoreError> {
+        self.read(move |c| queue::order_of_payment(c, provider, &payment_id)).await
+    }
+
+    pub(super) async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(queue::next_due).await
+    }
+
+    pub(super) async fn decide_batch<P, T>(
+        &self,
+        rows: Vec<Claimed>,
+        prepared: Vec<P>,
+        mode: Mode,
+        planner: Arc<T>,
+    ) -> Result<Vec<Applied<T::Decision>>, StoreError>
+    where
+        P: Send + 'static,
+        T: Planner<P>,
+    {
+        self.write(move |c| batch::decide(c, &rows, &prepared, mode, &*planner)).await
+    }
+
+    pub(super) async fn prune(
+        &self,
+        retention_days: u64,
+        dry_run: bool,
+    ) -> Result<(i64, u64), StoreError> {
+        self.write(move |c| {
+            let cutoff = prune::cutoff_now(c, crate::time::now_ms(), retention_days)?;
+            let n = if dry_run {
+                u64::try_from(prune::count_prunable(c, cutoff)?).unwrap_or(0)
+            } else {
+                prune::prune(c, cutoff, &|| false)?
+            };
+            Ok((cutoff, n))
+        })
+        .await
+    }
+
+    pub(super) async fn prune_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |c| prune::prune(c, cutoff_ms, &|| false)).await
+    }
+}
+
+/// Opens the writer's and the checkpointer's connections and starts their threads.
+fn start_writer(config: &StoreConfig) -> Result<WriterHandle, StoreError> {
+    let conn = schema::open_writer(&config.path, config.busy_timeout)?;
+    let open_err =
+        |e: rusqlite::Error| StoreError::Open { path: config.path.clone(), message: e.to_string() };
+    // Checkpoints run on their own thread (see checkpoint::Checkpointer), which also gives the
+    // WAL file's space back when idle; a restart of the WAL cuts its file back only to the
+    // limit. The page cache is sized by checkpoint::CacheSize.
+    let wal_max_bytes = config.wal_max_mb.saturating_mul(1 << 20);
+    conn.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {wal_max_bytes};"
+    ))
+    .map_err(open_err)?;
+    let page_size: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(open_err)?;
+    let cache = checkpoint::CacheSize::set(&conn).map_err(open_err)?;
+    let mut wal_path = config.path.clone().into_os_string();
+    wal_path.push("-wal");
+    let checkpoint_conn = Connection::open(&config.path).map_err(open_err)?;
+    checkpoint_conn.busy_timeout(config.busy_timeout).map_err(open_err)?;
+    let checkpointer = checkpoint::Checkpointer::start(
+        checkpoint_conn,
+        wal_path.into(),
+        wal_max_bytes,
+        page_size + 24,
+    )
+    .map_err(|e| StoreError::Open {
+        path: config.path.clone(),
+        message: format!("cannot start checkpoint thread: {e}"),
+    })?;
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let settings = writer::Settings {
+        max_batch: config.max_batch,
+        failures_kept: config.failures_kept,
+        cache,
+    };
+    let died = CancellationToken::new();
+    let guard = writer::DeathGuard::new(died.clone());
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer::run(conn, rx, settings, Some(checkpointer), guard))
+        .map_err(|e| StoreError::Open {
+            path: config.path.clone(),
+            message: format!("cannot start writer thread: {e}"),
+        })?;
+    Ok(WriterHandle { tx, thread: Mutex::new(Some(thread)), died })
+}

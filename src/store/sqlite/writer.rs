@@ -1,0 +1,252 @@
+//! The writer thread: group commit of inbox rows.
+//!
+//! It blocks for one command, then takes whatever else is already queued (up to
+//! `max_batch`), writes it all in one `BEGIN IMMEDIATE … COMMIT`, and answers every waiter
+//! after the commit. If anything in the batch fails, the whole batch is rolled back and every
+//! waiter gets the error: nothing is acknowledged that is not durable.
+
+use rusqlite::{params, Connection};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::{CacheSize, Checkpointer};
+use super::Command;
+use crate::store::{FailureRecord, NewRow, StoreError, Stored};
+
+/// Writer settings taken from the store config.
+pub(crate) struct Settings {
+    pub max_batch: usize,
+    pub failures_kept: u64,
+    pub cache: CacheSize,
+}
+
+/// A new row; a duplicate changes nothing here (see [`REDELIVERED`]). Cheaper than an upsert
+/// with RETURNING on the common path, where every notification is new.
+const INSERT: &str = "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
+     last_received_at, remote_addr, headers, body, body_encoding, body_len) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10) \
+     ON CONFLICT (provider, dedup_key) DO NOTHING";
+
+/// A delivery of a row already stored: counted.
+const REDELIVERED: &str = "UPDATE inbox SET delivery_count = delivery_count + 1, \
+     last_received_at = ?3 WHERE provider = ?1 AND dedup_key = ?2 RETURNING id, delivery_count";
+
+const INSERT_FAILURE: &str =
+    "INSERT INTO verify_failures (at, endpoint, remote_addr, reason, detail, \
+     body_len, body_prefix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+const PRUNE_FAILURES: &str =
+    "DELETE FROM verify_failures WHERE id <= (SELECT max(id) FROM verify_failures) - ?1";
+
+const PROBE: &str = "INSERT INTO meta (key, value) VALUES ('ready_probe_at', ?1) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+type InsertWaiter = oneshot::Sender<Result<Stored, StoreError>>;
+type ProbeWaiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// Cancels its token when dropped, unless the writer stopped because it was asked to: a
+/// panicking writer thread is noticed and the daemon stops instead of answering 503 forever.
+pub(crate) struct DeathGuard {
+    token: CancellationToken,
+    clean: bool,
+}
+
+impl DeathGuard {
+    pub(crate) fn new(token: CancellationToken) -> DeathGuard {
+        DeathGuard { token, clean: false }
+    }
+}
+
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        if !self.clean {
+            tracing::error!("the store writer thread stopped unexpectedly");
+            self.token.cancel();
+        }
+    }
+}
+
+pub(crate) fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    mut settings: Settings,
+    mut checkpointer: Option<Checkpointer>,
+    mut guard: DeathGuard,
+) {
+    let mut inserts: Vec<(NewRow, InsertWaiter)> = Vec::with_capacity(settings.max_batch);
+    let mut failures: Vec<FailureRecord> = Vec::new();
+    let mut probes: Vec<ProbeWaiter> = Vec::new();
+    let mut results: Vec<Stored> = Vec::with_capacity(settings.max_batch);
+    let mut stopping = false;
+
+    while !stopping {
+        let Some(first) = rx.blocking_recv() else {
+            // Every handle is gone: an orderly end, like Shutdown.
+            stopping = true;
+            break;
+        };
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Insert(row, done) => inserts.push((row, done)),
+                Command::Failure(f) => failures.push(f),
+                Command::Probe(done) => probes.push(done),
+                Command::Shutdown => {
+                    stopping = true;
+                    break;
+                }
+            }
+            taken += 1;
+            if taken < settings.max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        if inserts.is_empty() && failures.is_empty() && probes.is_empty() {
+            continue;
+        }
+
+        results.clear();
+        let outcome = write_batch(
+            &mut conn,
+            &inserts,
+            &failures,
+            !probes.is_empty(),
+            &settings,
+            &mut results,
+        );
+        match outcome {
+            Ok(()) => {
+                settings.cache.wrote(&conn, inserts.len());
+                for ((_, done), stored) in inserts.drain(..).zip(results.iter()) {
+                    let _ = done.send(Ok(*stored));
+                }
+                for done in probes.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = inserts.len(), "store batch failed; answering 503");
+                let e: crate::store::BackendError = std::sync::Arc::new(e);
+                for (_, done) in inserts.drain(..) {
+                    let _ = done.send(Err(StoreError::Write(e.clone())));
+                }
+                for done in probes.drain(..) {
+                    let _ = done.send(Err(StoreError::Write(e.clone())));
+                }
+            }
+        }
+        failures.clear();
+        if let Some(c) = checkpointer.as_mut() {
+            c.bound_wal(&conn);
+        }
+    }
+
+    // Anything still queued after Shutdown is refused: its sender sees a closed store.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        match cmd {
+            Command::Insert(_, done) => drop(done.send(Err(StoreError::Closed))),
+            Command::Probe(done) => drop(done.send(Err(StoreError::Closed))),
+            Command::Failure(_) | Command::Shutdown => {}
+        }
+    }
+    if let Some(c) = checkpointer {
+        c.stop();
+    }
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "final WAL checkpoint failed (the data is safe in the WAL)");
+    }
+    tracing::debug!("store writer stopped");
+    guard.clean = stopping;
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    inserts: &[(NewRow, InsertWaiter)],
+    failures: &[FailureRecord],
+    probe: bool,
+    settings: &Settings,
+    results: &mut Vec<Stored>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare_cached(INSERT)?;
+        for (row, _) in inserts {
+            // Test-only and broken on purpose: every delivery looks new.
+            #[cfg(feature = "test-no-dedup")]
+            let dedup_key = format!(
+                "{}#{}",
+                row.dedup_key,
+                results.len() as i64 + crate::time::now_ms() * 1000
+            );
+            #[cfg(not(feature = "test-no-dedup"))]
+            let dedup_key = &row.dedup_key;
+            let added = insert.execute(params![
+                &*row.endpoint,
+                row.provider.as_str(),
+                dedup_key,
+                row.event_type,
+                row.received_at_ms,
+                row.remote_addr,
+                row.headers_json,
+                &row.body.bytes[..],
+                row.body.encoding,
+                row.body_len as i64,
+            ])?;
+            let stored = if added == 1 {
+                Stored { id: tx.last_insert_rowid(), delivery_count: 1 }
+            } else {
+                tx.prepare_cached(REDELIVERED)?.query_row(
+                    params![row.provider.as_str(), row.dedup_key, row.received_at_ms],
+                    |r| Ok(Stored { id: r.get(0)?, delivery_count: r.get(1)? }),
+                )?
+            };
+            results.push(stored);
+        }
+    }
+    if !failures.is_empty() {
+        // In a savepoint: forensics must never fail the acknowledgements in this batch.
+        if let Err(e) = record_failures(&tx, failures, settings.failures_kept) {
+            tracing::warn!(error = %e, count = failures.len(), "verification failures not recorded");
+        }
+    }
+    if probe {
+        tx.prepare_cached(PROBE)?.execute([crate::time::now_ms().to_string()])?;
+    }
+    if !inserts.is_empty() {
+        crate::failpoint::failpoint("ingest_before_commit");
+    }
+    tx.commit()
+}
+
+fn record_failures(
+    tx: &rusqlite::Transaction<'_>,
+    failures: &[FailureRecord],
+    keep: u64,
+) -> rusqlite::Result<()> {
+    tx.execute_batch("SAVEPOINT failures")?;
+    let written = (|| {
+        let mut insert = tx.prepare_cached(INSERT_FAILURE)?;
+        for f in failures {
+            insert.execute(params![
+                f.at_ms,
+                &*f.endpoint,
+                f.remote_addr,
+                f.reason,
+                f.detail,
+                f.body_len as i64,
+                &f.body_prefix[..],
+            ])?;
+        }
+        tx.prepare_cached(PRUNE_FAILURES)?.execute([keep as i64])?;
+        Ok(())
+    })();
+    match written {
+        Ok(()) => tx.execute_batch("RELEASE failures"),
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO failures; RELEASE failures")?;
+            Err(e)
+        }
+    }
+}
