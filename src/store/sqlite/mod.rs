@@ -297,3 +297,81 @@ fn start_writer(config: &StoreConfig) -> Result<WriterHandle, StoreError> {
         })?;
     Ok(WriterHandle { tx, thread: Mutex::new(Some(thread)), died })
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::{body, NewRow, Store, StoreConfig};
+
+    fn config(path: PathBuf, wal_max_mb: u64) -> StoreConfig {
+        StoreConfig {
+            path,
+            busy_timeout: std::time::Duration::from_secs(5),
+            max_batch: crate::config::DEFAULT_MAX_BATCH,
+            failures_kept: 10,
+            retention_days: crate::config::DEFAULT_RETENTION_DAYS,
+            wal_max_mb,
+        }
+    }
+
+    /// Without the writer's restart the WAL only grows while writes never pause: this burst
+    /// writes about 8 KB of WAL per row, 5,000 rows, so 40 MB; the file must stay near 2 MiB.
+    /// Once nothing is written for a few seconds, the checkpointer gives the file's space back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sustained_burst_keeps_the_wal_file_near_its_limit_and_idle_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox.db");
+        let store = Store::open(&config(path.clone(), 2)).unwrap();
+        let wal = dir.path().join("inbox.db-wal");
+        let body = Bytes::from(vec![b'x'; 2600]);
+        let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for task in 0..32 {
+            let (store, body, wal, largest) =
+                (store.clone(), body.clone(), wal.clone(), largest.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in 0..160 {
+                    let row = NewRow {
+                        endpoint: Arc::from("stripe"),
+                        provider: crate::provider::ProviderKind::Stripe,
+                        dedup_key: format!("evt_{task}_{n}"),
+                        event_type: Some("payment_intent.succeeded".into()),
+                        received_at_ms: crate::time::now_ms(),
+                        remote_addr: "127.0.0.1".into(),
+                        headers_json: "{}".into(),
+                        // Stored raw, so that the WAL grows by the full 2,600 bytes a row.
+                        body: body::Packed { bytes: body.clone(), encoding: None },
+                        body_len: body.len(),
+                    };
+                    assert_eq!(store.insert(row).await.unwrap().delivery_count, 1);
+                    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    largest.fetch_max(len, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let burst_end = std::fs::metadata(&wal).unwrap().len();
+        assert!(burst_end > 1 << 20, "the file is kept for reuse during the burst: {burst_end}");
+        let deadline = std::time::Instant::now() + checkpoint::WAL_IDLE * 3;
+        while std::fs::metadata(&wal).unwrap().len() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the idle WAL file was not truncated");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Everything is in the database file now, and still readable while the store is open.
+        let reader = schema::open_reader(&path).unwrap();
+        let rows: i64 = reader.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 32 * 160);
+        drop(reader);
+        store.close().await;
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let rows: i64 = conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 32 * 160);
+        let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
+        // The limit, plus what one batch of 256 rows (about 3 MB) can add before the check.
+        assert!(largest > 0 && largest < 8 << 20, "the WAL file reached {largest} bytes");
+    }
+}
