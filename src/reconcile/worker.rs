@@ -152,21 +152,21 @@ impl Worker {
         while !next.is_empty() || ready.is_some() {
             let taken: HashSet<i64> = next.iter().map(|r| r.id).collect();
             let to_write = ready.take();
-            let write = async {
+            // A task of its own: the next claim starts the moment the batch commits, even while
+            // this task is busy parsing (a join! here would only poll it between two awaits).
+            let (store, decider) = (self.store.clone(), self.decider.clone());
+            let write = tokio::spawn(async move {
                 let (count, actions) = match to_write {
                     Some((rows, prepared)) => {
                         let count = rows.len();
-                        let out = self
-                            .store
-                            .decide_batch(rows, prepared, Mode::Worker, self.decider.clone())
-                            .await?;
+                        let out = store.decide_batch(rows, prepared, Mode::Worker, decider).await?;
                         (count, out.iter().map(|(_, a)| a.len()).sum())
                     }
                     None => (0, 0),
                 };
-                let more = self.store.claim(crate::time::now_ms(), batch, taken).await?;
+                let more = store.claim(crate::time::now_ms(), batch, taken).await?;
                 Ok::<_, StoreError>((count, actions, more))
-            };
+            });
             let prepare = async {
                 if next.is_empty() {
                     Vec::new()
@@ -175,7 +175,11 @@ impl Worker {
                 }
             };
             let (written, prepared) = tokio::join!(write, prepare);
-            let (count, actions, more) = written?;
+            let (count, actions, more) = written.map_err(|e| {
+                StoreError::Write(std::sync::Arc::new(std::io::Error::other(format!(
+                    "decision task failed: {e}"
+                ))))
+            })??;
             stats.claimed += count;
             stats.actions += actions;
             if shutdown.is_cancelled() {
