@@ -132,16 +132,15 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         let source = OrderSource::connect(&shop).await?;
         let endpoints = std::sync::Arc::new(crate::endpoint::Endpoints::new(&config.endpoints)?);
         let worker = Worker::new(store, endpoints, shop, config.policy, config.worker);
-        let (decision, written) = worker
+        let (verdict, actions) = worker
             .replay(&source, args.id, args.dry_run)
             .await
             .context("replay failed")?
             .with_context(|| format!("no inbox row with id {}", args.id))?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "decision: {:?}: {}", decision.outcome, decision.note)?;
-        for a in &decision.actions {
-            let fresh = written.iter().any(|w| w.idempotency_key == a.idempotency_key);
-            let state = match (args.dry_run, fresh) {
+        writeln!(out, "decision: {:?}: {}", verdict.outcome, verdict.note)?;
+        for (a, fresh) in &actions {
+            let state = match (args.dry_run, *fresh) {
                 (true, true) => "would emit",
                 (true, false) | (false, false) => "already in the outbox",
                 (false, true) => "emitted",
@@ -155,7 +154,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
                 a.idempotency_key
             )?;
         }
-        if decision.actions.is_empty() {
+        if actions.is_empty() {
             writeln!(out, "  no actions")?;
         }
         source.close().await;

@@ -15,6 +15,17 @@ use crate::shop::ShopError;
 use crate::store::batch::{FactsQuery, Plan, Source, StoredFacts, Write};
 use crate::store::{Claimed, Planner};
 
+/// What the planner hands back for a decided row: the outcome and why. Its actions and the
+/// payment's new state went into the plan (see [`crate::store::batch::Applied`] for which
+/// actions were written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Decided, ignored, or parked until the order is there.
+    pub outcome: Outcome,
+    /// One line for people: why.
+    pub note: String,
+}
+
 /// Plans rows with the policy and the worker's retry settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Decider {
@@ -25,7 +36,7 @@ pub struct Decider {
 }
 
 impl Planner<Prepared> for Decider {
-    type Decision = Decision;
+    type Decision = Verdict;
 
     fn query<'a>(&self, _row: &'a Claimed, prepared: &'a Prepared) -> Option<FactsQuery<'a>> {
         let Prepared::Ready { n, order: Ok(order), .. } = prepared else { return None };
@@ -37,14 +48,14 @@ impl Planner<Prepared> for Decider {
         })
     }
 
-    fn plan(
+    fn plan<'a>(
         &self,
-        row: &Claimed,
-        prepared: &Prepared,
+        row: &'a Claimed,
+        prepared: &'a Prepared,
         facts: Option<StoredFacts>,
         now: i64,
-    ) -> Plan<Decision> {
-        let status = |write: Write| Plan { write, confirmed: false, decision: None };
+    ) -> Plan<'a, Verdict> {
+        let status = |write: Write<'a>| Plan { write, confirmed: false, decision: None };
         match prepared {
             Prepared::Unreadable(e) => {
                 tracing::error!(inbox_id = row.id, error = %e, "notification cannot be read; marked dead");
@@ -74,13 +85,13 @@ impl Planner<Prepared> for Decider {
             }
             Prepared::Ready { n, order: Ok(order), verified } => {
                 let facts = facts.unwrap_or_default();
-                let payment_key = n.payment_id.clone().unwrap_or_else(|| n.event_id.clone());
+                let payment_key = n.payment_id.as_deref().unwrap_or(&n.event_id);
                 if let Some((earlier, its_next)) = facts.blocker {
                     let next = its_next.max(now + self.config.retry_base.as_millis() as i64);
                     return Plan {
                         write: Write::Wait {
                             status: InboxStatus::Pending,
-                            payment_key,
+                            payment_key: payment_key.to_owned(),
                             note: format!(
                                 "waiting for earlier notification {earlier} of the same payment"
                             ),
@@ -104,7 +115,7 @@ impl Planner<Prepared> for Decider {
                     .find(|(provider, id)| !same_payment(provider, id))
                     .map(|(provider, id)| format!("{provider}:{id}"));
                 let window = self.policy.unmatched_retry_for.as_millis() as i64;
-                let decision = decide(
+                let Decision { outcome, actions, payment, note } = decide(
                     Facts {
                         notification: n,
                         payment: facts.payment.as_ref(),
@@ -115,37 +126,39 @@ impl Planner<Prepared> for Decider {
                     },
                     &self.policy,
                 );
-                let write = match decision.outcome {
+                let write = match outcome {
                     Outcome::Park => Write::Wait {
                         status: InboxStatus::Parked,
-                        payment_key,
-                        note: decision.note.clone(),
+                        payment_key: payment_key.to_owned(),
+                        note: note.clone(),
                         next_attempt_at: park_until(row.first_tried_at, now, window, &self.config),
                     },
-                    Outcome::Done | Outcome::Ignored => Write::Decided {
-                        status: if decision.outcome == Outcome::Ignored {
-                            InboxStatus::Ignored
-                        } else {
-                            InboxStatus::Done
-                        },
-                        note: decision.note.clone(),
-                        payment_key,
-                        source: Source {
-                            provider: n.provider,
-                            payment_id: n.payment_id.clone(),
-                            event_id: n.event_id.clone(),
-                        },
-                        actions: decision.actions.clone(),
-                        payment: decision.payment.clone(),
-                    },
+                    Outcome::Done | Outcome::Ignored => {
+                        tracing::debug!(inbox_id = row.id, event = %n.event_id, note = %note, actions = actions.len(), "decided");
+                        Write::Decided {
+                            status: if outcome == Outcome::Ignored {
+                                InboxStatus::Ignored
+                            } else {
+                                InboxStatus::Done
+                            },
+                            note: note.clone(),
+                            payment_key,
+                            source: Source {
+                                provider: n.provider,
+                                payment_id: n.payment_id.as_deref(),
+                                event_id: &n.event_id,
+                            },
+                            actions,
+                            payment,
+                        }
+                    }
                 };
-                tracing::debug!(inbox_id = row.id, event = %n.event_id, note = %decision.note, actions = decision.actions.len(), "decided");
-                Plan { write, confirmed: *verified, decision: Some(decision) }
+                Plan { write, confirmed: *verified, decision: Some(Verdict { outcome, note }) }
             }
         }
     }
 
-    fn store_error(&self, row: &Claimed, error: &str, now: i64) -> Write {
+    fn store_error(&self, row: &Claimed, error: &str, now: i64) -> Write<'static> {
         self.failed(row, None, error, now, true)
     }
 }
@@ -161,7 +174,7 @@ impl Decider {
         error: &str,
         now: i64,
         counts: bool,
-    ) -> Write {
+    ) -> Write<'static> {
         let attempts = row.attempts + u32::from(counts);
         if attempts >= self.config.max_attempts {
             tracing::error!(

@@ -32,13 +32,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::Decider;
-use super::decide::{Decision, Outcome};
+use super::apply::Verdict;
+use super::decide::Outcome;
 use super::policy::{Policy, WorkerConfig};
 use super::prepare::Prepared;
 use crate::domain::Action;
 use crate::endpoint::Endpoints;
 use crate::shop::{OrderSource, ShopConfig};
-use crate::store::{Claimed, Mode, Store, StoreError};
+use crate::store::{Applied, Claimed, Mode, Store, StoreError};
 
 /// Longest sleep with nothing due: a safety net for rows written by other processes.
 const IDLE_WAKE: Duration = Duration::from_secs(30);
@@ -160,7 +161,7 @@ impl Worker {
                     Some((rows, prepared)) => {
                         let count = rows.len();
                         let out = store.decide_batch(rows, prepared, Mode::Worker, decider).await?;
-                        (count, out.iter().map(|(_, a)| a.len()).sum())
+                        (count, out.iter().map(Applied::written).sum())
                     }
                     None => (0, 0),
                 };
@@ -196,26 +197,25 @@ impl Worker {
 
     /// Re-runs the decision for one row through the current code. With `dry_run` nothing is
     /// written; otherwise the row is processed as the worker would, and (being idempotent)
-    /// emits only what was not emitted before. Returns the decision and the new actions.
+    /// emits only what was not emitted before. Returns the verdict and the plan's actions,
+    /// each with whether it was (or, dry, would be) written now.
     pub async fn replay(
         &self,
         source: &OrderSource,
         id: i64,
         dry_run: bool,
-    ) -> Result<Option<(Decision, Vec<Action>)>, StoreError> {
+    ) -> Result<Option<(Verdict, Vec<(Action, bool)>)>, StoreError> {
         let Some(row) = self.store.claim_one(id).await? else { return Ok(None) };
         let prepared = self.prepare(source, std::slice::from_ref(&row), !dry_run).await;
         let mode = if dry_run { Mode::DryRun } else { Mode::Replay };
         let mut out =
             self.store.decide_batch(vec![row], prepared, mode, self.decider.clone()).await?;
-        Ok(out.pop().map(|(d, a)| {
-            let d = d.unwrap_or_else(|| Decision {
+        Ok(out.pop().map(|applied| {
+            let verdict = applied.decision.unwrap_or_else(|| Verdict {
                 outcome: Outcome::Park,
-                actions: vec![],
-                payment: None,
                 note: "not decided: see the row's status and last error (inbox show)".into(),
             });
-            (d, a)
+            (verdict, applied.actions)
         }))
     }
 
@@ -281,7 +281,7 @@ mod tests {
             .decide_batch(claimed.clone(), prepared, Mode::Worker, worker.decider.clone())
             .await
             .unwrap();
-        assert!(out[0].0.is_none() && out[0].1.is_empty(), "nothing decided: {out:?}");
+        assert!(out[0].decision.is_none() && out[0].actions.is_empty(), "nothing decided: {out:?}");
         let (status, outcome, actions) = other
             .query_row(
                 "SELECT status, outcome, (SELECT count(*) FROM outbox) FROM inbox",
@@ -298,7 +298,7 @@ mod tests {
             .decide_batch(claimed, prepared, Mode::Worker, worker.decider.clone())
             .await
             .unwrap();
-        assert_eq!(out[0].1.len(), 2, "fulfil and its notice: {out:?}");
+        assert_eq!(out[0].written(), 2, "fulfil and its notice: {out:?}");
         source.close().await;
     }
 }

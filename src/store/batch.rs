@@ -52,19 +52,20 @@ pub struct StoredFacts {
 }
 
 /// The notification an action came from, for the outbox row and the payment's state.
-#[derive(Debug, Clone)]
-pub struct Source {
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
     /// Its provider.
     pub provider: ProviderKind,
     /// Its payment id, if it names one.
-    pub payment_id: Option<String>,
+    pub payment_id: Option<&'a str>,
     /// Its event id.
-    pub event_id: String,
+    pub event_id: &'a str,
 }
 
-/// What to write for one row.
+/// What to write for one row. What the decided case writes is borrowed from the prepared row
+/// or moved from the decision: the hot path copies nothing.
 #[derive(Debug, Clone)]
-pub enum Write {
+pub enum Write<'a> {
     /// Ends the row without a decision: `dead` (it cannot be read) or `rejected` (its
     /// provider refused to confirm it).
     Finish {
@@ -115,9 +116,9 @@ pub enum Write {
         /// Why, for people.
         note: String,
         /// Its payment.
-        payment_key: String,
+        payment_key: &'a str,
         /// The notification the actions come from.
-        source: Source,
+        source: Source<'a>,
         /// Actions to write; one whose key is already in the outbox (or spent) is skipped.
         actions: Vec<Action>,
         /// The payment's new state, if it changes.
@@ -128,18 +129,36 @@ pub enum Write {
 /// A row's plan: what to write, whether its provider confirmed it in this pass (recorded with
 /// the row), and the decision to hand back to the caller.
 #[derive(Debug)]
-pub struct Plan<D> {
+pub struct Plan<'a, D> {
     /// What to write.
-    pub write: Write,
+    pub write: Write<'a>,
     /// Its provider confirmed it in this pass.
     pub confirmed: bool,
     /// The decision, for the caller (a replay prints it).
     pub decision: Option<D>,
 }
 
-/// What became of one row of a batch: the decision (none for a row that was skipped or only
-/// got an error status) and the actions newly written for it.
-pub type Applied<D> = (Option<D>, Vec<Action>);
+/// What became of one row of a batch.
+#[derive(Debug)]
+pub struct Applied<D> {
+    /// The planner's decision: none for a row that was skipped (someone else decided it).
+    pub decision: Option<D>,
+    /// The plan's actions, each with whether it was written now (false: its key was already
+    /// used, in the outbox or by a pruned refund, so it was not written again).
+    pub actions: Vec<(Action, bool)>,
+}
+
+impl<D> Applied<D> {
+    /// Nothing decided, nothing written.
+    pub fn nothing() -> Applied<D> {
+        Applied { decision: None, actions: Vec::new() }
+    }
+
+    /// How many actions were written now.
+    pub fn written(&self) -> usize {
+        self.actions.iter().filter(|(_, written)| *written).count()
+    }
+}
 
 /// The worker's side of a batch: pure functions of a row and what the store holds.
 pub trait Planner<P>: Send + Sync + 'static {
@@ -150,14 +169,14 @@ pub trait Planner<P>: Send + Sync + 'static {
     fn query<'a>(&self, row: &'a Claimed, prepared: &'a P) -> Option<FactsQuery<'a>>;
 
     /// The row's plan, given what was read (`None` when nothing was asked), at `now` (unix ms).
-    fn plan(
+    fn plan<'a>(
         &self,
-        row: &Claimed,
-        prepared: &P,
+        row: &'a Claimed,
+        prepared: &'a P,
         facts: Option<StoredFacts>,
         now: i64,
-    ) -> Plan<Self::Decision>;
+    ) -> Plan<'a, Self::Decision>;
 
     /// What to write for a row whose own writes failed with a store error: try it again.
-    fn store_error(&self, row: &Claimed, error: &str, now: i64) -> Write;
+    fn store_error(&self, row: &Claimed, error: &str, now: i64) -> Write<'static>;
 }

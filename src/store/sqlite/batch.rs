@@ -49,7 +49,7 @@ fn run<P, T: Planner<P>>(
         if ours.as_ref().is_some_and(|ours| !ours.contains(&row.id)) {
             // Someone else (an `inbox replay`) decided it meanwhile: theirs stands.
             tracing::warn!(inbox_id = row.id, "row changed while being decided; skipped");
-            out.push((None, vec![]));
+            out.push(Applied::nothing());
             continue;
         }
         if !isolate {
@@ -65,8 +65,8 @@ fn run<P, T: Planner<P>>(
             Err(e) => {
                 drop(sp);
                 tracing::error!(inbox_id = row.id, error = %e, "store error while deciding; will retry");
-                write(&tx, row, &planner.store_error(row, &e.to_string(), now), now)?;
-                out.push((None, vec![]));
+                write(&tx, row, planner.store_error(row, &e.to_string(), now), now)?;
+                out.push(Applied::nothing());
             }
         }
     }
@@ -96,8 +96,8 @@ fn one<P, T: Planner<P>>(
         tx.prepare_cached("UPDATE inbox SET verified_at = ?2 WHERE id = ?1")?
             .execute(params![row.id, now])?;
     }
-    let written = write(tx, row, &plan.write, now)?;
-    Ok((plan.decision, written))
+    let actions = write(tx, row, plan.write, now)?;
+    Ok(Applied { decision: plan.decision, actions })
 }
 
 /// What the store holds about a row's payment and order.
@@ -154,11 +154,16 @@ fn facts(tx: &Connection, row: &Claimed, q: &FactsQuery<'_>) -> rusqlite::Result
     Ok(StoredFacts { blocker, payment, payers, own_refund })
 }
 
-/// Writes a row's plan; returns the actions newly written.
-fn write(tx: &Connection, row: &Claimed, w: &Write, now: i64) -> rusqlite::Result<Vec<Action>> {
+/// Writes a row's plan; returns its actions, each with whether it was written now.
+fn write(
+    tx: &Connection,
+    row: &Claimed,
+    w: Write<'_>,
+    now: i64,
+) -> rusqlite::Result<Vec<(Action, bool)>> {
     match w {
         Write::Finish { status, outcome, error } => {
-            set_status(tx, row, *status, outcome.as_deref(), error.as_deref(), now, None)?;
+            set_status(tx, row, status, outcome.as_deref(), error.as_deref(), now, None)?;
         }
         Write::Retry { attempts, error, payment_key, next_attempt_at } => {
             tx.prepare_cached(
@@ -192,17 +197,16 @@ fn write(tx: &Connection, row: &Claimed, w: &Write, now: i64) -> rusqlite::Resul
             ])?;
         }
         Write::Decided { status, note, payment_key, source, actions, payment } => {
-            let mut written = Vec::new();
+            let mut out = Vec::with_capacity(actions.len());
             for action in actions {
-                if insert_action(tx, action, source, row, now)? {
-                    written.push(action.clone());
-                }
+                let written = insert_action(tx, &action, &source, row, now)?;
+                out.push((action, written));
             }
             if let Some(state) = payment {
-                save_payment(tx, source, payment_key, state, row.id, now)?;
+                save_payment(tx, &source, payment_key, &state, row.id, now)?;
             }
-            set_status(tx, row, *status, Some(note), None, now, Some(payment_key))?;
-            return Ok(written);
+            set_status(tx, row, status, Some(&note), None, now, Some(payment_key))?;
+            return Ok(out);
         }
     }
     Ok(Vec::new())
@@ -229,7 +233,7 @@ fn set_status(
 
 fn save_payment(
     tx: &Connection,
-    source: &Source,
+    source: &Source<'_>,
     payment_id: &str,
     state: &PaymentState,
     inbox_id: i64,
@@ -270,7 +274,7 @@ pub(crate) const INSERT_ACTION: &str =
 fn insert_action(
     tx: &Connection,
     a: &Action,
-    source: &Source,
+    source: &Source<'_>,
     row: &Claimed,
     now: i64,
 ) -> rusqlite::Result<bool> {
