@@ -156,7 +156,7 @@ impl Worker {
             // A task of its own: the next claim starts the moment the batch commits, even while
             // this task is busy parsing (a join! here would only poll it between two awaits).
             let (store, decider) = (self.store.clone(), self.decider.clone());
-            let write = tokio::spawn(async move {
+            let write = async move {
                 let (count, actions) = match to_write {
                     Some((rows, prepared)) => {
                         let count = rows.len();
@@ -167,7 +167,7 @@ impl Worker {
                 };
                 let more = store.claim(crate::time::now_ms(), batch, taken).await?;
                 Ok::<_, StoreError>((count, actions, more))
-            });
+            };
             let prepare = async {
                 if next.is_empty() {
                     Vec::new()
@@ -176,11 +176,7 @@ impl Worker {
                 }
             };
             let (written, prepared) = tokio::join!(write, prepare);
-            let (count, actions, more) = written.map_err(|e| {
-                StoreError::Write(std::sync::Arc::new(std::io::Error::other(format!(
-                    "decision task failed: {e}"
-                ))))
-            })??;
+            let (count, actions, more) = written?;
             stats.claimed += count;
             stats.actions += actions;
             if shutdown.is_cancelled() {
