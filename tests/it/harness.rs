@@ -177,15 +177,22 @@ where
     T: Send + 'static,
 {
     let db = db.to_owned();
+    on_own_runtime(move || f(reconciled::store::Store::open_reader(&db).expect("store readable")))
+}
+
+/// Runs the future `f` makes on a thread and a runtime of its own, and waits for it.
+fn on_own_runtime<T, F, Fut>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let store = reconciled::store::Store::open_reader(&db).expect("store readable");
-            f(store).await
-        })
+        runtime.block_on(f())
     })
     .join()
-    .expect("the read ran")
+    .expect("the work ran")
 }
 
 /// `PRAGMA integrity_check` of the store at `db`: `"ok"` when it is intact.
@@ -205,15 +212,7 @@ where
         retention_days: reconciled::config::DEFAULT_RETENTION_DAYS,
         wal_max_mb: reconciled::config::DEFAULT_WAL_MAX_MB,
     };
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let store = reconciled::store::Store::open_tool(&config).expect("store opens");
-            f(store).await
-        })
-    })
-    .join()
-    .expect("the work ran")
+    on_own_runtime(move || f(reconciled::store::Store::open_tool(&config).expect("store opens")))
 }
 
 pub fn integrity(db: &Path) -> String {
