@@ -172,6 +172,12 @@ fn paypal_webhook_corpus() {
 #[test]
 fn paypal_cert_url_corpus() {
     replay_target("paypal_cert_url", fuzz::paypal_cert_url, Reached::Accepted);
+    // Each hand-made hostile URL is refused, and each of PayPal's own forms accepted.
+    for (name, input) in corpus("paypal_cert_url") {
+        let reached = fuzz::paypal_cert_url(&input);
+        let refused = matches!(reached, Reached::Refused(_));
+        assert_eq!(refused, name.starts_with("hostile-"), "{name}: {reached:?}");
+    }
 }
 
 #[test]
@@ -355,7 +361,11 @@ fn cert_url_seeds() {
         ("paypal", PAYPAL_CERT_URL),
         ("sandbox", "https://api-m.sandbox.paypal.com/v1/notifications/certs/CERT-1"),
         ("port", "https://127.0.0.1:8443/v1/notifications/certs/test"),
-        ("upper-case-default-port", "https://API.PAYPAL.COM:443/v1/notifications/certs/CERT"),
+        ("upper-case", "https://API.PAYPAL.COM/v1/notifications/certs/CERT"),
+        ("hostile-default-port", "https://api.paypal.com:443/v1/notifications/certs/CERT"),
+        ("hostile-hex-ip", "https://0x7f.0.0.1:8443/v1/notifications/certs/x"),
+        ("hostile-encoded-name", "https://api.paypal.com/v1/notifications/certs/%43ERT"),
+        ("hostile-backslash-host", "https://api.paypal.com\\v1/notifications/certs/CERT"),
         ("hostile-http", "http://api.paypal.com/v1/notifications/certs/CERT"),
         ("hostile-user-info", "https://user:pw@api.paypal.com/v1/notifications/certs/CERT"),
         ("hostile-suffix-host", "https://api.paypal.com.attacker.example/v1/notifications/certs/C"),

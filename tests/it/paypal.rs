@@ -274,6 +274,15 @@ async fn certificates_are_downloaded_only_from_allowed_hosts_and_cached() {
     assert!(text.contains("its host is not in cert_hosts"), "{text}");
     assert_eq!(foreign.count(), 0);
 
+    // The allowed host, in a form a URL parser would rewrite into the good certificate's URL:
+    // refused as written, and not downloaded.
+    let encoded = url(paypal_side.addr, "CERT-good").replace("CERT-good", "%43ERT-good");
+    let headers = transmission(&body, WEBHOOK_ID, &encoded, &key());
+    let (status, text) = post(&d, "/webhooks/paypal", &headers, &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("its path is not /v1/notifications/certs/{name}"), "{text}");
+    assert_eq!(paypal_side.count(), 0);
+
     // An allowed host that is down: 503, so PayPal tries again later.
     let headers = transmission(&body, WEBHOOK_ID, &url(closed, "CERT-good"), &key());
     let (status, text) = post(&d, "/webhooks/paypal", &headers, &body).await;
