@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +35,13 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use reconciled::provider::stripe;
 use rusqlite::Connection;
+
+// The guard every test that spawns a process uses; this binary needs only part of it.
+#[allow(dead_code)]
+#[path = "it/process.rs"]
+mod process;
+
+use process::ChildGuard;
 
 const SECRET: &str = "whsec_crash_harness_0123456789";
 const SENDERS: usize = 8;
@@ -87,31 +94,32 @@ struct Seen {
     refused: Mutex<HashSet<String>>,
 }
 
+/// The daemon under test; its guard kills it if the harness panics, so none outlives the test.
 struct Daemon {
     bin: PathBuf,
     config: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
 }
 
 impl Daemon {
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(&self.bin)
-            .args(["serve", "--config", self.config.to_str().unwrap()])
-            .env("RECONCILED_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = ChildGuard::spawn(
+            Command::new(&self.bin)
+                .args(["serve", "--config", self.config.to_str().unwrap()])
+                .env("RECONCILED_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .unwrap();
         self.child = Some(child);
     }
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
+            child.kill_now(); // SIGKILL
         }
     }
 }

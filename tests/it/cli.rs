@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{self, config_text, event, Daemon, FIXTURE_EVENT, SECRET};
+use crate::process::{ChildGuard, EXIT_WITHIN};
 
 pub(crate) fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reconciled"));
@@ -26,8 +27,9 @@ struct Output {
 
 fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
     let mut child =
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+        ChildGuard::spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()))
+            .unwrap();
+    child.stdin().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     Output {
         code: out.status.code(),
@@ -124,7 +126,7 @@ fn the_demo_refuses_a_non_loopback_address() {
 fn spawn_serve(
     args: &[&str],
     dir: &Path,
-) -> (std::process::Child, SocketAddr, std::thread::JoinHandle<String>) {
+) -> (ChildGuard, SocketAddr, std::thread::JoinHandle<String>) {
     spawn_serve_with(args, dir, &[])
 }
 
@@ -134,16 +136,17 @@ pub(crate) fn spawn_serve_with(
     args: &[&str],
     dir: &Path,
     env: &[(&str, &str)],
-) -> (std::process::Child, SocketAddr, std::thread::JoinHandle<String>) {
-    let mut child = bin()
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+) -> (ChildGuard, SocketAddr, std::thread::JoinHandle<String>) {
+    let mut child = ChildGuard::spawn(
+        bin()
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
     let (addr, _, rest) = harness::listening(&mut child);
     let rest = std::thread::spawn(move || rest.join().unwrap().join("\n"));
     (child, addr, rest)
@@ -171,8 +174,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         StatusCode::OK
     );
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    assert!(child.signal("TERM"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // New connections are refused once shutdown began...
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting after SIGTERM");
@@ -184,7 +186,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
     drop(s);
 
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait_within(EXIT_WITHIN)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", stderr.join().unwrap());
     let conn = harness::sql(&db);
     let n: i64 = conn
@@ -209,8 +211,7 @@ async fn an_acknowledged_notification_survives_sigkill() {
         assert_eq!(status, StatusCode::OK);
         acked.push(id);
     }
-    child.kill().unwrap(); // SIGKILL: no drain, no checkpoint
-    child.wait().unwrap();
+    child.kill_now(); // SIGKILL: no drain, no checkpoint
     let log = stderr.join().unwrap();
     assert!(!log.contains(SECRET), "secret in the daemon's log");
     let conn = harness::sql(&db);
@@ -434,17 +435,18 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
     let systemd = UnixDatagram::bind(&socket_path).unwrap();
     systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // systemd names the watched process in WATCHDOG_PID; `exec` keeps the shell's pid.
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_reconciled"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "200000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new("sh")
+            .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_reconciled"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "200000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     let recv = move || {
         let mut buf = [0u8; 512];
         let n = systemd.recv(&mut buf).expect("a notification within 10 s");
@@ -469,11 +471,7 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
         assert_eq!(ping.trim_end(), "WATCHDOG=1");
         systemd = s;
     }
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(child.signal("TERM"));
     let rest = tokio::task::spawn_blocking(move || {
         let mut seen = Vec::new();
         let mut buf = [0u8; 512];
@@ -488,7 +486,7 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
     .await
     .unwrap();
     assert!(rest.last().is_some_and(|m| m.starts_with("STOPPING=1")), "{rest:?}");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait_within(EXIT_WITHIN)).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }
 

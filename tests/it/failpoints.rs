@@ -5,19 +5,19 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 
 use crate::cli::{spawn_serve_with, write_config};
 use crate::harness::{self, config_text_with, integrity, pi_event, shop_config, Shop};
+use crate::process::{ChildGuard, EXIT_WITHIN};
 
-/// A spawned daemon that is killed if the test panics, so no daemon outlives its test.
+/// A spawned daemon; its guard kills it if the test panics, so no daemon outlives its test.
 struct Spawned {
-    child: Option<Child>,
+    child: ChildGuard,
     addr: SocketAddr,
-    log: Option<std::thread::JoinHandle<String>>,
+    log: std::thread::JoinHandle<String>,
 }
 
 impl Spawned {
@@ -26,29 +26,22 @@ impl Spawned {
             failpoint.map(|p| ("RECONCILED_FAILPOINT", p)).into_iter().collect();
         let (child, addr, log) =
             spawn_serve_with(&["serve", "--config", config.to_str().unwrap()], dir, &env);
-        Spawned { child: Some(child), addr, log: Some(log) }
+        Spawned { child, addr, log }
     }
 
     /// Waits for the process to end on its own; returns whether it succeeded and its log.
-    async fn exit(mut self) -> (bool, String) {
-        let mut child = self.child.take().unwrap();
-        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-        (status.success(), self.log.take().unwrap().join().unwrap())
+    async fn exit(self) -> (bool, String) {
+        let Spawned { mut child, log, .. } = self;
+        let status =
+            tokio::task::spawn_blocking(move || child.wait_within(EXIT_WITHIN)).await.unwrap();
+        (status.success(), log.join().unwrap())
     }
 
+    /// A graceful stop (SIGTERM); returns whether it exited 0 and its log.
     async fn terminate(self) -> (bool, String) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.exit().await
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let Spawned { mut child, log, .. } = self;
+        let status = tokio::task::spawn_blocking(move || child.terminate()).await.unwrap();
+        (status.success(), log.join().unwrap())
     }
 }
 

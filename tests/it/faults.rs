@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 
 use crate::harness::{self, config_text, event, integrity, Daemon, SECRET};
+use crate::process::ChildGuard;
 
 fn enabled(test: &str) -> bool {
     match std::env::var("RECONCILED_FAULT_TESTS").as_deref() {
@@ -23,40 +24,6 @@ fn enabled(test: &str) -> bool {
             eprintln!("{test}: skipped (set RECONCILED_FAULT_TESTS=1, as root, to run it)");
             false
         }
-    }
-}
-
-/// A spawned process (and, for strace, the daemon it runs) killed when dropped, so a failing
-/// test leaves nothing running.
-struct Running(std::process::Child);
-
-impl Running {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// The processes it started (strace's daemon).
-    fn children(&self) -> Vec<String> {
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.id()))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// SIGKILLs it and its children, and waits for it.
-    fn kill(&mut self) {
-        for child in self.children() {
-            let _ = Command::new("kill").args(["-KILL", &child]).status();
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -204,7 +171,7 @@ fn a_failing_fsync_never_gets_a_2xx() {
     // A healthy first run creates the store and takes one notification.
     let (mut child, addr, _) = spawn(None, &cfg);
     assert_eq!(post(addr, "evt_healthy"), Ok((StatusCode::OK, "stored\n".to_owned())));
-    child.kill();
+    child.kill_now();
 
     // Second run: every fsync and fdatasync fails.
     let trace = dir.path().join("strace.txt");
@@ -223,7 +190,7 @@ fn a_failing_fsync_never_gets_a_2xx() {
     assert_eq!(get(addr, "/healthz").unwrap().0, StatusCode::OK);
     // Stop the traced daemon (strace's only child) and strace with it.
     assert_eq!(strace.children().len(), 1, "strace runs the daemon");
-    strace.kill();
+    strace.kill_now();
     let traced = std::fs::read_to_string(&trace).unwrap();
     let injected = traced.lines().filter(|l| l.contains("EIO") && l.contains("(INJECTED)")).count();
     assert!(injected >= ids.len(), "each commit's sync failed by injection:\n{traced}");
@@ -238,7 +205,7 @@ fn a_failing_fsync_never_gets_a_2xx() {
         // is a duplicate. Either way the provider gets its 200 only now.
         assert_eq!(status, StatusCode::OK, "{id}: {text}");
     }
-    child.kill();
+    child.kill_now();
     assert_eq!(integrity(&db), "ok");
     let mut want: Vec<String> = ids.clone();
     want.push("evt_healthy".into());
@@ -251,7 +218,7 @@ fn a_failing_fsync_never_gets_a_2xx() {
 fn spawn(
     trace: Option<&Path>,
     cfg: &Path,
-) -> (Running, std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+) -> (ChildGuard, std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     let bin = env!("CARGO_BIN_EXE_reconciled");
     let mut cmd = match trace {
         None => Command::new(bin),
@@ -264,15 +231,15 @@ fn spawn(
             c
         }
     };
-    let mut child = cmd
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .env("RECONCILED_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn (is strace installed?)");
+    let mut child = ChildGuard::spawn(
+        cmd.args(["serve", "--config"])
+            .arg(cfg)
+            .env("RECONCILED_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .expect("spawn (is strace installed?)");
     let (addr, _, rest) = harness::listening(&mut child);
-    (Running(child), addr, rest)
+    (child, addr, rest)
 }

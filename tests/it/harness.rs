@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::process::ChildGuard;
+
 pub const SECRET: &str = "whsec_test_primary_0123456789";
 pub const ROLLED: &str = "whsec_test_rolled_9876543210";
 /// The id of `fixtures/stripe/payment_intent.succeeded.json`.
@@ -134,10 +136,10 @@ impl Daemon {
 /// address, the lines read so far, and a thread that collects the rest of its output (so the
 /// daemon never blocks on a full pipe) until it exits.
 pub fn listening(
-    child: &mut std::process::Child,
+    child: &mut ChildGuard,
 ) -> (SocketAddr, Vec<String>, std::thread::JoinHandle<Vec<String>>) {
     use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+    let mut lines = std::io::BufReader::new(child.stderr()).lines();
     let mut seen = Vec::new();
     loop {
         let line = lines.next().expect("daemon exited before listening").unwrap();

@@ -11,6 +11,8 @@ use reconciled::provider::stripe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::process::{ChildGuard, EXIT_WITHIN};
+
 const SECRET: &str = "whsec_hostile_0123456789";
 
 fn signed_request(body: &[u8]) -> Vec<u8> {
@@ -140,14 +142,15 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reconciled"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("RECONCILED_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_reconciled"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("RECONCILED_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
     let (addr, _, _output) = crate::harness::listening(&mut child);
 
     let corpus = corpus();
@@ -172,13 +175,9 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         .query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 0, "nothing hostile was stored");
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(child.signal("TERM"));
     assert_eq!(
-        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap().code(),
+        tokio::task::spawn_blocking(move || child.wait_within(EXIT_WITHIN)).await.unwrap().code(),
         Some(0)
     );
 }

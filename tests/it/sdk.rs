@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use hyper::StatusCode;
 
 use crate::harness::{self, Daemon, SECRET};
+use crate::process::ChildGuard;
 
 fn sdk_python() -> Option<String> {
     let python = std::env::var("RECONCILED_STRIPE_SDK_PYTHON").ok();
@@ -26,15 +27,16 @@ fn sdk_python() -> Option<String> {
 
 fn sdk(python: &str, args: &[&str], body: &[u8]) -> (i32, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stripe_sdk.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the SDK script");
-    child.stdin.take().unwrap().write_all(body).unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(python)
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .expect("run the SDK script");
+    child.stdin().write_all(body).unwrap();
     let out = child.wait_with_output().unwrap();
     let code = out.status.code().unwrap_or(-1);
     if code != 0 {

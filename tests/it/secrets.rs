@@ -11,6 +11,7 @@ use hyper::StatusCode;
 use reconciled::provider::{adflex, stripe, worldpay};
 
 use crate::harness::{event, fixture_in, request};
+use crate::process::{ChildGuard, EXIT_WITHIN};
 
 const STRIPE: &str = "whsec_SEKRIT4stripe0000001";
 const STRIPE_ROLLED: &str = "whsec_SEKRIT4stripe0000002";
@@ -53,14 +54,15 @@ async fn no_secret_reaches_any_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("reconciled.toml");
     std::fs::write(&cfg, config(dir.path())).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reconciled"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("RECONCILED_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_reconciled"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("RECONCILED_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
     let (addr, mut log, rest) = crate::harness::listening(&mut child);
 
     let now = reconciled::time::now_ms() / 1000;
@@ -123,12 +125,8 @@ async fn no_secret_reaches_any_log_line() {
     }
     // Let the worker fail to reach the shop (its URL holds the password) a few times.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(child.signal("TERM"));
+    let status = tokio::task::spawn_blocking(move || child.wait_within(EXIT_WITHIN)).await.unwrap();
     assert_eq!(status.code(), Some(0));
     log.extend(rest.join().unwrap());
     let log = log.join("\n");
