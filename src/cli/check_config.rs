@@ -1,43 +1,187 @@
-//! `reconciled check-config --config FILE`: validate, connect to the shop database and run the
-//! order query once, then print a redacted summary.
+//! `reconciled check-config --config FILE [--order ID]`: validate, connect to the shop
+//! database and check what the order query returns, then print a redacted summary. With
+//! `--order`, run the query for one real order exactly as the worker does and show how it
+//! reads it.
 
 use std::fmt::Write;
+use std::path::Path;
+
+use clap::Args;
 
 use super::ConfigArg;
 use crate::config::Config;
+use crate::money::Currency;
 use crate::settings::ConfigError;
-use crate::shop::{Lookup, OrderSource, ShopError};
+use crate::shop::{Cell, Lookup, OrderSource, RawOrder, ShopConfig, ShopError};
 
-pub(super) fn run(args: &ConfigArg) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+/// `check-config` arguments.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also run the order query for this order id (the merchant reference a provider sends)
+    /// and show how reconciled reads that order.
+    #[arg(long, value_name = "ID")]
+    order: Option<String>,
+    /// With --order: also pass this provider payment id as `:psp_reference`.
+    #[arg(long, value_name = "ID", requires = "order")]
+    psp_reference: Option<String>,
+}
+
+pub(super) fn run(args: &CheckConfigArgs) -> anyhow::Result<()> {
+    let path = &args.config.config;
+    let config = Config::load(path)?;
     print!("{}", summary(&config));
     let Some(shop) = &config.shop else {
+        if args.order.is_some() {
+            anyhow::bail!("--order needs a [shop] section: this configuration reads no orders");
+        }
         println!("shop: none configured (notifications are stored, not reconciled)");
         return Ok(());
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for (status, first, second) in shop.status.overlaps() {
+        println!(
+            "warning: status \"{status}\" is listed under both shop.status.{first} and \
+             shop.status.{second}; it is read as {first}"
+        );
+    }
     let invalid = |key: &str, message: String| ConfigError::Invalid {
-        path: args.config.clone(),
+        path: path.to_path_buf(),
         key: key.into(),
         message,
     };
     // A query error names the query, anything else the database location.
     let key =
         |e: &ShopError| if matches!(e, ShopError::Query(_)) { "shop.query" } else { "shop.url" };
-    runtime.block_on(async {
+    super::block_on(async {
         let source =
             OrderSource::connect(shop).await.map_err(|e| invalid(key(&e), e.to_string()))?;
-        let probe = Lookup { reference: Some("0".into()), psp_reference: Some("0".into()) };
-        let rows = source.fetch(&probe).await.map_err(|e| invalid(key(&e), e.to_string()))?;
-        println!(
-            "shop: {} {} reachable; the order query ran ({} row(s) for reference \"0\")",
-            shop.driver.as_str(),
-            shop.url,
-            rows.len()
-        );
+        let checked = async {
+            let columns = source.columns().await.map_err(|e| invalid(key(&e), e.to_string()))?;
+            crate::shop::check_columns(&columns).map_err(|m| invalid("shop.query", m))?;
+            println!(
+                "shop: {} {} reachable; the order query returns {}",
+                shop.driver.as_str(),
+                shop.url,
+                columns.join(", ")
+            );
+            match &args.order {
+                Some(order) => {
+                    show_order(&source, shop, order, args.psp_reference.as_deref(), path)
+                        .await
+                        .map_err(|e| invalid(key(&e), e.to_string()))
+                }
+                None => Ok(()),
+            }
+        }
+        .await;
         source.close().await;
-        Ok::<_, anyhow::Error>(())
+        Ok(checked?)
     })
+}
+
+/// Runs the order query for one order as the worker does and prints how it reads the order.
+async fn show_order(
+    source: &OrderSource,
+    shop: &ShopConfig,
+    order: &str,
+    psp_reference: Option<&str>,
+    config: &Path,
+) -> Result<(), ShopError> {
+    let reference = crate::shop::cut_reference(shop.reference_pattern.as_ref(), order);
+    let lookup =
+        Lookup { reference: Some(reference.clone()), psp_reference: psp_reference.map(Into::into) };
+    let rows = source.fetch(&lookup).await?;
+    let mut out = String::new();
+    if reference != order {
+        let _ = writeln!(
+            out,
+            "reference \"{order}\" is cut to \"{reference}\" by shop.reference_pattern"
+        );
+    }
+    let Some(row) = crate::shop::pick_row(&rows, &lookup) else {
+        print!("{out}");
+        println!(
+            "order {reference}: the query returned no row (a notification for it would wait, \
+             then go to review as unmatched)"
+        );
+        return Ok(());
+    };
+    let raw = |c: &Option<Cell>| match c {
+        None => "absent".to_owned(),
+        Some(Cell::Null) => "NULL".to_owned(),
+        Some(Cell::Int(i)) => format!("{i} (integer)"),
+        Some(Cell::Real(f)) => format!("{f} (floating point)"),
+        Some(Cell::Text(t)) => format!("{t:?}"),
+    };
+    let _ = writeln!(out, "order {reference}: the query returned {} row(s); read as:", rows.len());
+    let read = crate::shop::to_order(row, &shop.status);
+    match &read {
+        Ok(o) => {
+            let _ = writeln!(out, "  order id        {}", o.order_id);
+            let _ = writeln!(out, "  status          {:?} -> {}", o.raw_status, o.status);
+            let _ = writeln!(
+                out,
+                "  amount          {} {}   (amount = {}, amount_minor = {}, currency = {})",
+                o.amount.to_decimal_string(),
+                o.amount.currency,
+                raw(&row.amount),
+                raw(&row.amount_minor),
+                raw(&row.currency)
+            );
+            let _ = writeln!(
+                out,
+                "  customer email  {}",
+                o.customer_email.as_deref().unwrap_or("none")
+            );
+            let _ =
+                writeln!(out, "  psp reference   {}", o.psp_reference.as_deref().unwrap_or("none"));
+        }
+        Err(_) => {
+            for (name, cell) in [
+                ("order_id", &row.order_id),
+                ("status", &row.status),
+                ("amount", &row.amount),
+                ("amount_minor", &row.amount_minor),
+                ("currency", &row.currency),
+            ] {
+                let _ = writeln!(out, "  {name:<15} {}", raw(cell));
+            }
+        }
+    }
+    print!("{out}");
+    let o = read?;
+    if let Some(warning) = cents_warning(row, o.amount.currency) {
+        println!("warning: {warning}");
+    }
+    println!(
+        "check that amount, currency and status are what the shop shows for this order; \
+         a wrong amount column refunds correct payments ({})",
+        config.display()
+    );
+    Ok(())
+}
+
+/// A whole-number `amount` in a currency with decimals is most often a cents column under
+/// the wrong name: 2599 read as 2599.00 EUR makes every 25.99 EUR payment an underpayment.
+fn cents_warning(row: &RawOrder, currency: Currency) -> Option<String> {
+    if row.amount_minor.is_some() || currency.exponent() == 0 {
+        return None;
+    }
+    let whole = match &row.amount {
+        Some(Cell::Int(i)) => Some(i.to_string()),
+        Some(Cell::Text(t))
+            if !t.trim().is_empty() && t.trim().bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(t.trim().to_owned())
+        }
+        _ => None,
+    }?;
+    Some(format!(
+        "amount is the whole number {whole} in {currency}, which has {} decimals: if the column \
+         holds minor units (cents), name it amount_minor in the query (`... AS amount_minor`)",
+        currency.exponent()
+    ))
 }
 
 /// A human summary of a valid configuration, with every secret replaced by a hint.

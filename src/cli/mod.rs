@@ -29,8 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve(serve::ServeArgs),
-    /// Validate a configuration file and print a summary with secrets redacted.
-    CheckConfig(ConfigArg),
+    /// Validate a configuration file, check the shop query, and print a summary with secrets
+    /// redacted; with --order, show how one real order is read.
+    CheckConfig(check_config::CheckConfigArgs),
     /// Print an annotated example configuration.
     DefaultConfig,
     /// Look at stored notifications.

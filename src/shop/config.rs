@@ -54,3 +54,24 @@ pub struct StatusMap {
     /// The order was cancelled (`cancelled`, `failed`).
     pub cancelled: Vec<String>,
 }
+
+impl StatusMap {
+    /// Statuses listed under more than one state, with the states' keys: the first list
+    /// wins (`awaiting_payment`, then `paid`, then `cancelled`), which is rarely what was meant.
+    pub fn overlaps(&self) -> Vec<(String, &'static str, &'static str)> {
+        let lists = [
+            ("awaiting_payment", &self.awaiting_payment),
+            ("paid", &self.paid),
+            ("cancelled", &self.cancelled),
+        ];
+        let mut out = Vec::new();
+        for (i, (first, list)) in lists.iter().enumerate() {
+            for (second, other) in &lists[i + 1..] {
+                for status in list.iter().filter(|s| other.contains(s)) {
+                    out.push((status.clone(), *first, *second));
+                }
+            }
+        }
+        out
+    }
+}

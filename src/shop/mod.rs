@@ -100,6 +100,17 @@ pub enum OrderStatus {
     Other,
 }
 
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OrderStatus::AwaitingPayment => "awaiting payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Other => "other (in no shop.status list: a payment for it goes to review)",
+        })
+    }
+}
+
 /// An order as the reconciliation sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
@@ -173,6 +184,16 @@ impl OrderSource {
         }
     }
 
+    /// The names of the columns the order query returns, read from the database without
+    /// running the query.
+    pub async fn columns(&self) -> Result<Vec<String>, ShopError> {
+        match self {
+            OrderSource::Sqlite(s) => s.columns(),
+            OrderSource::Mysql(s) => s.columns().await,
+            OrderSource::Postgres(s) => s.columns().await,
+        }
+    }
+
     /// Finds the order for `lookup`: the row whose `order_id` equals the reference if there is
     /// one, else the first row; `None` when the query returns nothing.
     pub async fn find(
@@ -234,12 +255,16 @@ fn pick(
     lookup: &Lookup,
     status: &StatusMap,
 ) -> Result<Option<Order>, ShopError> {
+    pick_row(rows, lookup).map(|r| to_order(r, status)).transpose()
+}
+
+/// The row a lookup's order is read from: the one whose `order_id` equals the reference if
+/// there is one, else the first.
+pub fn pick_row<'r>(rows: &'r [RawOrder], lookup: &Lookup) -> Option<&'r RawOrder> {
     let wanted = lookup.reference.as_deref();
-    let row = rows
-        .iter()
+    rows.iter()
         .find(|r| wanted.is_some() && r.order_id.as_ref().and_then(Cell::text).as_deref() == wanted)
-        .or(rows.first());
-    row.map(|r| to_order(r, status)).transpose()
+        .or(rows.first())
 }
 
 /// Applies `reference_pattern` to a merchant reference: the first capture group if the
@@ -251,6 +276,25 @@ pub fn cut_reference(pattern: Option<&regex::Regex>, reference: &str) -> String 
         Some(c) => c.get(1).or_else(|| c.get(0)).map_or(reference, |m| m.as_str()).to_owned(),
         None => reference.to_owned(),
     }
+}
+
+/// Checks the columns an order query returns: `order_id`, `status`, `currency`, and `amount`
+/// or `amount_minor` are required (letter case aside). The error names what is missing.
+pub fn check_columns(columns: &[String]) -> Result<(), String> {
+    let has = |name: &str| columns.iter().any(|c| c.eq_ignore_ascii_case(name));
+    let mut missing: Vec<&str> =
+        ["order_id", "status", "currency"].into_iter().filter(|c| !has(c)).collect();
+    if !has("amount") && !has("amount_minor") {
+        missing.push("amount (whole units, e.g. 25.99) or amount_minor (minor units, e.g. 2599)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let returned = if columns.is_empty() { "none".to_owned() } else { columns.join(", ") };
+    Err(format!(
+        "the query returns no {} column (it returns: {returned}); alias the shop's columns with AS",
+        missing.join(", no ")
+    ))
 }
 
 /// Interprets one row as an order.

@@ -127,6 +127,16 @@ impl MysqlShop {
         self.bounded(self.fetch_rows(lookup)).await
     }
 
+    /// The names of the columns the order query returns: the server prepares it, nothing runs.
+    pub async fn columns(&self) -> Result<Vec<String>, ShopError> {
+        self.bounded(async {
+            let mut conn = self.pool.get_conn().await?;
+            let statement = conn.prep(self.query.as_str()).await?;
+            Ok(statement.columns().iter().map(|c| c.name_str().into_owned()).collect())
+        })
+        .await
+    }
+
     /// A query bounded by [`FETCH_TIMEOUT`], its error as a [`ShopError::Query`].
     async fn bounded<T>(
         &self,

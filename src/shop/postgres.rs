@@ -127,6 +127,27 @@ impl PostgresShop {
         }
     }
 
+    /// The names of the columns the order query returns: the server prepares it, nothing runs.
+    pub async fn columns(&self) -> Result<Vec<String>, ShopError> {
+        let prepared = async {
+            let client = self.pool.get().await.map_err(|e| ShopError::Query(pool_message(&e)))?;
+            let types = vec![Type::TEXT; self.params.len()];
+            let statement = client
+                .prepare_typed_cached(&self.query, &types)
+                .await
+                .map_err(|e| ShopError::Query(pg_message(&e)))?;
+            Ok(statement.columns().iter().map(|c| c.name().to_owned()).collect())
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, prepared).await {
+            Ok(result) => result,
+            Err(_) => Err(ShopError::Query(format!(
+                "no answer within {} s from {}",
+                FETCH_TIMEOUT.as_secs(),
+                self.url
+            ))),
+        }
+    }
+
     async fn fetch_rows(&self, lookup: &Lookup) -> Result<Vec<RawOrder>, ShopError> {
         let client = self.pool.get().await.map_err(|e| ShopError::Query(pool_message(&e)))?;
         let query_err = |e: tokio_postgres::Error| ShopError::Query(pg_message(&e));

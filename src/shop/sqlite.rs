@@ -63,6 +63,14 @@ impl SqliteShop {
             })
     }
 
+    /// The names of the columns the order query returns, without running it.
+    pub fn columns(&self) -> Result<Vec<String>, ShopError> {
+        let conn =
+            self.conn.lock().map_err(|_| ShopError::Query("shop connection poisoned".into()))?;
+        let stmt = conn.prepare_cached(&self.query).map_err(|e| ShopError::Query(e.to_string()))?;
+        Ok(stmt.column_names().into_iter().map(str::to_owned).collect())
+    }
+
     /// Runs the order query on the calling thread.
     pub fn fetch_blocking(&self, lookup: &Lookup) -> Result<Vec<RawOrder>, ShopError> {
         let query_err = |e: rusqlite::Error| ShopError::Query(e.to_string());

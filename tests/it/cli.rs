@@ -19,13 +19,13 @@ pub(crate) fn bin() -> Command {
     cmd
 }
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
+pub(crate) fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
     let mut child =
         ChildGuard::spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()))
             .unwrap();
@@ -327,7 +327,7 @@ async fn check_config_outbox_and_replay_commands() {
     // check-config reaches the shop and runs the query once...
     let out = run(bin().args(["check-config", "--config", &cfg_s]), b"");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout.contains("reachable; the order query ran"), "{}", out.stdout);
+    assert!(out.stdout.contains("reachable; the order query returns"), "{}", out.stdout);
     // ...and names the key when it cannot.
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, text.replace("FROM orders", "FROM no_such_table")).unwrap();

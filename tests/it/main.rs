@@ -9,6 +9,7 @@ mod hostile;
 mod ingest;
 mod limits;
 mod no_leaks;
+mod operator;
 mod paypal;
 mod process;
 mod reconcile;

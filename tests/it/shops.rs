@@ -944,3 +944,62 @@ async fn connecting_to_a_silent_server_gives_up() {
     }
     silent.abort();
 }
+
+/// `check-config` reads the columns a query returns from the server itself, with no row in the
+/// table: a query missing a required column is caught before the first notification.
+#[tokio::test]
+async fn the_query_shape_is_checked_on_each_server_without_a_row() {
+    use reconciled::shop::check_columns;
+    let good = "SELECT id AS order_id, state AS status, total AS amount, code AS currency";
+    let cents = "SELECT id AS order_id, state AS status, cents AS amount_minor, code AS currency";
+    let no_currency = "SELECT id AS order_id, state AS status, total AS amount";
+    let no_amount = "SELECT id AS order_id, state AS status, code AS currency";
+    let cases = [
+        (good, None),
+        (cents, None),
+        (no_currency, Some("no currency column")),
+        (no_amount, Some("no amount (whole units, e.g. 25.99) or amount_minor")),
+    ];
+    if let Some(db) = MysqlDb::create("myshape").await {
+        db.run("CREATE TABLE orders (id INT PRIMARY KEY, state TEXT, total DECIMAL(10,2), cents INT, code CHAR(3))")
+            .await;
+        for (select, expected) in cases {
+            let query = format!("{select} FROM orders WHERE id = :reference");
+            let shop = Shop::open(&format!(
+                "[shop]\ndriver = \"mysql\"\nurl = \"{}\"\nquery = \"{query}\"\n\
+                 [shop.status]\nawaiting_payment = [\"a\"]\npaid = [\"p\"]\ncancelled = [\"c\"]\n",
+                db.url
+            ))
+            .await;
+            let columns = shop.source.columns().await.unwrap();
+            match (check_columns(&columns), expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(why)) => assert!(e.contains(why), "{query}: {e}"),
+                (got, _) => panic!("mysql {query}: {got:?} ({columns:?})"),
+            }
+            shop.close().await;
+        }
+        db.drop().await;
+    }
+    if let Some(db) = PgSchema::create("pgshape").await {
+        let s = &db.name;
+        db.client
+            .batch_execute(&format!(
+                "CREATE TABLE {s}.orders (id integer, state text, total numeric(10,2), cents bigint, code char(3))"
+            ))
+            .await
+            .unwrap();
+        for (select, expected) in cases {
+            let query = format!("{select} FROM {s}.orders WHERE id::text = :reference");
+            let shop = Shop::open(&pg_shop(&db.base, &query)).await;
+            let columns = shop.source.columns().await.unwrap();
+            match (check_columns(&columns), expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(why)) => assert!(e.contains(why), "{query}: {e}"),
+                (got, _) => panic!("postgres {query}: {got:?} ({columns:?})"),
+            }
+            shop.close().await;
+        }
+        db.drop().await;
+    }
+}
