@@ -87,6 +87,21 @@ pub enum StoreError {
         /// The newest version this build knows.
         known: u32,
     },
+    /// Another daemon holds the store (one daemon owns a SQLite store).
+    #[error(
+        "store {} is in use by another reconciled daemon ({holder}, holding {}); one daemon \
+         owns a SQLite store: stop the other one, or give this one a [store] path of its own",
+        path.display(),
+        lock.display()
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// Who holds it, as the holder wrote it into the lock file.
+        holder: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// A write or commit failed; nothing of it was stored.
     #[error("store write failed")]
     Write(#[source] BackendError),

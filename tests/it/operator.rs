@@ -99,3 +99,49 @@ fn check_config_refuses_a_query_missing_a_column() {
         out.stdout
     );
 }
+
+/// A second daemon on the same SQLite store exits at start with code 1, naming the store and
+/// the process holding it; the first keeps serving, the read-only commands work beside it,
+/// and once it has stopped the store can be taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_one_sqlite_store_is_refused() {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    use crate::cli::spawn_serve_with;
+    use crate::harness::{config_text, event, post_signed};
+    use crate::process::ChildGuard;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let cfg = write_config(dir.path(), &config_text(&db, "", ""));
+    let serve = ["serve", "--config", cfg.to_str().unwrap()];
+    let (mut first, addr, _log) = spawn_serve_with(&serve, dir.path(), &[]);
+
+    let mut second = ChildGuard::spawn(
+        bin().args(serve).current_dir(dir.path()).stdout(Stdio::null()).stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let status = second.wait_within(std::time::Duration::from_secs(20));
+    let mut message = String::new();
+    second.stderr().read_to_string(&mut message).unwrap();
+    assert_eq!(status.code(), Some(1), "{message}");
+    assert!(
+        message.contains(&format!("store {} is in use", db.display()))
+            && message.contains(&format!("pid {}", first.id())),
+        "{message}"
+    );
+
+    // The first daemon still takes notifications, and the read commands work beside it.
+    let (status, text) = post_signed(addr, event("evt_beside")).await;
+    assert_eq!(status, hyper::StatusCode::OK, "{text}");
+    let out = run(bin().args(["inbox", "list", "--config"]).arg(&cfg), b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("evt_beside"), "{}", out.stdout);
+
+    // Stopped, it lets the store go: the next daemon starts on it.
+    let stopped = tokio::task::spawn_blocking(move || first.terminate()).await.unwrap();
+    assert_eq!(stopped.code(), Some(0));
+    let (mut next, _, _) = spawn_serve_with(&serve, dir.path(), &[]);
+    assert_eq!(next.terminate().code(), Some(0));
+}

@@ -88,7 +88,6 @@ impl ChildGuard {
     }
 
     /// A graceful stop: SIGTERM, then at most [`EXIT_WITHIN`] for it to exit.
-    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal("TERM");
         self.wait_within(EXIT_WITHIN)

@@ -11,10 +11,12 @@
 //! blocking threads; the pruner opens a fourth. SQLite's locks serialize the writers
 //! (`busy_timeout` bounds the wait); WAL lets readers read while they write.
 //!
-//! One daemon owns a SQLite store: claims are held in memory (see [`queue`]).
+//! One daemon owns a SQLite store: claims are held in memory (see [`queue`]), and the daemon
+//! holds an exclusive lock beside the database while it runs ([`owner`]).
 
 pub mod batch;
 pub mod checkpoint;
+pub mod owner;
 pub mod prune;
 pub mod queue;
 pub mod read;
@@ -79,12 +81,16 @@ pub struct Sqlite {
     writer: Option<WriterHandle>,
     /// The connection for claims, decisions, replays and reads.
     work: Arc<Mutex<Connection>>,
+    /// The daemon's lock on the store; `None` for the command line's tools and readers.
+    owner: Mutex<Option<owner::Owner>>,
 }
 
 impl Sqlite {
     /// Opens and migrates the database; with `ingest`, starts the writer and checkpoint
     /// threads too.
     pub fn open(config: &StoreConfig, ingest: bool) -> Result<Sqlite, StoreError> {
+        // Taken before anything else touches the file: a refused daemon changes nothing.
+        let owner = if ingest { Some(owner::Owner::take(&config.path)?) } else { None };
         let writer = if ingest { Some(start_writer(config)?) } else { None };
         let work = schema::open_writer(&config.path, config.busy_timeout)?;
         // A decision batch dirties a few hundred pages: with SQLite's default 2 MB cache they
@@ -97,6 +103,7 @@ impl Sqlite {
             busy_timeout: config.busy_timeout,
             writer,
             work: Arc::new(Mutex::new(work)),
+            owner: Mutex::new(owner),
         })
     }
 
@@ -108,6 +115,7 @@ impl Sqlite {
             busy_timeout: Duration::from_secs(5),
             writer: None,
             work: Arc::new(Mutex::new(conn)),
+            owner: Mutex::new(None),
         })
     }
 
@@ -151,6 +159,9 @@ impl Sqlite {
         let thread = writer.thread.lock().map(|mut t| t.take()).unwrap_or(None);
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(owner) = self.owner.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            owner.release();
         }
     }
 
