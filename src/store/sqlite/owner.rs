@@ -7,9 +7,12 @@
 //! power supply empties it with everything else), so a stale file never blocks a start. The
 //! command line's read-only commands and tools do not take it.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 
 use crate::store::StoreError;
 
@@ -41,9 +44,9 @@ impl Owner {
             .truncate(false)
             .open(&path)
             .map_err(open_error)?;
-        match file.try_lock() {
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+            Err(Errno::WOULDBLOCK) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
@@ -57,7 +60,7 @@ impl Owner {
                     lock: path,
                 });
             }
-            Err(TryLockError::Error(e)) => return Err(open_error(e)),
+            Err(e) => return Err(open_error(e.into())),
         }
         let who =
             format!("pid {} (reconciled {})\n", std::process::id(), env!("CARGO_PKG_VERSION"));
@@ -71,7 +74,7 @@ impl Owner {
     /// Lets the lock go (it goes anyway when the value is dropped or the process ends).
     pub(super) fn release(self) {
         let _ = self.file.set_len(0);
-        let _ = self.file.unlock();
+        let _ = rustix::fs::flock(&self.file, FlockOperation::Unlock);
     }
 }
 
