@@ -151,3 +151,9 @@ UPDATE sqlite_schema SET sql = replace(sql,
 PRAGMA writable_schema = RESET;
 DROP INDEX inbox_due;
 CREATE INDEX inbox_due ON inbox (id) WHERE status = 'pending' OR status = 'parked' OR status = 'processing';
+
+-- migration: 10
+-- Actions decided in shadow mode (policy.mode = "shadow"): recorded for comparison with what
+-- the shop's old integration did, never carried out. Their idempotency keys start with
+-- "shadow:", so a live action never collides with one.
+ALTER TABLE outbox ADD COLUMN shadow INTEGER NOT NULL DEFAULT 0;

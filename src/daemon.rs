@@ -32,6 +32,12 @@ pub async fn run(
                 config.policy,
                 config.worker,
             );
+            if config.policy.mode == crate::reconcile::policy::DecisionMode::Shadow {
+                tracing::warn!(
+                    "policy.mode = \"shadow\": every action is recorded as a shadow action \
+                     (outbox list --shadow) and none is to be carried out"
+                );
+            }
             Some(tokio::spawn(worker.run(wake.clone(), shutdown.clone())))
         }
         None => {

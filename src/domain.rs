@@ -174,6 +174,23 @@ pub struct Action {
     pub customer_email: Option<String>,
     /// Unique per logical action: the outbox refuses a second row with it.
     pub idempotency_key: String,
+    /// Decided in shadow mode (`policy.mode = "shadow"`): recorded for comparison, never
+    /// carried out. Its key is the live key with [`SHADOW_KEY_PREFIX`] in front.
+    pub shadow: bool,
+}
+
+/// What a shadow action's idempotency key starts with: it never equals a live action's key.
+pub const SHADOW_KEY_PREFIX: &str = "shadow:";
+
+impl Action {
+    /// The same action, decided in shadow mode.
+    pub fn into_shadow(mut self) -> Action {
+        if !self.shadow {
+            self.idempotency_key.insert_str(0, SHADOW_KEY_PREFIX);
+            self.shadow = true;
+        }
+        self
+    }
 }
 
 impl std::fmt::Display for ActionKind {

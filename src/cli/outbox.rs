@@ -7,14 +7,15 @@ use clap::{Args, Subcommand};
 
 use super::StoreArgs;
 use crate::domain::ActionKind;
-use crate::store::OutboxRow;
+use crate::store::{OutboxFilter, OutboxRow};
 
 /// How often `tail --follow` looks for new rows.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 /// Rows `tail` shows before following.
 const TAIL_ROWS: i64 = 10;
 
-/// `outbox` subcommands.
+/// `outbox` subcommands. Both read live actions, the ones to carry out; `--shadow` reads the
+/// actions decided in shadow mode instead.
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
     /// List actions in order.
@@ -40,6 +41,9 @@ pub struct ListArgs {
     /// At most this many.
     #[arg(long, value_name = "N")]
     limit: Option<u64>,
+    /// The actions decided in shadow mode (never carried out) instead of the live ones.
+    #[arg(long)]
+    shadow: bool,
 }
 
 /// Arguments of `outbox tail`.
@@ -53,6 +57,9 @@ pub struct TailArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    /// The actions decided in shadow mode (never carried out) instead of the live ones.
+    #[arg(long)]
+    shadow: bool,
 }
 
 pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
@@ -60,7 +67,13 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
         OutboxCommand::List(args) => {
             let store = args.store.open()?;
             let rows = super::block_on(async {
-                Ok(store.outbox(args.after, args.kind, args.limit).await?)
+                let filter = OutboxFilter {
+                    after: args.after,
+                    kind: args.kind,
+                    limit: args.limit,
+                    shadow: args.shadow,
+                };
+                Ok(store.outbox(filter).await?)
             })?;
             let mut out = std::io::stdout().lock();
             if !args.json {
@@ -70,7 +83,7 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
                 print_row(&mut out, row, args.json)?;
             }
             if rows.is_empty() && !args.json {
-                writeln!(out, "(no actions)")?;
+                writeln!(out, "(no {}actions)", if args.shadow { "shadow " } else { "" })?;
             }
             Ok(())
         }
@@ -83,7 +96,13 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
                     writeln!(out, "{}", header())?;
                 }
                 loop {
-                    for row in store.outbox(Some(last), None, Some(1000)).await? {
+                    let filter = OutboxFilter {
+                        after: Some(last),
+                        limit: Some(1000),
+                        shadow: args.shadow,
+                        ..OutboxFilter::default()
+                    };
+                    for row in store.outbox(filter).await? {
                         print_row(&mut out, &row, args.json)?;
                         last = row.id;
                     }

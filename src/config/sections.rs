@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::*;
-use crate::reconcile::policy::{FulfilOn, OverpaidPolicy, RefundOrReview};
+use crate::reconcile::policy::{DecisionMode, FulfilOn, OverpaidPolicy, RefundOrReview};
 use crate::secret::DbUrl;
 use crate::shop::{ShopDriver, StatusMap};
 
@@ -67,6 +67,7 @@ pub(super) struct RawPolicy {
     on_paid_after_cancel: Option<RefundOrReview>,
     fulfil_on: Option<FulfilOn>,
     unmatched_retry_for: Option<String>,
+    mode: Option<DecisionMode>,
 }
 
 #[derive(Deserialize, Default)]
@@ -237,6 +238,7 @@ pub(super) fn policy(p: RawPolicy, r: &Resolver<'_>) -> Result<Policy, ConfigErr
         on_paid_after_cancel: p.on_paid_after_cancel.unwrap_or(d.on_paid_after_cancel),
         fulfil_on: p.fulfil_on.unwrap_or(d.fulfil_on),
         unmatched_retry_for: unmatched.unwrap_or(d.unmatched_retry_for),
+        mode: p.mode.unwrap_or(d.mode),
     })
 }
 

@@ -7,9 +7,9 @@
 //! a status: tried again with backoff, or `dead` once its attempts run out.
 
 use super::decide::{decide, Decision, Facts, Outcome};
-use super::policy::{Policy, WorkerConfig};
+use super::policy::{DecisionMode, Policy, WorkerConfig};
 use super::prepare::Prepared;
-use crate::domain::InboxStatus;
+use crate::domain::{Action, InboxStatus};
 use crate::provider::ProviderKind;
 use crate::shop::ShopError;
 use crate::store::batch::{FactsQuery, Plan, Source, StoredFacts, Write};
@@ -115,7 +115,7 @@ impl Planner<Prepared> for Decider {
                     .find(|(provider, id)| !same_payment(provider, id))
                     .map(|(provider, id)| format!("{provider}:{id}"));
                 let window = self.policy.unmatched_retry_for.as_millis() as i64;
-                let Decision { outcome, actions, payment, note } = decide(
+                let Decision { outcome, mut actions, payment, note } = decide(
                     Facts {
                         notification: n,
                         payment: facts.payment.as_ref(),
@@ -126,6 +126,9 @@ impl Planner<Prepared> for Decider {
                     },
                     &self.policy,
                 );
+                if self.policy.mode == DecisionMode::Shadow {
+                    actions = actions.into_iter().map(Action::into_shadow).collect();
+                }
                 let write = match outcome {
                     Outcome::Park => Write::Wait {
                         status: InboxStatus::Parked,

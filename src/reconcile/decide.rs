@@ -458,6 +458,7 @@ impl<'a> Draft<'a> {
             template,
             customer_email: self.email.clone(),
             idempotency_key: key,
+            shadow: false,
         }
     }
 

@@ -18,6 +18,21 @@ pub struct Policy {
     pub fulfil_on: FulfilOn,
     /// How long a notification whose order is not found keeps being retried.
     pub unmatched_retry_for: Duration,
+    /// Live (actions are for carrying out) or shadow (decided and recorded, never carried out).
+    pub mode: DecisionMode,
+}
+
+/// `policy.mode`: whether decided actions are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionMode {
+    /// Actions are written for the shop to carry out.
+    #[default]
+    Live,
+    /// Every decision is made and written as usual, but each action is marked shadow: no
+    /// consumer or delivery carries it out, and its idempotency key differs from the live one.
+    /// For running beside the shop's old integration and comparing before going live.
+    Shadow,
 }
 
 /// Refund the payment, or leave it to an admin.
@@ -59,6 +74,7 @@ impl Default for Policy {
             on_paid_after_cancel: RefundOrReview::Refund,
             fulfil_on: FulfilOn::Captured,
             unmatched_retry_for: Duration::from_secs(30 * 60),
+            mode: DecisionMode::Live,
         }
     }
 }

@@ -39,10 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::batch::{Applied, Mode, Planner};
 pub use self::rows::{
-    Claimed, Failure, FailureRecord, InboxRow, InboxSummary, ListFilter, NewRow, OutboxRow, Stored,
-    FAILURE_BODY_PREFIX,
+    Claimed, Failure, FailureRecord, InboxRow, InboxSummary, ListFilter, NewRow, OutboxFilter,
+    OutboxRow, Stored, FAILURE_BODY_PREFIX,
 };
-use crate::domain::ActionKind;
 use crate::provider::ProviderKind;
 
 /// `[store]`: the SQLite inbox file and its writer.
@@ -316,17 +315,10 @@ impl Store {
         }
     }
 
-    /// Outbox rows in order, after `after`, optionally of one kind.
-    pub async fn outbox(
-        &self,
-        after: Option<i64>,
-        kind: Option<ActionKind>,
-        limit: Option<u64>,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
+    /// Outbox rows in order: live actions, or with `filter.shadow` the shadow ones.
+    pub async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<OutboxRow>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => {
-                s.read(move |c| sqlite::read::outbox(c, after, kind, limit)).await
-            }
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::outbox(c, &filter)).await,
         }
     }
 

@@ -173,6 +173,19 @@ pub struct ListFilter {
     pub limit: Option<u64>,
 }
 
+/// Which outbox rows to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxFilter {
+    /// Only rows with an id above this.
+    pub after: Option<i64>,
+    /// Only actions of this kind.
+    pub kind: Option<ActionKind>,
+    /// At most this many rows.
+    pub limit: Option<u64>,
+    /// Shadow actions (decided in shadow mode, never carried out) instead of live ones.
+    pub shadow: bool,
+}
+
 /// An outbox row, as consumers read it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -208,4 +221,6 @@ pub struct OutboxRow {
     pub event_id: String,
     /// When it was written, RFC 3339 UTC.
     pub created_at: String,
+    /// Decided in shadow mode: recorded for comparison, never to be carried out.
+    pub shadow: bool,
 }

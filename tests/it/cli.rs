@@ -555,7 +555,7 @@ async fn inbox_prune_deletes_only_finished_rows_past_retention() {
         .collect();
     assert_eq!(keys, ["evt_1002", "evt_1003"]);
     let orders: Vec<String> =
-        harness::reading(&db, |s| async move { s.outbox(None, None, None).await })
+        harness::reading(&db, |s| async move { s.outbox(Default::default()).await })
             .unwrap()
             .into_iter()
             .map(|r| r.order_id.unwrap_or_default())

@@ -53,7 +53,7 @@ fn inbox(db: &Path) -> Vec<(String, String, i64)> {
 }
 
 fn outbox(db: &Path) -> Vec<String> {
-    harness::reading(db, |s| async move { s.outbox(None, None, None).await })
+    harness::reading(db, |s| async move { s.outbox(Default::default()).await })
         .unwrap()
         .into_iter()
         .map(|r| r.idempotency_key)

@@ -387,7 +387,7 @@ impl Daemon {
 
     /// `(kind, order_id, amount, template)` of every outbox row, in order.
     pub fn actions(&self) -> Vec<(String, String, String, String)> {
-        reading(&self.db, |s| async move { s.outbox(None, None, None).await })
+        reading(&self.db, |s| async move { s.outbox(Default::default()).await })
             .unwrap()
             .into_iter()
             .map(|r| {

@@ -145,3 +145,86 @@ async fn a_second_daemon_on_one_sqlite_store_is_refused() {
     let (mut next, _, _) = spawn_serve_with(&serve, dir.path(), &[]);
     assert_eq!(next.terminate().code(), Some(0));
 }
+
+/// Shadow mode: every decision is made and written, each action marked shadow with a key of
+/// its own; the live outbox stays empty. Switched to live, new notifications are decided
+/// normally, and a row decided in shadow never emits its actions as live, even replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_actions_are_recorded_never_listed_as_live_and_never_re_emitted() {
+    use crate::harness::{pi_event, Daemon, SECRET};
+    use reconciled::store::OutboxFilter;
+
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for id in [1001, 1002, 1003] {
+        shop.add(id, "pending", "100.00", "USD");
+    }
+    let shadow = shop_config(&shop, "[policy]\nmode = \"shadow\"");
+    let d = Daemon::start_with(dir.path(), "", "", &shadow).await;
+    for (event, pi, order, amount) in
+        [("evt_s1", "pi_s1", "1001", 10000), ("evt_s2", "pi_s2", "1002", 6000)]
+    {
+        let (status, _) =
+            d.post_stripe(SECRET, &pi_event(event, "succeeded", pi, order, amount, "usd")).await;
+        assert_eq!(status, hyper::StatusCode::OK);
+    }
+    d.settle().await;
+    assert!(d.actions().is_empty(), "shadow actions listed as live: {:?}", d.actions());
+    let db = dir.path().join("inbox.db");
+    let shadowed = crate::harness::reading(&db, |s| async move {
+        s.outbox(OutboxFilter { shadow: true, ..Default::default() }).await
+    })
+    .unwrap();
+    let summary: Vec<(String, String)> = shadowed
+        .iter()
+        .map(|a| (a.kind.as_str().to_owned(), a.order_id.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("fulfil", "1001"),
+            ("notify_customer", "1001"),
+            ("refund", "1002"),
+            ("notify_customer", "1002")
+        ]
+        .map(|(k, o)| (k.to_owned(), o.to_owned()))
+    );
+    assert!(shadowed.iter().all(|a| a.shadow && a.idempotency_key.starts_with("shadow:")));
+    d.stop().await;
+
+    // The command line: live listings show nothing, --shadow shows them marked.
+    let cfg = write_config(dir.path(), &config_text_with(&db, "", "", &shadow));
+    let live = run(bin().args(["outbox", "list", "--json", "--config"]).arg(&cfg), b"");
+    assert_eq!((live.code, live.stdout.as_str()), (Some(0), ""), "{}", live.stderr);
+    let out = run(bin().args(["outbox", "list", "--json", "--shadow", "--config"]).arg(&cfg), b"");
+    let lines: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(lines.iter().all(|l| l["shadow"] == true), "{}", out.stdout);
+
+    // Live: a new payment is decided as usual, with the live key.
+    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, "")).await;
+    let (status, _) = d
+        .post_stripe(SECRET, &pi_event("evt_l3", "succeeded", "pi_l3", "1003", 10000, "usd"))
+        .await;
+    assert_eq!(status, hyper::StatusCode::OK);
+    d.settle().await;
+    let live = d.actions();
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live.iter().all(|(_, order, _, _)| order == "1003"), "{live:?}");
+    d.stop().await;
+
+    // Replaying the rows decided in shadow emits nothing live.
+    let live_cfg =
+        write_config(dir.path(), &config_text_with(&db, "", "", &shop_config(&shop, "")));
+    for id in ["1", "2"] {
+        let out = run(bin().args(["inbox", "replay", id, "--config"]).arg(&live_cfg), b"");
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    let live = crate::harness::reading(&db, |s| async move { s.outbox(Default::default()).await })
+        .unwrap();
+    assert!(
+        live.iter().all(|a| a.order_id.as_deref() == Some("1003") && !a.shadow),
+        "a shadow decision was emitted as live: {live:?}"
+    );
+}

@@ -111,7 +111,11 @@ async fn the_customer_pays_twice() {
         ]
     );
     let refunded: Vec<String> = harness::reading(&d.db, |s| async move {
-        s.outbox(None, Some(reconciled::domain::ActionKind::Refund), None).await
+        s.outbox(reconciled::store::OutboxFilter {
+            kind: Some(reconciled::domain::ActionKind::Refund),
+            ..Default::default()
+        })
+        .await
     })
     .unwrap()
     .into_iter()

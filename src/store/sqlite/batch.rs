@@ -8,7 +8,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::queue;
-use crate::domain::{Action, InboxStatus, PaymentState, PaymentStatus};
+use crate::domain::{Action, InboxStatus, PaymentState, PaymentStatus, SHADOW_KEY_PREFIX};
 use crate::store::batch::{FactsQuery, Source, StoredFacts, Write};
 use crate::store::{Applied, Claimed, Mode, Planner};
 
@@ -265,12 +265,15 @@ fn save_payment(
 /// a statement journal for it (a copy of every page it touches) inside the batch's transaction.
 pub(crate) const INSERT_ACTION: &str =
     "INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, \
-     reason, template, customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+     reason, template, customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint, \
+     shadow) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
      ON CONFLICT (idempotency_key) DO NOTHING";
 
 /// Writes an action unless its idempotency key is already in the outbox, or was spent by a
-/// pruned refund (`outbox_spent_keys`); true if written.
+/// pruned refund (`outbox_spent_keys`), or (for a live action) the same action was decided in
+/// shadow mode: a row decided in shadow and decided again after going live (a replay) never
+/// emits what was decided in shadow as live. True if written.
 fn insert_action(
     tx: &Connection,
     a: &Action,
@@ -279,8 +282,11 @@ fn insert_action(
     now: i64,
 ) -> rusqlite::Result<bool> {
     let spent = tx
-        .prepare_cached("SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = ?1")?
-        .exists([&a.idempotency_key])?;
+        .prepare_cached(
+            "SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = ?1 \
+             UNION ALL SELECT 1 FROM outbox WHERE ?2 AND idempotency_key = ?3 || ?1",
+        )?
+        .exists(params![a.idempotency_key, !a.shadow, SHADOW_KEY_PREFIX])?;
     if spent {
         return Ok(false);
     }
@@ -299,6 +305,7 @@ fn insert_action(
         source.event_id,
         now,
         row.endpoint,
+        a.shadow,
     ])?;
     Ok(changed == 1)
 }
@@ -323,5 +330,58 @@ mod tests {
         assert!(!ops.iter().any(|(op, _)| op == "FkCounter"), "{ops:?}");
         // SQLITE_CONSTRAINT_FOREIGNKEY: the foreign key is still enforced, at once.
         assert!(ops.iter().any(|(op, p1)| op == "Halt" && *p1 == 787), "{ops:?}");
+    }
+
+    /// A live action is not written when the same action was decided in shadow mode: what
+    /// was only compared during shadow mode is never carried out after going live. A shadow
+    /// action never blocks a different live one, and live actions block nothing in shadow.
+    #[test]
+    fn a_live_action_decided_before_in_shadow_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(
+            &dir.path().join("s.db"),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO inbox (endpoint, provider, dedup_key, received_at, last_received_at, \
+             remote_addr, headers, body, status) \
+             VALUES ('stripe', 'stripe', 'evt_1', 0, 0, '127.0.0.1:1', '{}', x'00', 'pending')",
+            [],
+        )
+        .unwrap();
+        let row = Claimed {
+            id: conn.last_insert_rowid(),
+            provider: Some(crate::provider::ProviderKind::Stripe),
+            endpoint: "stripe".into(),
+            received_at: 0,
+            first_tried_at: 0,
+            body: vec![],
+            unreadable: None,
+            attempts: 0,
+            verified_at: None,
+            status: InboxStatus::Pending,
+        };
+        let source = Source {
+            provider: crate::provider::ProviderKind::Stripe,
+            payment_id: Some("pi_1"),
+            event_id: "evt_1",
+        };
+        let action = |key: &str| Action {
+            kind: crate::domain::ActionKind::Fulfil,
+            order_id: Some("1001".into()),
+            amount: None,
+            reason: "payment received".into(),
+            template: None,
+            customer_email: None,
+            idempotency_key: key.into(),
+            shadow: false,
+        };
+        let write = |a: &Action| insert_action(&conn, a, &source, &row, 1).unwrap();
+        assert!(write(&action("fulfil:order:1001").into_shadow()));
+        assert!(!write(&action("fulfil:order:1001")), "the shadow decision went live");
+        assert!(write(&action("fulfil:order:1002")));
+        assert!(write(&action("fulfil:order:1002").into_shadow()));
+        assert!(!write(&action("fulfil:order:1002").into_shadow()), "written twice");
     }
 }

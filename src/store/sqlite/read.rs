@@ -4,7 +4,7 @@ use rusqlite::types::{Type, Value};
 use rusqlite::{params_from_iter, Connection};
 
 use crate::domain::{ActionKind, InboxStatus};
-use crate::store::{body, Failure, InboxRow, InboxSummary, ListFilter, OutboxRow};
+use crate::store::{body, Failure, InboxRow, InboxSummary, ListFilter, OutboxFilter, OutboxRow};
 
 const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
      last_received_at, remote_addr, delivery_count, status, coalesce(body_len, length(body)), outcome, attempts, last_error, \
@@ -100,21 +100,18 @@ pub fn failures(conn: &Connection, limit: u64) -> rusqlite::Result<Vec<Failure>>
     rows.collect()
 }
 
-/// Outbox rows in order, after `after`, optionally of one kind.
-pub fn outbox(
-    conn: &Connection,
-    after: Option<i64>,
-    kind: Option<ActionKind>,
-    limit: Option<u64>,
-) -> rusqlite::Result<Vec<OutboxRow>> {
+/// Outbox rows in order, as the filter says.
+pub fn outbox(conn: &Connection, filter: &OutboxFilter) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
-         customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint FROM outbox \
-         WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id LIMIT ?3",
+         customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint, shadow \
+         FROM outbox WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) AND shadow = ?4 \
+         ORDER BY id LIMIT ?3",
     )?;
-    let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
-    let kind = kind.map(ActionKind::as_str);
-    let rows = stmt.query_map(rusqlite::params![after.unwrap_or(0), kind, limit], |r| {
+    let limit = filter.limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let kind = filter.kind.map(ActionKind::as_str);
+    let after = filter.after.unwrap_or(0);
+    let rows = stmt.query_map(rusqlite::params![after, kind, limit, filter.shadow], |r| {
         let minor: Option<i64> = r.get(5)?;
         let currency: Option<String> = r.get(6)?;
         let amount = match (minor, &currency) {
@@ -145,6 +142,7 @@ pub fn outbox(
             inbox_id: r.get(11)?,
             event_id: r.get(12)?,
             created_at: crate::time::format_utc(r.get(13)?),
+            shadow: r.get(15)?,
         })
     })?;
     rows.collect()
