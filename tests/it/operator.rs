@@ -1,7 +1,12 @@
-//! The operator's first hour: seeing how the shop query reads a real order before going live.
+//! The operator's first hour: how the shop query reads a real order, the inbox and outbox
+//! commands, the daemon's log, and the demo.
+
+use std::io::BufRead;
+use std::process::Stdio;
 
 use crate::cli::{bin, run, write_config};
-use crate::harness::{config_text_with, shop_config, Shop};
+use crate::harness::{config_text_with, event, shop_config, Daemon, Shop};
+use crate::process::ChildGuard;
 
 /// A shop whose query aliases a cents column as `amount`: `check-config` accepts its shape,
 /// and `--order` shows 2599 read as 2599.00 EUR with a warning naming `amount_minor`.
@@ -98,4 +103,134 @@ fn check_config_refuses_a_query_missing_a_column() {
         "{}",
         out.stdout
     );
+}
+
+/// Runs `reconciled ARGS`; its exit code must be 0. Returns stdout.
+fn ok(args: &[&str], extra: &[&std::ffi::OsStr]) -> String {
+    let out = run(bin().args(args).args(extra), b"");
+    assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+    out.stdout
+}
+
+/// The data rows of a table (after its header line) that name one of `ids`, in order.
+fn named<'a>(table: &str, ids: &[&'a str]) -> Vec<&'a str> {
+    table.lines().skip(1).filter_map(|l| ids.iter().find(|id| l.contains(*id)).copied()).collect()
+}
+
+/// `inbox list --last N` lists the newest N rows, oldest of them first; `inbox tail` shows the
+/// latest and, with --follow, prints rows as they are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_list_last_and_inbox_tail_show_the_newest_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), "", "").await;
+    let ids = ["evt_row_1", "evt_row_2", "evt_row_3", "evt_row_4", "evt_row_5"];
+    for id in ids {
+        assert_eq!(d.post_stripe(crate::harness::SECRET, &event(id)).await.1, "stored\n");
+    }
+    let db = d.db.clone();
+    let db_arg = [db.as_os_str()];
+
+    let last = ok(&["inbox", "list", "--last", "2", "--db"], &db_arg);
+    assert_eq!(named(&last, &ids), ["evt_row_4", "evt_row_5"], "{last}");
+    let json = ok(&["inbox", "list", "--last", "2", "--json", "--db"], &db_arg);
+    let keys: Vec<String> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["dedup_key"].to_string())
+        .collect();
+    assert_eq!(keys, ["\"evt_row_4\"", "\"evt_row_5\""]);
+    // With a filter, the newest N of the matching rows.
+    let after = ok(&["inbox", "list", "--last", "3", "--after", "3", "--db"], &db_arg);
+    assert_eq!(named(&after, &ids), ["evt_row_4", "evt_row_5"], "{after}");
+    let out =
+        run(bin().args(["inbox", "list", "--last", "2", "--limit", "1", "--db"]).arg(&db), b"");
+    assert_eq!(out.code, Some(2), "--last and --limit do not go together: {}", out.stderr);
+
+    let tail = ok(&["inbox", "tail", "--db"], &db_arg);
+    assert!(tail.starts_with("    ID  RECEIVED"), "{tail}");
+    assert_eq!(named(&tail, &ids), ids, "{tail}");
+
+    // --follow prints what arrives later.
+    let mut follow = ChildGuard::spawn(
+        bin().args(["inbox", "tail", "--follow", "--db"]).arg(&db).stdout(Stdio::piped()),
+    )
+    .unwrap();
+    let mut lines = std::io::BufReader::new(follow.stdout()).lines();
+    for id in ids {
+        let line = lines.next().unwrap().unwrap();
+        let line = if line.contains("RECEIVED") { lines.next().unwrap().unwrap() } else { line };
+        assert!(line.contains(id), "{line}");
+    }
+    assert_eq!(d.post_stripe(crate::harness::SECRET, &event("evt_row_6")).await.1, "stored\n");
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.contains("evt_row_6") && line.contains("pending"), "{line}");
+    drop(follow);
+    d.stop().await;
+}
+
+/// `inbox show` of a waiting row says when the worker takes it next and when it stops waiting:
+/// a parked row turns into a review after `policy.unmatched_retry_for`, a failing row is marked
+/// dead after `worker.max_attempts`. The times need the configuration; without it, it says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_show_says_when_a_waiting_row_is_tried_next_and_when_it_stops_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), "", "").await;
+    for id in ["evt_parked", "evt_failing", "evt_finished"] {
+        assert_eq!(d.post_stripe(crate::harness::SECRET, &event(id)).await.1, "stored\n");
+    }
+    let db = d.db.clone();
+    d.stop().await;
+    let now = reconciled::time::now_ms();
+    let (first, next) = (now - 60_000, now + 120_000);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE inbox SET status = 'parked', outcome = 'order not found yet', next_attempt_at = ?1, \
+         first_tried_at = ?2 WHERE dedup_key = 'evt_parked'",
+        rusqlite::params![next, first],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE inbox SET status = 'pending', attempts = 3, last_error = 'shop query failed', \
+         next_attempt_at = ?1, first_tried_at = ?2 WHERE dedup_key = 'evt_failing'",
+        rusqlite::params![next, first],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE inbox SET status = 'done', outcome = 'paid in full', next_attempt_at = ?1 \
+         WHERE dedup_key = 'evt_finished'",
+        [next],
+    )
+    .unwrap();
+    drop(conn);
+    let extra = "[policy]\nunmatched_retry_for = \"2h\"\n\
+                 [worker]\nmax_attempts = 5\nretry_base = \"1s\"\nretry_max = \"5m\"\n";
+    let cfg = write_config(dir.path(), &config_text_with(&db, "", "", extra));
+    let utc = reconciled::time::format_utc;
+
+    let parked = ok(&["inbox", "show", "1", "--config"], &[cfg.as_os_str()]);
+    assert!(parked.contains(&format!("next attempt:   {} (in 1m ", utc(next))), "{parked}");
+    let review = format!("review:         {} (in 1h 58m ", utc(first + 2 * 3_600_000));
+    assert!(parked.contains(&review), "{parked}");
+    assert!(parked.contains("if its order is still not found"), "{parked}");
+    let unknown = ok(&["inbox", "show", "1", "--db"], &[db.as_os_str()]);
+    assert!(unknown.contains(&format!("next attempt:   {}", utc(next))), "{unknown}");
+    assert!(
+        unknown.contains("review:         once policy.unmatched_retry_for")
+            && unknown.contains("add --config FILE"),
+        "{unknown}"
+    );
+
+    // Attempt 4 of 5 is next; if it fails, the fifth comes 8 s later (1 s doubled three times)
+    // and is the last.
+    let failing = ok(&["inbox", "show", "2", "--config"], &[cfg.as_os_str()]);
+    assert!(failing.contains(&format!("next attempt:   {}", utc(next))), "{failing}");
+    assert!(
+        failing.contains(&format!("gives up:       {} (in", utc(next + 8_000)))
+            && failing.contains("attempt 4 of worker.max_attempts 5"),
+        "{failing}"
+    );
+    let unknown = ok(&["inbox", "show", "2", "--db"], &[db.as_os_str()]);
+    assert!(unknown.contains("gives up:       after worker.max_attempts"), "{unknown}");
+
+    let finished = ok(&["inbox", "show", "3", "--config"], &[cfg.as_os_str()]);
+    assert!(!finished.contains("next attempt") && !finished.contains("review:"), "{finished}");
 }
