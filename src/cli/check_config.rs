@@ -218,7 +218,7 @@ fn summary(config: &Config) -> String {
     let p = &config.policy;
     let _ = writeln!(
         out,
-        "policy: underpaid {:?}, overpaid {:?}, currency mismatch {:?}, paid after cancel {:?}, fulfil on {:?}, unmatched retried for {}s",
+        "policy: underpaid {}, overpaid {}, currency mismatch {}, paid after cancel {}, fulfil on {}, unmatched retried for {}s",
         p.on_underpaid,
         p.on_overpaid,
         p.on_currency_mismatch,

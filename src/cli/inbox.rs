@@ -164,7 +164,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             .context("replay failed")?
             .with_context(|| format!("no inbox row with id {}", args.id))?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "decision: {:?}: {}", verdict.outcome, verdict.note)?;
+        writeln!(out, "decision: {}: {}", verdict.outcome, verdict.note)?;
         for (a, fresh) in &actions {
             let state = match (args.dry_run, *fresh) {
                 (true, true) => "would emit",

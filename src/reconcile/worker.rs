@@ -111,7 +111,7 @@ impl Worker {
                 tracing::error!(error = %crate::error::error_chain(&e), "cannot release rows of a previous run; they wait for their lease")
             }
         }
-        tracing::info!(driver = ?self.shop.driver, "reconciliation worker started");
+        tracing::info!(driver = %self.shop.driver.as_str(), "reconciliation worker started");
         let source = Arc::new(source);
         loop {
             let wait = match self.work_through(&source, &shutdown).await {

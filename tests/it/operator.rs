@@ -5,8 +5,8 @@ use std::io::BufRead;
 use std::process::Stdio;
 
 use crate::cli::{bin, run, write_config};
-use crate::harness::{config_text_with, event, shop_config, Daemon, Shop};
-use crate::process::ChildGuard;
+use crate::harness::{config_text_with, event, pi_event, shop_config, Daemon, Shop};
+use crate::process::{ChildGuard, EXIT_WITHIN};
 
 /// A shop whose query aliases a cents column as `amount`: `check-config` accepts its shape,
 /// and `--order` shows 2599 read as 2599.00 EUR with a warning naming `amount_minor`.
@@ -233,4 +233,81 @@ async fn inbox_show_says_when_a_waiting_row_is_tried_next_and_when_it_stops_wait
 
     let finished = ok(&["inbox", "show", "3", "--config"], &[cfg.as_os_str()]);
     assert!(!finished.contains("next attempt") && !finished.contains("review:"), "{finished}");
+}
+
+/// Words a person reads, not Rust type names: `CamelCase` tokens, or a Debug-printed option.
+fn type_names(text: &str) -> Vec<&str> {
+    let camel = |w: &str| {
+        let mut chars = w.chars();
+        chars.next().is_some_and(|c| c.is_ascii_uppercase())
+            && w.chars().all(|c| c.is_ascii_alphabetic())
+            && w.as_bytes().windows(3).any(|p| {
+                p[0].is_ascii_lowercase() && p[1].is_ascii_uppercase() && p[2].is_ascii_lowercase()
+            })
+    };
+    let mut found: Vec<&str> =
+        text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').filter(|w| camel(w)).collect();
+    for debug in ["Sqlite", "Done:", "Park:", "Some(", "None"] {
+        if let Some(at) = text.find(debug) {
+            found.push(&text[at..at + debug.len()]);
+        }
+    }
+    found
+}
+
+/// Every command's output an operator reads in the first hour is in words: the policy as
+/// configured, the decision of a replay, the driver the worker uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn command_outputs_use_words_not_type_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let extra = shop_config(&shop, "[policy]\non_overpaid = \"refund_difference\"");
+    let d = Daemon::start_with(dir.path(), "", "", &extra).await;
+    let body = pi_event("evt_words", "succeeded", "pi_words", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(crate::harness::SECRET, &body).await.1, "stored\n");
+    d.settle().await;
+    let db = d.db.clone();
+    d.stop().await;
+    let cfg = write_config(dir.path(), &config_text_with(&db, "", "", &extra));
+    let c = [cfg.as_os_str()];
+
+    let check = ok(&["check-config", "--config"], &c);
+    assert!(
+        check.contains(
+            "policy: underpaid refund, overpaid refund the difference, currency mismatch refund, \
+             paid after cancel refund, fulfil on capture,"
+        ),
+        "{check}"
+    );
+    let replay = ok(&["inbox", "replay", "1", "--dry-run", "--config"], &c);
+    assert!(replay.starts_with("decision: done: "), "{replay}");
+    let show = ok(&["inbox", "show", "1", "--config"], &c);
+    let show = &show[..show.find("headers:").unwrap()];
+    let outputs = [
+        check.clone(),
+        replay,
+        show.to_owned(),
+        ok(&["inbox", "list", "--config"], &c),
+        ok(&["inbox", "tail", "--config"], &c),
+        ok(&["outbox", "list", "--config"], &c),
+        ok(&["outbox", "tail", "--config"], &c),
+        ok(&["failures", "--config"], &c),
+    ];
+    for out in &outputs {
+        assert_eq!(type_names(out), Vec::<&str>::new(), "{out}");
+    }
+
+    // The worker's start line, as the daemon logs it.
+    let mut daemon = ChildGuard::spawn(
+        bin().args(["serve", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let (_, seen, rest) = crate::harness::listening(&mut daemon);
+    assert!(daemon.signal("TERM"));
+    daemon.wait_within(EXIT_WITHIN);
+    let lines: Vec<String> = seen.into_iter().chain(rest.join().unwrap()).collect();
+    let started = lines.iter().find(|l| l.contains("reconciliation worker started")).unwrap();
+    assert!(started.contains("driver=sqlite"), "{started}");
+    assert_eq!(type_names(started), Vec::<&str>::new(), "{started}");
 }
