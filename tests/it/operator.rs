@@ -311,3 +311,65 @@ async fn command_outputs_use_words_not_type_names() {
     assert!(started.contains("driver=sqlite"), "{started}");
     assert_eq!(type_names(started), Vec::<&str>::new(), "{started}");
 }
+
+/// At INFO the daemon logs one line per stored notification (endpoint, provider, event id,
+/// stored or duplicate) and one per decision (row, outcome, the actions written), and no
+/// secret, body or customer address.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_logs_each_notification_and_each_decision_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let db = dir.path().join("inbox.db");
+    let cfg = write_config(dir.path(), &config_text_with(&db, "", "", &shop_config(&shop, "")));
+    let mut daemon = ChildGuard::spawn(
+        bin().args(["serve", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let (addr, seen, rest) = crate::harness::listening(&mut daemon);
+    let body = pi_event("evt_logged", "succeeded", "pi_logged", "1001", 10000, "usd");
+    let stored = crate::harness::post_signed(addr, body.clone()).await;
+    assert_eq!(stored.1, "stored\n");
+    assert_eq!(crate::harness::post_signed(addr, body).await.1, "duplicate\n");
+    let decided = || {
+        crate::harness::sql(&db)
+            .query_row("SELECT status FROM inbox", [], |r| r.get::<_, String>(0))
+            .is_ok_and(|s| s == "done")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !decided() {
+        assert!(std::time::Instant::now() < deadline, "the row was not decided");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(daemon.signal("TERM"));
+    daemon.wait_within(EXIT_WITHIN);
+    let lines: Vec<String> = seen.into_iter().chain(rest.join().unwrap()).collect();
+    let find = |what: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(" INFO ") && l.contains(what))
+            .unwrap_or_else(|| panic!("no INFO line with {what:?} in\n{}", lines.join("\n")))
+    };
+    let stored = find(": stored ");
+    assert!(
+        stored.contains("endpoint=stripe provider=stripe event=evt_logged inbox_id=1"),
+        "{stored}"
+    );
+    let duplicate = find(": duplicate");
+    assert!(duplicate.contains("event=evt_logged inbox_id=1 deliveries=2"), "{duplicate}");
+    let decision = find(": decided ");
+    assert!(
+        decision.contains(
+            "inbox_id=1 outcome=done actions=\"fulfil 1001 100.00 USD, notify_customer 1001 \
+             100.00 USD\""
+        ),
+        "{decision}"
+    );
+    let all = lines.join("\n");
+    for secret in [crate::harness::SECRET, crate::harness::ROLLED] {
+        assert!(!all.contains(secret), "a secret in the log:\n{all}");
+    }
+    for body_part in ["buyer@example.com", "payment_intent\"", "\"amount\"", "pi_logged\""] {
+        assert!(!all.contains(body_part), "{body_part} in the log:\n{all}");
+    }
+}
