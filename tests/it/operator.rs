@@ -373,3 +373,120 @@ async fn the_daemon_logs_each_notification_and_each_decision_without_secrets() {
         assert!(!all.contains(body_part), "{body_part} in the log:\n{all}");
     }
 }
+
+/// Starts `serve --demo` in `dir` with `path` as PATH; returns the guard, the banner, and the
+/// thread collecting the rest of its log.
+fn start_demo(
+    dir: &std::path::Path,
+    path: &std::ffi::OsStr,
+) -> (ChildGuard, String, std::thread::JoinHandle<Vec<String>>) {
+    let mut demo = ChildGuard::spawn(
+        bin()
+            .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env("PATH", path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let (_, _, rest) = crate::harness::listening(&mut demo);
+    let mut banner = String::new();
+    for line in std::io::BufReader::new(demo.stdout()).lines() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line == "Stop with Ctrl-C." {
+            break;
+        }
+    }
+    (demo, banner, rest)
+}
+
+/// Runs a command line the banner printed, as an operator pastes it, in `dir`.
+fn paste(dir: &std::path::Path, command: &str) -> String {
+    let out = std::process::Command::new("sh").arg("-c").arg(command).current_dir(dir).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The demo starts from a fresh store on each run and says so, prints commands that work
+/// where it runs (the running binary, not `cargo run`; its own copies of the events, not the
+/// repository's), and has an event for every order of its shop; each is answered `stored`.
+#[test]
+fn the_demo_starts_afresh_and_its_commands_work_where_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // What an earlier run (or anything else of that name) left behind.
+    std::fs::write(dir.join("reconciled-demo.db"), "not a database").unwrap();
+    std::fs::create_dir(dir.join("reconciled-demo-events")).unwrap();
+    std::fs::write(dir.join("reconciled-demo-events/stale.json"), "{}").unwrap();
+    let inherited = std::env::var_os("PATH").unwrap_or_default();
+    let (mut demo, banner, _) = start_demo(dir, &inherited);
+    assert!(
+        banner.contains(
+            "started afresh: the store, shop and events of the earlier demo run here were deleted"
+        ),
+        "{banner}"
+    );
+    assert!(!banner.contains("cargo") && !banner.contains("fixtures/"), "{banner}");
+    assert!(!dir.join("reconciled-demo-events/stale.json").exists());
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_reconciled")).canonicalize().unwrap();
+    let exe = exe.display().to_string();
+
+    // The example: `{exe} sign stripe ... \` and `--curl ... < events/FILE | sh`.
+    let lines: Vec<&str> = banner.lines().collect();
+    let at = lines.iter().position(|l| l.contains(" sign stripe ")).expect("a sign command");
+    assert!(lines[at].starts_with(&format!("  {exe} sign stripe")), "{}", lines[at]);
+    let sign = format!("{}\n{}", lines[at], lines[at + 1]);
+    let example = "reconciled-demo-events/payment_intent.succeeded.json";
+    assert!(sign.contains(example), "{sign}");
+    // Every event the banner lists, sent the way it says: one per order 1001-1005.
+    let events: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("reconciled-demo-events/"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for order in 1001..=1005 {
+        assert!(banner.contains(&format!("order {order}")), "order {order} in\n{banner}");
+    }
+    for file in std::iter::once("payment_intent.succeeded.json").chain(events.iter().copied()) {
+        let command = sign.replace(example, &format!("reconciled-demo-events/{file}"));
+        let answer = paste(dir, &command);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{file}: {answer}");
+        assert!(answer.ends_with("\r\n\r\nstored\n"), "{file}: {answer:?}");
+    }
+    // Each order gets its actions, read with the command the banner prints.
+    let outbox = format!("{exe} outbox list --demo");
+    assert!(banner.contains(&format!("  {exe} outbox tail --follow --demo")), "{banner}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let out = paste(dir, &outbox);
+        let orders: Vec<bool> = (1001..=1005).map(|o| out.contains(&format!("  {o}  "))).collect();
+        if orders.iter().all(|o| *o) && out.contains("review") {
+            assert!(out.contains("refund") && out.contains(" 1005 "), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not every order decided:\n{out}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(paste(dir, &format!("{exe} inbox list --demo")).contains("payment_intent.succeeded"));
+    assert!(demo.signal("TERM"));
+    demo.wait_within(EXIT_WITHIN);
+
+    // The next run starts with an empty store; with the binary on PATH it is called by name.
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(&exe, bin_dir.join("reconciled")).unwrap();
+    let mut path = std::ffi::OsString::from(&bin_dir);
+    path.push(":");
+    path.push(&inherited);
+    let (mut demo, banner, _) = start_demo(dir, &path);
+    assert!(banner.contains("earlier demo run here were deleted"), "{banner}");
+    assert!(banner.contains("\n  reconciled sign stripe --secret"), "{banner}");
+    assert!(banner.contains("\n  reconciled inbox list --demo\n"), "{banner}");
+    let list = paste(dir, &format!("{exe} inbox list --demo"));
+    assert!(list.contains("(no notifications)"), "{list}");
+    assert!(demo.signal("TERM"));
+    demo.wait_within(EXIT_WITHIN);
+}
