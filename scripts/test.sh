@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, the integration binary, and the cross-check against
-# the official stripe Python SDK (installed once into target/sdk-venv from PyPI).
+# the official stripe Python SDK (installed once from PyPI into sdk-venv under the cargo target
+# directory in use: $CARGO_TARGET_DIR, or ./target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/sdk-venv
+target_dir="${CARGO_TARGET_DIR:-target}"
+venv="$target_dir/sdk-venv"
 req=scripts/requirements-sdk.txt
 if ! cmp -s "$req" "$venv/.installed" 2>/dev/null; then
     echo "scripts/test.sh: installing the stripe SDK cross-check into $venv" >&2
@@ -13,7 +15,10 @@ if ! cmp -s "$req" "$venv/.installed" 2>/dev/null; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
     cp "$req" "$venv/.installed"
 fi
-export RECONCILED_STRIPE_SDK_PYTHON="$PWD/$venv/bin/python"
+case "$venv" in
+    /*) export RECONCILED_STRIPE_SDK_PYTHON="$venv/bin/python" ;;
+    *) export RECONCILED_STRIPE_SDK_PYTHON="$PWD/$venv/bin/python" ;;
+esac
 
 # The real MariaDB and PostgreSQL servers the shop-driver tests use (exports their URLs).
 if [ -f scripts/dbs.sh ]; then

@@ -218,7 +218,8 @@ fn summary(config: &Config) -> String {
     let p = &config.policy;
     let _ = writeln!(
         out,
-        "policy: underpaid {:?}, overpaid {:?}, currency mismatch {:?}, paid after cancel {:?}, fulfil on {:?}, unmatched retried for {}s",
+        "policy: mode {}, underpaid {}, overpaid {}, currency mismatch {}, paid after cancel {}, fulfil on {}, unmatched retried for {}s",
+        p.mode,
         p.on_underpaid,
         p.on_overpaid,
         p.on_currency_mismatch,

@@ -1,6 +1,7 @@
-//! `reconciled inbox list|show`: look at stored notifications.
+//! `reconciled inbox list|tail|show|replay|prune`: look at stored notifications.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -8,14 +9,22 @@ use clap::{Args, Subcommand};
 use super::StoreArgs;
 use crate::domain::InboxStatus;
 use crate::provider::ProviderKind;
-use crate::store::{ListFilter, Store};
+use crate::reconcile::policy::{Policy, WorkerConfig};
+use crate::store::{InboxSummary, ListFilter, Store};
 use crate::time::format_utc;
+
+/// How often `tail --follow` looks for new rows.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// Rows `tail` shows before following.
+const TAIL_ROWS: u64 = 10;
 
 /// `inbox` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum InboxCommand {
-    /// List stored notifications in arrival order.
+    /// List stored notifications in arrival order (with --last N, the newest N, oldest first).
     List(ListArgs),
+    /// Show the latest notifications; with --follow, keep printing new ones as they arrive.
+    Tail(TailArgs),
     /// Show one notification: its fields, kept headers and raw body.
     Show(ShowArgs),
     /// Run one notification through the decision again (current code, current shop data).
@@ -71,9 +80,25 @@ pub struct ListArgs {
     /// Only rows with an id greater than this.
     #[arg(long, value_name = "ID")]
     after: Option<i64>,
-    /// At most this many rows.
-    #[arg(long, value_name = "N")]
+    /// At most this many rows (the oldest first).
+    #[arg(long, value_name = "N", conflicts_with = "last")]
     limit: Option<u64>,
+    /// Only the newest N rows, still listed oldest first (the newest is the last line).
+    #[arg(long, value_name = "N")]
+    last: Option<u64>,
+}
+
+/// Arguments of `inbox tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Keep running and print notifications as they are stored (like `tail -f`).
+    #[arg(long, short)]
+    follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `inbox show`.
@@ -91,6 +116,7 @@ pub struct ShowArgs {
 pub(super) fn run(cmd: InboxCommand) -> anyhow::Result<()> {
     match cmd {
         InboxCommand::List(args) => list(&args),
+        InboxCommand::Tail(args) => tail(&args),
         InboxCommand::Show(args) => show(&args),
         InboxCommand::Replay(args) => replay(&args),
         InboxCommand::Prune(args) => prune(&args),
@@ -138,7 +164,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             .context("replay failed")?
             .with_context(|| format!("no inbox row with id {}", args.id))?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "decision: {:?}: {}", verdict.outcome, verdict.note)?;
+        writeln!(out, "decision: {}: {}", verdict.outcome, verdict.note)?;
         for (a, fresh) in &actions {
             let state = match (args.dry_run, *fresh) {
                 (true, true) => "would emit",
@@ -169,37 +195,75 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
         provider: args.provider.clone(),
         after: args.after,
         limit: args.limit,
+        last: args.last,
     };
     let rows =
         super::block_on(async { store.list(filter).await.context("cannot read the inbox") })?;
     let mut out = std::io::stdout().lock();
-    if args.json {
-        for row in &rows {
-            writeln!(out, "{}", serde_json::to_string(row)?)?;
+    if !args.json {
+        writeln!(out, "{}", header())?;
+    }
+    for row in &rows {
+        print_row(&mut out, row, args.json)?;
+    }
+    if rows.is_empty() && !args.json {
+        writeln!(out, "(no notifications)")?;
+    }
+    Ok(())
+}
+
+fn tail(args: &TailArgs) -> anyhow::Result<()> {
+    let store = args.store.open()?;
+    super::block_on(async {
+        let read = |after: Option<i64>, last: Option<u64>| {
+            let filter = ListFilter { after, last, limit: Some(1000), ..ListFilter::default() };
+            let store = store.clone();
+            async move { store.list(filter).await.context("cannot read the inbox") }
+        };
+        let mut out = std::io::stdout().lock();
+        if !args.json {
+            writeln!(out, "{}", header())?;
         }
+        let mut rows = read(None, Some(TAIL_ROWS)).await?;
+        let mut last = 0;
+        loop {
+            for row in &rows {
+                print_row(&mut out, row, args.json)?;
+                last = row.id;
+            }
+            out.flush()?;
+            if !args.follow {
+                return Ok(());
+            }
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+            rows = read(Some(last), None).await?;
+        }
+    })
+}
+
+fn header() -> String {
+    format!(
+        "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  TYPE",
+        "ID", "RECEIVED", "ENDPOINT", "STATUS", "DELIV", "EVENT"
+    )
+}
+
+fn print_row(out: &mut impl Write, r: &InboxSummary, json: bool) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
         return Ok(());
     }
     writeln!(
         out,
-        "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  TYPE",
-        "ID", "RECEIVED", "ENDPOINT", "STATUS", "DELIV", "EVENT"
+        "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  {}",
+        r.id,
+        format_utc(r.received_at),
+        r.endpoint,
+        r.status,
+        r.delivery_count,
+        r.dedup_key,
+        r.event_type.as_deref().unwrap_or("-")
     )?;
-    for r in &rows {
-        writeln!(
-            out,
-            "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  {}",
-            r.id,
-            format_utc(r.received_at),
-            r.endpoint,
-            r.status,
-            r.delivery_count,
-            r.dedup_key,
-            r.event_type.as_deref().unwrap_or("-")
-        )?;
-    }
-    if rows.is_empty() {
-        writeln!(out, "(no notifications)")?;
-    }
     Ok(())
 }
 
@@ -232,6 +296,11 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     if let Some(error) = &s.last_error {
         writeln!(out, "last error:     {error} (after {} attempt(s))", s.attempts)?;
     }
+    let settings = args.store.settings()?;
+    let settings = settings.as_ref().map(|c| (&c.policy, &c.worker));
+    for line in waiting(s, settings, crate::time::now_ms()) {
+        writeln!(out, "{line}")?;
+    }
     let confirmed_by = ProviderKind::from_name(&s.provider).and_then(ProviderKind::confirmed_by);
     if let Some(by) = confirmed_by {
         match s.verified_at {
@@ -260,4 +329,66 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// For a row that waits (parked for its order, or retried after failed attempts): when the
+/// worker takes it next, and when it stops waiting (a review, or `dead`), from the row's times
+/// and, when known, the policy and worker settings.
+fn waiting(s: &InboxSummary, settings: Option<(&Policy, &WorkerConfig)>, now: i64) -> Vec<String> {
+    let waits = matches!(s.status, InboxStatus::Pending | InboxStatus::Parked);
+    let Some(next) = s.next_attempt_at.filter(|_| waits) else { return Vec::new() };
+    let mut lines = vec![format!("next attempt:   {}", when(next, now))];
+    let first = s.first_tried_at.unwrap_or(now);
+    if s.status == InboxStatus::Parked {
+        lines.push(match settings {
+            Some((policy, _)) => {
+                let window = i64::try_from(policy.unmatched_retry_for.as_millis()).unwrap_or(i64::MAX);
+                format!(
+                    "review:         {}, if its order is still not found (policy.unmatched_retry_for \
+                     {} after the first attempt at {})",
+                    when(first.saturating_add(window), now),
+                    humantime::format_duration(policy.unmatched_retry_for),
+                    format_utc(first)
+                )
+            }
+            None => format!(
+                "review:         once policy.unmatched_retry_for (30m unless configured) has passed \
+                 since the first attempt at {}, if its order is still not found; \
+                 add --config FILE to see the time",
+                format_utc(first)
+            ),
+        });
+    } else if s.attempts > 0 {
+        let attempts = u32::try_from(s.attempts).unwrap_or(u32::MAX);
+        lines.push(match settings {
+            Some((_, worker)) => {
+                // Each later attempt fails too: the backoff of every one until the last.
+                let dead_at = (attempts + 1..worker.max_attempts).fold(next, |at, n| {
+                    at.saturating_add(crate::reconcile::apply::retry_delay(n, true, 0, worker))
+                });
+                format!(
+                    "gives up:       {} if every attempt fails (attempt {} of \
+                     worker.max_attempts {} is next); it is then marked dead for an operator",
+                    when(dead_at, now),
+                    attempts + 1,
+                    worker.max_attempts
+                )
+            }
+            None => format!(
+                "gives up:       after worker.max_attempts failed attempts (20 unless configured; \
+                 {attempts} so far), marked dead for an operator; add --config FILE to see when"
+            ),
+        });
+    }
+    lines
+}
+
+/// A time for people: UTC, and how far from now.
+fn when(ms: i64, now: i64) -> String {
+    let secs = |d: i64| humantime::format_duration(Duration::from_secs(d.unsigned_abs() / 1000));
+    match ms - now {
+        d if d >= 1000 => format!("{} (in {})", format_utc(ms), secs(d)),
+        d if d <= -1000 => format!("{} (due, {} ago)", format_utc(ms), secs(d)),
+        _ => format!("{} (now)", format_utc(ms)),
+    }
 }

@@ -80,6 +80,15 @@ impl StoreArgs {
         };
         Ok(crate::store::Store::open_reader(&path)?)
     }
+
+    /// The configuration named by `--config` or `--demo`; `None` with `--db`.
+    fn settings(&self) -> anyhow::Result<Option<Config>> {
+        Ok(match (&self.config, self.demo) {
+            (Some(c), _) => Some(Config::load(c)?),
+            (None, true) => Some(demo::config()?),
+            (None, false) => None,
+        })
+    }
 }
 
 /// Runs a parsed command line.

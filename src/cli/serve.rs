@@ -18,8 +18,8 @@ pub struct ServeArgs {
     /// The configuration file.
     #[arg(long, short, value_name = "FILE", required_unless_present = "demo")]
     config: Option<PathBuf>,
-    /// Run the built-in demo: a local store and a Stripe endpoint with a public test secret,
-    /// on loopback only.
+    /// Run the built-in demo: a Stripe endpoint with a public test secret, on loopback only,
+    /// with a store, a shop and sample events in the current directory, made afresh on each run.
     #[arg(long, conflicts_with = "config")]
     demo: bool,
     /// Listen here instead of the configured address.
@@ -30,10 +30,7 @@ pub struct ServeArgs {
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
-        None => {
-            demo::ensure_shop()?;
-            demo::config()?
-        }
+        None => demo::config()?,
     };
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -58,15 +55,21 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        // Only once the address is ours: a demo already running here keeps its files.
+        let fresh = if args.demo {
+            Some(demo::start_afresh().context("cannot prepare the demo's files")?)
+        } else {
+            None
+        };
         let shutdown = CancellationToken::new();
         // Installed before serving, so an early SIGTERM is never the default (kill) action.
         let term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
         let int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
         tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
-        let demo = args.demo;
         crate::daemon::run(&config, listener, shutdown, |addr| {
-            if demo {
-                demo::print_instructions(addr);
+            if let Some(deleted) = fresh {
+                print!("{}", demo::instructions(addr, deleted));
+                let _ = std::io::Write::flush(&mut std::io::stdout());
             }
         })
         .await?;

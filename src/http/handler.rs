@@ -196,6 +196,10 @@ async fn webhook(
     };
 
     crate::failpoint::failpoint("ingest_after_verify");
+    // For the INFO line after the commit; the key itself moves to the store.
+    let event_id = tracing::enabled!(tracing::Level::INFO).then(|| accepted.dedup_key.clone());
+    #[cfg_attr(feature = "test-ack-before-commit", allow(unused_variables))]
+    let event = event_id.as_deref().unwrap_or_default();
     let row = NewRow {
         endpoint: endpoint_name.clone(),
         provider: kind,
@@ -220,15 +224,24 @@ async fn webhook(
     #[cfg_attr(feature = "test-ack-before-commit", allow(unreachable_code))]
     match tokio::time::timeout(limits.request_timeout, state.store.insert(row)).await {
         Ok(Ok(stored)) if stored.is_duplicate() => {
-            tracing::debug!(
-                id = stored.id,
+            tracing::info!(
+                endpoint = %endpoint_name,
+                provider = %kind,
+                event = %event,
+                inbox_id = stored.id,
                 deliveries = stored.delivery_count,
-                "duplicate delivery"
+                "duplicate: already stored"
             );
             ack(kind, true)
         }
         Ok(Ok(stored)) => {
-            tracing::debug!(id = stored.id, "stored");
+            tracing::info!(
+                endpoint = %endpoint_name,
+                provider = %kind,
+                event = %event,
+                inbox_id = stored.id,
+                "stored"
+            );
             crate::failpoint::failpoint("ingest_after_commit");
             state.wake.notify_one();
             ack(kind, false)

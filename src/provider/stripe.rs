@@ -45,6 +45,8 @@ pub fn parse_header(value: &str) -> Result<SignatureHeader<'_>, Rejection> {
     let malformed = |detail| Rejection::MalformedHeader { header: "Stripe-Signature", detail };
     let mut timestamp_text = None;
     let mut v1 = Vec::new();
+    // A `v1` was sent, but none of them is 64 hex digits.
+    let mut v1_unreadable = false;
     for item in value.split(',') {
         let Some((key, val)) = item.split_once('=') else {
             return Err(malformed("expected comma-separated key=value pairs"));
@@ -59,6 +61,8 @@ pub fn parse_header(value: &str) -> Result<SignatureHeader<'_>, Rejection> {
                         return Err(malformed("too many signatures"));
                     }
                     v1.push(sig);
+                } else {
+                    v1_unreadable = true;
                 }
             }
             _ => {}
@@ -69,6 +73,9 @@ pub fn parse_header(value: &str) -> Result<SignatureHeader<'_>, Rejection> {
         return Err(malformed("t= is not unix seconds"));
     }
     let timestamp = timestamp_text.parse().map_err(|_| malformed("t= is out of range"))?;
+    if v1.is_empty() && v1_unreadable {
+        return Err(malformed("the v1= signature is not 64 hex digits"));
+    }
     if v1.is_empty() {
         return Err(malformed("no v1= signature"));
     }
@@ -437,6 +444,39 @@ mod tests {
         // Exactly at the tolerance is still accepted, both ways.
         verify(&s, 300, &ok, BODY, NOW + 300).unwrap();
         verify(&s, 300, &ok, BODY, NOW - 300).unwrap();
+    }
+
+    /// Each malformed header is refused with the reason that is actually wrong with it.
+    #[test]
+    fn malformed_headers_name_what_is_wrong() {
+        let s = secrets(&["whsec_a"]);
+        let good = signature(b"whsec_a", NOW, BODY);
+        let cases = [
+            (format!("t={NOW},v1=deadbeef"), "the v1= signature is not 64 hex digits"),
+            (format!("t={NOW},v1={}", "g".repeat(64)), "the v1= signature is not 64 hex digits"),
+            (format!("t={NOW},v1={good}0"), "the v1= signature is not 64 hex digits"),
+            (format!("t={NOW},v0={good}"), "no v1= signature"),
+            (format!("t={NOW}"), "no v1= signature"),
+            (format!("v1={good}"), "no t= timestamp"),
+            (format!("t=abc,v1={good}"), "t= is not unix seconds"),
+            ("garbage".to_owned(), "expected comma-separated key=value pairs"),
+        ];
+        for (header, want) in cases {
+            match verify(&s, 300, &header, BODY, NOW) {
+                Err(Rejection::MalformedHeader { detail, .. }) => {
+                    assert_eq!(detail, want, "{header}")
+                }
+                other => panic!("{header}: {other:?}"),
+            }
+        }
+        // A readable v1 beside an unreadable one is checked as usual.
+        verify(&s, 300, &format!("t={NOW},v1=deadbeef,v1={good}"), BODY, NOW).unwrap();
+        let text =
+            verify(&s, 300, &format!("t={NOW},v1=deadbeef"), BODY, NOW).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "malformed Stripe-Signature header: the v1= signature is not 64 hex digits"
+        );
     }
 
     fn fixture(name: &str) -> Notification {

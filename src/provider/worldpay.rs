@@ -51,6 +51,8 @@ pub struct SignatureEntry<'a> {
 pub fn parse_header(value: &str) -> Result<Vec<SignatureEntry<'_>>, Rejection> {
     let malformed = |detail| Rejection::MalformedHeader { header: HEADER_NAME, detail };
     let mut entries = Vec::new();
+    // A SHA256 entry was sent, but its signature is not 64 hex digits.
+    let mut sha256_unreadable = false;
     for (n, item) in value.split(',').enumerate() {
         if n == MAX_ENTRIES {
             return Err(malformed("too many entries"));
@@ -72,10 +74,15 @@ pub fn parse_header(value: &str) -> Result<Vec<SignatureEntry<'_>>, Rejection> {
         // `hex` decodes upper- and lower-case digits alike.
         if hex::decode_to_slice(hex_mac.trim(), &mut mac).is_ok() {
             entries.push(SignatureEntry { key_id, mac });
+        } else {
+            sha256_unreadable = true;
         }
     }
+    if entries.is_empty() && sha256_unreadable {
+        return Err(malformed("the SHA256 signature is not 64 hex digits"));
+    }
     if entries.is_empty() {
-        return Err(malformed("no SHA256 entry with a 64-digit hex signature"));
+        return Err(malformed("no SHA256 entry (only other algorithms)"));
     }
     Ok(entries)
 }
@@ -429,9 +436,24 @@ mod tests {
             (format!("1/SHA256/{s1}/x"), BODY, "malformed_header", None),
             (format!("/SHA256/{s1}"), BODY, "malformed_header", None),
             (format!("1/SHA256/{s1},"), BODY, "malformed_header", None),
-            ("1/SHA256/xyz".into(), BODY, "malformed_header", None),
-            (format!("1/SHA256/{}", &s1[..62]), BODY, "malformed_header", None),
-            (format!("1/MD5/{s1}"), BODY, "malformed_header", None),
+            (
+                "1/SHA256/xyz".into(),
+                BODY,
+                "malformed_header",
+                Some("the SHA256 signature is not 64 hex digits"),
+            ),
+            (
+                format!("1/SHA256/{}", &s1[..62]),
+                BODY,
+                "malformed_header",
+                Some("the SHA256 signature is not 64 hex digits"),
+            ),
+            (
+                format!("1/MD5/{s1}"),
+                BODY,
+                "malformed_header",
+                Some("no SHA256 entry (only other algorithms)"),
+            ),
             (vec![format!("1/SHA256/{s1}"); 17].join(","), BODY, "malformed_header", None),
         ];
         for (header, body, code, detail) in cases {

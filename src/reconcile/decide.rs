@@ -25,6 +25,16 @@ pub enum Outcome {
     Park,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Outcome::Done => "done",
+            Outcome::Ignored => "ignored",
+            Outcome::Park => "parked",
+        })
+    }
+}
+
 /// The result of [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

@@ -65,6 +65,42 @@ pub enum FulfilOn {
     Authorized,
 }
 
+impl std::fmt::Display for RefundOrReview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            RefundOrReview::Refund => "refund",
+            RefundOrReview::Review => "review",
+        })
+    }
+}
+
+impl std::fmt::Display for OverpaidPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            OverpaidPolicy::RefundDifference => "refund the difference",
+            OverpaidPolicy::Review => "review",
+        })
+    }
+}
+
+impl std::fmt::Display for FulfilOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            FulfilOn::Captured => "capture",
+            FulfilOn::Authorized => "authorization",
+        })
+    }
+}
+
+impl std::fmt::Display for DecisionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            DecisionMode::Live => "live",
+            DecisionMode::Shadow => "shadow (actions recorded, none carried out)",
+        })
+    }
+}
+
 impl Default for Policy {
     fn default() -> Policy {
         Policy {

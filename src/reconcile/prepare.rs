@@ -159,7 +159,10 @@ impl Worker {
             Confirmation::Failed { message, .. } => {
                 tracing::warn!(inbox_id = id, error = %message, "confirmation failed; will retry")
             }
-            other => tracing::debug!(inbox_id = id, answer = ?other, "confirmation answered"),
+            Confirmation::Confirmed => tracing::debug!(inbox_id = id, "confirmed by the provider"),
+            Confirmation::Refused(why) => {
+                tracing::debug!(inbox_id = id, reason = %why, "refused by the provider")
+            }
         }
         answer
     }

@@ -111,7 +111,7 @@ impl Worker {
                 tracing::error!(error = %crate::error::error_chain(&e), "cannot release rows of a previous run; they wait for their lease")
             }
         }
-        tracing::info!(driver = ?self.shop.driver, "reconciliation worker started");
+        tracing::info!(driver = %self.shop.driver.as_str(), "reconciliation worker started");
         let source = Arc::new(source);
         loop {
             let wait = match self.work_through(&source, &shutdown).await {
@@ -160,7 +160,9 @@ impl Worker {
                 let (count, actions) = match to_write {
                     Some((rows, prepared)) => {
                         let count = rows.len();
+                        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                         let out = store.decide_batch(rows, prepared, Mode::Worker, decider).await?;
+                        log_decisions(&ids, &out);
                         (count, out.iter().map(Applied::written).sum())
                     }
                     None => (0, 0),
@@ -219,6 +221,56 @@ impl Worker {
     async fn next_due(&self) -> Option<Duration> {
         let due = self.store.next_due().await.ok().flatten()?;
         Some(Duration::from_millis(u64::try_from(due - crate::time::now_ms()).unwrap_or(0).max(1)))
+    }
+}
+
+/// One INFO line per decided row, after its commit: the row, the outcome, and the actions
+/// written now. Never a body, an email address or a secret.
+fn log_decisions(ids: &[i64], applied: &[Applied<Verdict>]) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    for (id, applied) in ids.iter().zip(applied) {
+        let Some(verdict) = &applied.decision else { continue };
+        tracing::info!(
+            inbox_id = *id,
+            outcome = %verdict.outcome,
+            actions = ?Written(&applied.actions),
+            note = ?verdict.note,
+            "decided"
+        );
+    }
+}
+
+/// The actions written now, for a log line: `fulfil 1001 100.00 USD, notify_customer 1001`
+/// (quoted by its Debug, as a field's text is).
+struct Written<'a>(&'a [(Action, bool)]);
+
+impl std::fmt::Debug for Written<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+impl std::fmt::Display for Written<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut written = self.0.iter().filter(|(_, now)| *now).map(|(a, _)| a).peekable();
+        if written.peek().is_none() {
+            return f.write_str("none");
+        }
+        for (n, a) in written.enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(a.kind.as_str())?;
+            if let Some(order) = &a.order_id {
+                write!(f, " {order}")?;
+            }
+            if let Some(amount) = &a.amount {
+                write!(f, " {amount}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -287,7 +287,8 @@ impl Store {
 
     // Reading.
 
-    /// Inbox rows in arrival order.
+    /// Inbox rows in arrival order; with [`ListFilter::last`], only the newest of them (still
+    /// in arrival order).
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<InboxSummary>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::list(c, &filter)).await,

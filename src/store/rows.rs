@@ -128,6 +128,11 @@ pub struct InboxSummary {
     pub last_error: Option<String>,
     /// PayPal IPN: when PayPal answered VERIFIED to the postback, unix milliseconds.
     pub verified_at: Option<i64>,
+    /// A waiting row (`pending` or `parked`): when the worker takes it next, unix
+    /// milliseconds; `None` for a row due at once or finished.
+    pub next_attempt_at: Option<i64>,
+    /// When the worker first tried the row, unix milliseconds; `None` before that.
+    pub first_tried_at: Option<i64>,
 }
 
 /// A full inbox row.
@@ -171,6 +176,8 @@ pub struct ListFilter {
     pub after: Option<i64>,
     /// At most this many rows.
     pub limit: Option<u64>,
+    /// Only the newest this many of the matching rows (still listed oldest first).
+    pub last: Option<u64>,
 }
 
 /// Which outbox rows to read.

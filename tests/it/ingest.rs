@@ -416,3 +416,45 @@ async fn basic_auth_and_source_allow_list() {
     );
     d.stop().await;
 }
+
+/// Every plain-text answer, whatever its status, is one line ending in a newline, so `curl`
+/// leaves the shell prompt on a line of its own. (Worldpay's XML service takes exactly `[OK]`
+/// and PayPal IPN an empty body: those are the providers' formats, tested with them.)
+#[tokio::test]
+async fn every_plain_text_answer_ends_with_a_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[endpoint]]\nname = \"guarded\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+         basic_auth = {{ user = \"shop\", password = \"pa55word\" }}\n\
+         [[endpoint]]\nname = \"elsewhere\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+         allow_from = [\"192.0.2.0/24\"]\n"
+    );
+    let d = Daemon::start_with(dir.path(), "max_body_bytes = 4096", "", &extra).await;
+    let body = event("evt_newline");
+    let sig = harness::signed(SECRET, &body);
+    let signed = [("stripe-signature", sig.as_str())];
+    let big = vec![b'x'; 8192];
+    let answers = vec![
+        d.post("/webhooks/stripe", &signed, body.clone()).await,
+        d.post("/webhooks/stripe", &signed, body.clone()).await,
+        d.post("/webhooks/stripe", &[("stripe-signature", "t=1,v1=deadbeef")], body.clone()).await,
+        d.post("/webhooks/stripe", &[], body.clone()).await,
+        d.post("/webhooks/stripe", &signed, big).await,
+        d.post("/webhooks/guarded", &signed, body.clone()).await,
+        d.post("/webhooks/elsewhere", &signed, body.clone()).await,
+        d.post("/webhooks/nowhere", &signed, body.clone()).await,
+        d.get("/webhooks/stripe").await,
+        d.get("/healthz").await,
+        d.get("/readyz").await,
+        d.get("/").await,
+        d.post("/healthz", &[], "").await,
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 400, 400, 413, 401, 403, 404, 405, 200, 200, 404, 405]);
+    assert_eq!((answers[0].1.as_str(), answers[1].1.as_str()), ("stored\n", "duplicate\n"));
+    for (status, text) in &answers {
+        assert!(text.ends_with('\n') && text.trim_end().lines().count() == 1, "{status}: {text:?}");
+    }
+    assert!(answers[2].1.contains("not 64 hex digits"), "{}", answers[2].1);
+    d.stop().await;
+}

@@ -40,6 +40,11 @@ impl ChildGuard {
         self.child().stdin.take().expect("stdin is piped")
     }
 
+    /// Its stdout pipe, taken.
+    pub fn stdout(&mut self) -> std::process::ChildStdout {
+        self.child().stdout.take().expect("stdout is piped")
+    }
+
     /// Its stderr pipe, taken.
     pub fn stderr(&mut self) -> ChildStderr {
         self.child().stderr.take().expect("stderr is piped")

@@ -201,8 +201,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Rej
         _ => "PAYPAL-AUTH-ALGO",
     };
     let value = super::header_text(headers, name, label)?.trim();
-    if value.is_empty() || value.len() > MAX_HEADER_LEN {
-        return Err(Rejection::MalformedHeader { header: label, detail: "empty or too long" });
+    if value.is_empty() {
+        return Err(Rejection::MalformedHeader { header: label, detail: "empty" });
+    }
+    if value.len() > MAX_HEADER_LEN {
+        return Err(Rejection::MalformedHeader { header: label, detail: "longer than 2048 bytes" });
     }
     Ok(value)
 }
@@ -425,6 +428,32 @@ mod tests {
             "id": "WH-1", "event_type": kind, "create_time": "2026-11-20T10:14:05Z", "resource": resource
         }))
         .unwrap()
+    }
+
+    /// A transmission header that is there but empty, or absurdly long, says which.
+    #[test]
+    fn transmission_header_refusals_name_what_is_wrong() {
+        let headers = |id: &str| {
+            let mut h = HeaderMap::new();
+            for (name, value) in [
+                (AUTH_ALGO, ALGORITHM),
+                (TRANSMISSION_SIG, "c2ln"),
+                (TRANSMISSION_ID, id),
+                (TRANSMISSION_TIME, "2026-11-20T10:14:05Z"),
+                (CERT_URL, "https://api.paypal.com/v1/notifications/certs/CERT-1"),
+            ] {
+                h.insert(name, value.parse().unwrap());
+            }
+            h
+        };
+        let detail = |h: &HeaderMap| match parse_headers(h) {
+            Err(Rejection::MalformedHeader { header, detail }) => (header, detail),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(detail(&headers(" ")), ("PAYPAL-TRANSMISSION-ID", "empty"));
+        let long = "a".repeat(MAX_HEADER_LEN + 1);
+        assert_eq!(detail(&headers(&long)), ("PAYPAL-TRANSMISSION-ID", "longer than 2048 bytes"));
+        assert_eq!(parse_headers(&headers("T-1")).unwrap().id, "T-1");
     }
 
     #[test]

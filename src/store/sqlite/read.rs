@@ -8,7 +8,9 @@ use crate::store::{body, Failure, InboxRow, InboxSummary, ListFilter, OutboxFilt
 
 const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
      last_received_at, remote_addr, delivery_count, status, coalesce(body_len, length(body)), outcome, attempts, last_error, \
-     verified_at";
+     verified_at, \
+     CASE WHEN (status = 'pending' OR status = 'parked') AND next_attempt_at > 0 THEN next_attempt_at END, \
+     first_tried_at";
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
     Ok(InboxSummary {
@@ -32,10 +34,12 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
         attempts: r.get(12)?,
         last_error: r.get(13)?,
         verified_at: r.get(14)?,
+        next_attempt_at: r.get(15)?,
+        first_tried_at: r.get(16)?,
     })
 }
 
-/// Inbox rows in arrival order.
+/// Inbox rows in arrival order (with `last`, the newest of them, still in arrival order).
 pub fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<InboxSummary>> {
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM inbox WHERE 1 = 1");
     let mut args: Vec<Value> = Vec::new();
@@ -51,10 +55,16 @@ pub fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Inbo
         sql.push_str(" AND id > ?");
         args.push(Value::Integer(a));
     }
+    let count = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    if let Some(last) = filter.last {
+        // The newest `last`, turned back into arrival order.
+        sql = format!("SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)");
+        args.push(count(last));
+    }
     sql.push_str(" ORDER BY id");
     if let Some(l) = filter.limit {
         sql.push_str(" LIMIT ?");
-        args.push(Value::Integer(i64::try_from(l).unwrap_or(i64::MAX)));
+        args.push(count(l));
     }
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(params_from_iter(args), summary)?;
@@ -69,10 +79,10 @@ pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else { return Ok(None) };
-    let encoding: Option<String> = r.get(17)?;
-    let body = body::unpack(r.get(16)?, encoding.as_deref(), r.get(18)?)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(16, Type::Blob, Box::new(e)))?;
-    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(15)?, body }))
+    let encoding: Option<String> = r.get(19)?;
+    let body = body::unpack(r.get(18)?, encoding.as_deref(), r.get(20)?)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(18, Type::Blob, Box::new(e)))?;
+    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(17)?, body }))
 }
 
 /// The number of inbox rows.
