@@ -200,7 +200,7 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
 }
 
 /// Quotes a string for a POSIX shell: single quotes, with embedded ones closed and escaped.
-fn shell_quote(s: &str) -> String {
+pub(super) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

@@ -16,5 +16,6 @@ mod reconcile;
 mod sdk;
 mod secrets;
 mod shops;
+mod simulate;
 mod tls;
 mod worldpay;
