@@ -27,7 +27,9 @@ fn main() -> ExitCode {
                 message.push_str(&format!(": {cause}"));
             }
             eprintln!("reconciled: {message}");
-            if err.downcast_ref::<ConfigError>().is_some() {
+            if err.downcast_ref::<ConfigError>().is_some()
+                || err.downcast_ref::<cli::UsageError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -91,6 +91,16 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// Whether the value is marked as a test secret: it contains the word `test` in any case
+    /// (`whsec_test_…`, the demo's `…PUBLIC_TEST…`). A provider's live and test secrets look
+    /// alike (a Stripe `whsec_` secret does not say which mode it is from), so `simulate`
+    /// treats every secret without the mark as live.
+    pub fn is_marked_test(&self) -> bool {
+        self.0.to_ascii_lowercase().contains("test")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

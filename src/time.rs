@@ -60,6 +60,15 @@ pub fn format_utc(ms: i64) -> String {
     }
 }
 
+/// Unix milliseconds in UTC in a `strftime` pattern (`%Y-%m-%d`, `%H:%M:%S%.3f`), for the
+/// providers' own timestamp formats; `@{ms}ms` outside jiff's range.
+pub fn format_utc_as(ms: i64, pattern: &str) -> String {
+    match Timestamp::from_millisecond(ms) {
+        Ok(at) => at.strftime(pattern).to_string(),
+        Err(_) => format!("@{ms}ms"),
+    }
+}
+
 /// A config duration such as `45s`, `30m`, `2h`, `3d` or `500ms` (humantime's units, which
 /// also allow combinations such as `1h 30m`).
 pub fn parse_duration(text: &str) -> Option<Duration> {

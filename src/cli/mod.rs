@@ -8,6 +8,7 @@ mod inbox;
 mod outbox;
 mod serve;
 mod sign;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -45,7 +46,17 @@ pub enum Command {
     /// Produce a correctly signed test request for a provider.
     #[command(subcommand)]
     Sign(sign::SignCommand),
+    /// Build the notification an endpoint's provider would send for one of your orders, signed
+    /// with the endpoint's configuration; print it, or post it to the daemon and show the
+    /// actions that followed. Refuses a configuration that looks live unless --i-know.
+    Simulate(Box<simulate::SimulateArgs>),
 }
+
+/// A command line that asks for something impossible (an unknown endpoint, a bad amount, a
+/// refused configuration): exit code 2, like a bad configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// `--config FILE`.
 #[derive(Debug, Args)]
@@ -101,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Outbox(cmd) => outbox::run(cmd),
         Command::Failures(args) => failures::run(&args),
         Command::Sign(cmd) => sign::run(cmd),
+        Command::Simulate(args) => simulate::run(*args),
     }
 }
 

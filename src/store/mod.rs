@@ -302,6 +302,41 @@ impl Store {
         }
     }
 
+    /// The inbox row holding a provider's dedup key, if there is one.
+    pub async fn find(
+        &self,
+        provider: crate::provider::ProviderKind,
+        dedup_key: &str,
+    ) -> Result<Option<InboxSummary>, StoreError> {
+        let key = dedup_key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| sqlite::read::find(c, provider.as_str(), &key)).await
+            }
+        }
+    }
+
+    /// The actions an inbox row caused, in order.
+    pub async fn actions_of(&self, inbox_id: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::actions_of(c, inbox_id)).await,
+        }
+    }
+
+    /// The payment (of `provider`) that our records say paid `order_id`, the latest if several.
+    pub async fn paying_payment(
+        &self,
+        provider: crate::provider::ProviderKind,
+        order_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let order = order_id.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| sqlite::read::paying_payment(c, provider.as_str(), &order)).await
+            }
+        }
+    }
+
     /// The number of inbox rows.
     pub async fn count(&self) -> Result<i64, StoreError> {
         match &self.backend {

@@ -17,5 +17,6 @@ mod scripts;
 mod sdk;
 mod secrets;
 mod shops;
+mod simulate;
 mod tls;
 mod worldpay;

@@ -404,7 +404,7 @@ async fn command_outputs_use_words_not_type_names() {
     let check = ok(&["check-config", "--config"], &c);
     assert!(
         check.contains(
-            "policy: underpaid refund, overpaid refund the difference, currency mismatch refund, \
+            "policy: mode live, underpaid refund, overpaid refund the difference, currency mismatch refund, \
              paid after cancel refund, fulfil on capture,"
         ),
         "{check}"

@@ -385,7 +385,7 @@ async fn send_ipn(d: &Daemon, endpoint: &str, body: &[u8]) {
 }
 
 /// A postback server that answers VERIFIED unless the message carries `forged=1`.
-async fn paypal_postback() -> TlsServer {
+pub(crate) async fn paypal_postback() -> TlsServer {
     TlsServer::start(|path, body| {
         assert_eq!(path, "/cgi-bin/webscr");
         if !body.starts_with(b"cmd=_notify-validate&") {

@@ -71,6 +71,32 @@ pub fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Inbo
     rows.collect()
 }
 
+/// The inbox row of a provider's dedup key, if stored.
+pub fn find(
+    conn: &Connection,
+    provider: &str,
+    dedup_key: &str,
+) -> rusqlite::Result<Option<InboxSummary>> {
+    let sql = format!("SELECT {SUMMARY_COLUMNS} FROM inbox WHERE provider = ?1 AND dedup_key = ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([provider, dedup_key])?;
+    rows.next()?.map(summary).transpose()
+}
+
+/// The payment of a provider that our records say paid an order, the latest if several.
+pub fn paying_payment(
+    conn: &Connection,
+    provider: &str,
+    order_id: &str,
+) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT payment_id FROM payments WHERE order_id = ?1 AND fulfilled = 1 AND provider = ?2 \
+         ORDER BY updated_at DESC LIMIT 1",
+    )?;
+    let mut rows = stmt.query([order_id, provider])?;
+    rows.next()?.map(|r| r.get(0)).transpose()
+}
+
 /// One inbox row with headers and body.
 pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
     let sql = format!(
@@ -110,52 +136,65 @@ pub fn failures(conn: &Connection, limit: u64) -> rusqlite::Result<Vec<Failure>>
     rows.collect()
 }
 
+const OUTBOX_COLUMNS: &str = "id, kind, order_id, provider, payment_id, amount_minor, currency, \
+     reason, template, customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint, \
+     shadow";
+
 /// Outbox rows in order, as the filter says.
 pub fn outbox(conn: &Connection, filter: &OutboxFilter) -> rusqlite::Result<Vec<OutboxRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, kind, order_id, provider, payment_id, amount_minor, currency, reason, template, \
-         customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint, shadow \
-         FROM outbox WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) AND shadow = ?4 \
-         ORDER BY id LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox \
+         WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) AND shadow = ?4 ORDER BY id LIMIT ?3"
+    ))?;
     let limit = filter.limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let kind = filter.kind.map(ActionKind::as_str);
     let after = filter.after.unwrap_or(0);
-    let rows = stmt.query_map(rusqlite::params![after, kind, limit, filter.shadow], |r| {
-        let minor: Option<i64> = r.get(5)?;
-        let currency: Option<String> = r.get(6)?;
-        let amount = match (minor, &currency) {
-            (Some(m), Some(c)) => crate::money::Currency::parse(c)
-                .ok()
-                .map(|c| crate::money::Money::new(m, c).to_decimal_string()),
-            _ => None,
-        };
-        Ok(OutboxRow {
-            id: r.get(0)?,
-            kind: {
-                let kind: String = r.get(1)?;
-                ActionKind::parse(&kind).ok_or_else(|| {
-                    rusqlite::Error::FromSqlConversionFailure(1, Type::Text, kind.into())
-                })?
-            },
-            order_id: r.get(2)?,
-            provider: r.get(3)?,
-            endpoint: r.get(14)?,
-            payment_id: r.get(4)?,
-            amount,
-            amount_minor: minor,
-            currency,
-            reason: r.get(7)?,
-            template: r.get(8)?,
-            customer_email: r.get(9)?,
-            idempotency_key: r.get(10)?,
-            inbox_id: r.get(11)?,
-            event_id: r.get(12)?,
-            created_at: crate::time::format_utc(r.get(13)?),
-            shadow: r.get(15)?,
-        })
-    })?;
+    let rows = stmt.query_map(rusqlite::params![after, kind, limit, filter.shadow], outbox_row)?;
     rows.collect()
+}
+
+/// The actions one inbox row caused, in order.
+pub fn actions_of(conn: &Connection, inbox_id: i64) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE inbox_id = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([inbox_id], outbox_row)?;
+    rows.collect()
+}
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let minor: Option<i64> = r.get(5)?;
+    let currency: Option<String> = r.get(6)?;
+    let amount = match (minor, &currency) {
+        (Some(m), Some(c)) => crate::money::Currency::parse(c)
+            .ok()
+            .map(|c| crate::money::Money::new(m, c).to_decimal_string()),
+        _ => None,
+    };
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        kind: {
+            let kind: String = r.get(1)?;
+            ActionKind::parse(&kind).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(1, Type::Text, kind.into())
+            })?
+        },
+        order_id: r.get(2)?,
+        provider: r.get(3)?,
+        endpoint: r.get(14)?,
+        payment_id: r.get(4)?,
+        amount,
+        amount_minor: minor,
+        currency,
+        reason: r.get(7)?,
+        template: r.get(8)?,
+        customer_email: r.get(9)?,
+        idempotency_key: r.get(10)?,
+        inbox_id: r.get(11)?,
+        event_id: r.get(12)?,
+        created_at: crate::time::format_utc(r.get(13)?),
+        shadow: r.get(15)?,
+    })
 }
 
 /// The highest outbox id, or 0.
