@@ -176,9 +176,16 @@ async fn latency(count: u64) {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { reconciled::daemon::run(&config, listener, shutdown, |_| {}).await },
-        )
+        tokio::spawn(async move {
+            reconciled::daemon::run(
+                &config,
+                listener,
+                shutdown,
+                tokio::sync::mpsc::channel(1).1,
+                |_| {},
+            )
+            .await
+        })
     };
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =

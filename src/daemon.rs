@@ -4,25 +4,29 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::endpoint::Endpoints;
 use crate::store::{Store, StoreError};
-use crate::{http, reconcile, systemd};
+use crate::{http, reconcile, reload, systemd};
 
 /// Runs the daemon on an already bound listener until `shutdown` is cancelled: opens the
 /// store, calls `on_ready` (the daemon now answers requests), serves, drains in-flight
-/// requests, then commits and closes the store.
+/// requests, then commits and closes the store. Each configuration received on `reloads` is
+/// checked and, if good, applied while running (see [`crate::reload`]).
 pub async fn run(
     config: &Config,
     listener: TcpListener,
     shutdown: CancellationToken,
+    reloads: mpsc::Receiver<Config>,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     let endpoints = Arc::new(Endpoints::new(&config.endpoints)?);
     let store = Store::open(&config.store)?;
     let wake = Arc::new(tokio::sync::Notify::new());
+    let (worker_updates, updates) = mpsc::channel(4);
     let worker = match &config.shop {
         Some(shop) => {
             let worker = reconcile::worker::Worker::new(
@@ -38,7 +42,7 @@ pub async fn run(
                      (outbox list --shadow) and none is to be carried out"
                 );
             }
-            Some(tokio::spawn(worker.run(wake.clone(), shutdown.clone())))
+            Some(tokio::spawn(worker.run(wake.clone(), shutdown.clone(), updates)))
         }
         None => {
             tracing::warn!("no [shop] configured: notifications are stored but not reconciled");
@@ -46,6 +50,9 @@ pub async fn run(
         }
     };
     let state = Arc::new(http::AppState::new(&config.server, &endpoints, store.clone(), wake));
+    let worker_updates = worker.is_some().then_some(worker_updates);
+    let reloader =
+        tokio::spawn(apply_reloads(config.clone(), reloads, state.clone(), worker_updates));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
         on_ready(addr);
@@ -67,6 +74,7 @@ pub async fn run(
     };
     http::serve(listener, state, shutdown.clone()).await;
     watchdog.abort();
+    reloader.abort();
     if let Some(w) = systemd_watchdog {
         w.abort();
     }
@@ -83,4 +91,43 @@ pub async fn run(
     store.close().await;
     tracing::info!("store closed");
     Ok(())
+}
+
+/// Checks each new configuration and applies the good ones; a bad one is refused with an
+/// ERROR and the daemon goes on with what it has.
+async fn apply_reloads(
+    mut current: Config,
+    mut reloads: mpsc::Receiver<Config>,
+    state: Arc<http::AppState>,
+    worker: Option<mpsc::Sender<reconcile::worker::Update>>,
+) {
+    while let Some(new) = reloads.recv().await {
+        let source = new.source.display().to_string();
+        match reload::check(&current, &new, worker.is_some()).await {
+            Ok(checked) => {
+                state.replace_endpoints(&checked.endpoints);
+                if let (Some(worker), Some(update)) = (&worker, checked.worker) {
+                    let _ = worker.send(update).await;
+                }
+                if !checked.restart_needed.is_empty() {
+                    tracing::warn!(
+                        "configuration reloaded, but these settings changed and take effect only \
+                         at the next start: {}",
+                        checked.restart_needed.join(", ")
+                    );
+                }
+                tracing::info!(
+                    config = %source,
+                    endpoints = new.endpoints.len(),
+                    mode = %new.policy.mode,
+                    "configuration reloaded: new notifications use it"
+                );
+                current = new;
+            }
+            Err(why) => tracing::error!(
+                config = %source,
+                "configuration reload refused, going on with the previous one: {why}"
+            ),
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! (`fulfil`, `refund`, `notify_customer`, `review`) to an outbox.
 //!
 //! # Layout
-//! - [`daemon`]: wires the parts together and takes them down in order.
+//! - [`daemon`]: wires the parts together and takes them down in order; [`reload`]: a new
+//!   configuration checked and applied while running (SIGHUP).
 //! - [`config`]: the TOML file → a validated [`config::Config`]; [`settings`] holds what every
 //!   module's settings reader shares.
 //! - [`endpoint`]: the `[[endpoint]]` tables and the registry of endpoints built at start.
@@ -31,6 +32,7 @@ pub mod http;
 pub mod money;
 pub mod provider;
 pub mod reconcile;
+pub mod reload;
 pub mod secret;
 pub mod settings;
 pub mod shop;

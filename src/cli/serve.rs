@@ -66,7 +66,10 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
         let int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
         tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
-        crate::daemon::run(&config, listener, shutdown, |addr| {
+        let hup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+        let (reload, reloads) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(reload_on_signal(hup, args.config.clone(), args.listen, reload));
+        crate::daemon::run(&config, listener, shutdown, reloads, |addr| {
             if let Some(deleted) = fresh {
                 print!("{}", demo::instructions(addr, deleted));
                 let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -76,6 +79,41 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Re-reads the configuration file on each SIGHUP and hands a valid one to the daemon; a file
+/// that does not validate is refused with an ERROR naming the problem.
+async fn reload_on_signal(
+    mut hup: Signal,
+    path: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    daemon: tokio::sync::mpsc::Sender<Config>,
+) {
+    while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::info!("SIGHUP received: the demo has no configuration file to reload");
+            continue;
+        };
+        tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
+        let file = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+        match loaded {
+            Ok(Ok(mut config)) => {
+                // `--listen` on the command line goes on overriding the file.
+                if let Some(listen) = listen {
+                    config.server.listen = listen;
+                }
+                if daemon.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => tracing::error!(
+                "configuration reload refused, going on with the previous one: {}",
+                crate::error::error_chain(&e)
+            ),
+            Err(e) => tracing::error!("configuration reload failed: {e}"),
+        }
+    }
 }
 
 async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {

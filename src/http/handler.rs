@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::AppState;
+use super::{AppState, Served};
 use crate::provider::ProviderKind;
 use crate::store::{FailureRecord, NewRow, FAILURE_BODY_PREFIX};
 
@@ -59,13 +59,10 @@ pub(super) async fn handle(
 ) -> Result<Reply, Infallible> {
     let path = req.uri().path();
     let reply = if let Some(name) = path.strip_prefix(WEBHOOK_PREFIX) {
-        match state.endpoints.get(name) {
+        match state.endpoint(name) {
             None => text(StatusCode::NOT_FOUND, "unknown endpoint\n"),
             Some(_) if req.method() != Method::POST => method_not_allowed("POST"),
-            Some(_) => {
-                let name = name.to_owned();
-                webhook(&state, &name, remote, req).await
-            }
+            Some(served) => webhook(&state, &served, remote, req).await,
         }
     } else {
         match path {
@@ -95,13 +92,10 @@ pub(super) async fn handle(
 
 async fn webhook(
     state: &AppState,
-    name: &str,
+    served: &Served,
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Reply {
-    let Some(served) = state.endpoints.get(name) else {
-        return text(StatusCode::NOT_FOUND, "unknown endpoint\n");
-    };
     let registered = &served.registered;
     let (endpoint_name, provider) = (&registered.name, &registered.provider);
     let kind = provider.kind();

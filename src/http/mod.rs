@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -70,8 +71,9 @@ pub struct ServerConfig {
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// Endpoints by name, as in `POST /webhooks/{name}`.
-    endpoints: HashMap<Arc<str>, Served>,
+    /// Endpoints by name, as in `POST /webhooks/{name}`; replaced whole when the
+    /// configuration is reloaded (a request keeps the endpoints it started with).
+    endpoints: ArcSwap<Routes>,
     /// The inbox writer.
     store: Store,
     /// Body size and timeouts.
@@ -81,6 +83,9 @@ pub struct AppState {
     /// When a refusal was last logged at WARN (unix ms); refusals are rate-limited in logs.
     last_refusal_warning: std::sync::atomic::AtomicI64,
 }
+
+/// The endpoints served, by name.
+type Routes = HashMap<Arc<str>, Arc<Served>>;
 
 /// One endpoint as served: the registry's entry and the basic auth header it expects.
 #[derive(Debug)]
@@ -99,21 +104,37 @@ impl AppState {
         store: Store,
         wake: Arc<tokio::sync::Notify>,
     ) -> AppState {
-        let endpoints = endpoints
-            .iter()
-            .map(|registered| {
-                let auth = trust::ExpectedAuth::for_trust(&registered.endpoint.trust);
-                (registered.name.clone(), Served { registered: registered.clone(), auth })
-            })
-            .collect();
         AppState {
-            endpoints,
+            endpoints: ArcSwap::from_pointee(routes(endpoints)),
             store,
             wake,
             limits: limits.clone(),
             last_refusal_warning: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
+}
+
+impl AppState {
+    /// Serves `endpoints` from now on (a reloaded configuration). Requests already past their
+    /// routing finish with the endpoint they started with.
+    pub fn replace_endpoints(&self, endpoints: &Endpoints) {
+        self.endpoints.store(Arc::new(routes(endpoints)));
+    }
+
+    /// The endpoint served at `POST /webhooks/{name}`.
+    fn endpoint(&self, name: &str) -> Option<Arc<Served>> {
+        self.endpoints.load().get(name).cloned()
+    }
+}
+
+fn routes(endpoints: &Endpoints) -> Routes {
+    endpoints
+        .iter()
+        .map(|registered| {
+            let auth = trust::ExpectedAuth::for_trust(&registered.endpoint.trust);
+            (registered.name.clone(), Arc::new(Served { registered: registered.clone(), auth }))
+        })
+        .collect()
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then drains in-flight requests

@@ -55,7 +55,24 @@ pub struct PassStats {
     pub actions: usize,
 }
 
-/// The worker's fixed parts.
+/// New settings for a running worker, from a reloaded configuration. They take effect
+/// between two passes: a batch is always decided with one set of settings.
+#[derive(Debug)]
+pub struct Update {
+    /// The endpoints' providers (secrets, confirmation settings).
+    pub endpoints: Arc<Endpoints>,
+    /// The shop's order query settings.
+    pub shop: ShopConfig,
+    /// A connection to the shop database for the new settings; `None` keeps the current one
+    /// (the shop's settings did not change).
+    pub source: Option<OrderSource>,
+    /// The decision policy.
+    pub policy: Policy,
+    /// Retries and batches.
+    pub config: WorkerConfig,
+}
+
+/// The worker's parts.
 #[derive(Debug)]
 pub struct Worker {
     /// The store it claims from and writes decisions to.
@@ -84,9 +101,28 @@ impl Worker {
         &self.decider.config
     }
 
+    /// Takes new settings; returns the shop connection they bring, if any.
+    fn update(&mut self, update: Update) -> Option<OrderSource> {
+        self.endpoints = update.endpoints;
+        self.shop = update.shop;
+        self.decider = Arc::new(Decider { policy: update.policy, config: update.config });
+        tracing::info!(
+            driver = self.shop.driver.as_str(),
+            mode = %update.policy.mode,
+            "reconciliation worker: new settings in effect"
+        );
+        update.source
+    }
+
     /// Runs until `shutdown`: connects to the shop (retrying while it is unreachable), then
-    /// processes due rows whenever woken.
-    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+    /// processes due rows whenever woken. New settings from `updates` (a reloaded
+    /// configuration) take effect between passes.
+    pub async fn run(
+        mut self,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+        mut updates: tokio::sync::mpsc::Receiver<Update>,
+    ) {
         let source = loop {
             match OrderSource::connect(&self.shop).await {
                 Ok(s) => break s,
@@ -94,6 +130,11 @@ impl Worker {
                     tracing::error!(error = %e, "shop database unreachable; notifications stay stored and wait");
                     tokio::select! {
                         () = tokio::time::sleep(RECONNECT_DELAY) => {}
+                        Some(update) = updates.recv() => {
+                            if let Some(source) = self.update(update) {
+                                break source;
+                            }
+                        }
                         () = shutdown.cancelled() => return,
                     }
                 }
@@ -112,7 +153,7 @@ impl Worker {
             }
         }
         tracing::info!(driver = %self.shop.driver.as_str(), "reconciliation worker started");
-        let source = Arc::new(source);
+        let mut source = Arc::new(source);
         loop {
             let wait = match self.work_through(&source, &shutdown).await {
                 Ok(_) if shutdown.is_cancelled() => break,
@@ -125,6 +166,14 @@ impl Worker {
             tokio::select! {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(wait.min(IDLE_WAKE)) => {}
+                Some(update) = updates.recv() => {
+                    if let Some(new) = self.update(update) {
+                        let old = std::mem::replace(&mut source, Arc::new(new));
+                        if let Ok(old) = Arc::try_unwrap(old) {
+                            old.close().await;
+                        }
+                    }
+                }
                 () = shutdown.cancelled() => break,
             }
         }

@@ -45,7 +45,7 @@ impl ShopDriver {
 }
 
 /// `[shop.status]`: which shop statuses mean what. Statuses in no list are "other".
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusMap {
     /// The order waits for its payment (`pending`, `on-hold`).
     pub awaiting_payment: Vec<String>,

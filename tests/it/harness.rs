@@ -87,8 +87,13 @@ impl Daemon {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        // No reloads in process: the channel's sender is dropped (tests/it/reload.rs sends
+        // SIGHUP to a spawned daemon).
+        let (_, reloads) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
-            reconciled::daemon::run(&config, listener, token, |_| {}).await.expect("server runs");
+            reconciled::daemon::run(&config, listener, token, reloads, |_| {})
+                .await
+                .expect("server runs");
         });
         Daemon { addr, db, shutdown, task }
     }

@@ -13,6 +13,7 @@ mod operator;
 mod paypal;
 mod process;
 mod reconcile;
+mod reload;
 mod scripts;
 mod sdk;
 mod secrets;
