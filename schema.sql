@@ -157,3 +157,36 @@ CREATE INDEX inbox_due ON inbox (id) WHERE status = 'pending' OR status = 'parke
 -- the shop's old integration did, never carried out. Their idempotency keys start with
 -- "shadow:", so a live action never collides with one.
 ALTER TABLE outbox ADD COLUMN shadow INTEGER NOT NULL DEFAULT 0;
+
+-- migration: 11
+-- Delivering actions to the shop's sinks ([[sink]]): one row per (action, sink) that takes it,
+-- written in the same transaction as the action; its state moves pending → delivered, or
+-- through retrying to dead. order_id is copied so that one order's actions go out in order.
+CREATE TABLE deliveries (
+    action_id    INTEGER NOT NULL REFERENCES outbox (id),
+    sink         TEXT    NOT NULL,
+    order_id     TEXT,
+    state        TEXT    NOT NULL
+        CHECK (state = 'pending' OR state = 'retrying' OR state = 'delivered' OR state = 'dead'),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      INTEGER NOT NULL,             -- unix ms: due from then (pending, retrying)
+    last_error   TEXT,
+    delivered_at INTEGER,                      -- unix ms
+    created_at   INTEGER NOT NULL,             -- unix ms: when its action was written
+    PRIMARY KEY (action_id, sink)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_owed ON deliveries (sink, action_id)
+    WHERE state = 'pending' OR state = 'retrying';
+CREATE INDEX deliveries_owed_by_order ON deliveries (sink, order_id, action_id)
+    WHERE state = 'pending' OR state = 'retrying';
+-- Every attempt, for `outbox show`.
+CREATE TABLE delivery_attempts (
+    action_id   INTEGER NOT NULL,
+    sink        TEXT    NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,              -- unix ms
+    duration_ms INTEGER NOT NULL,
+    delivered   INTEGER NOT NULL,
+    detail      TEXT,
+    PRIMARY KEY (action_id, sink, attempt)
+) WITHOUT ROWID;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::endpoint::Endpoints;
 use crate::store::{Store, StoreError};
-use crate::{http, reconcile, reload, systemd};
+use crate::{deliver, http, reconcile, reload, systemd};
 
 /// Runs the daemon on an already bound listener until `shutdown` is cancelled: opens the
 /// store, calls `on_ready` (the daemon now answers requests), serves, drains in-flight
@@ -27,6 +27,7 @@ pub async fn run(
     let store = Store::open(&config.store)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let (worker_updates, updates) = mpsc::channel(4);
+    let (written, written_rx) = tokio::sync::watch::channel(0u64);
     let worker = match &config.shop {
         Some(shop) => {
             let worker = reconcile::worker::Worker::new(
@@ -35,7 +36,8 @@ pub async fn run(
                 shop.clone(),
                 config.policy,
                 config.worker,
-            );
+            )
+            .delivering_to(deliver::Routes::new(&config.sinks), written);
             if config.policy.mode == crate::reconcile::policy::DecisionMode::Shadow {
                 tracing::warn!(
                     "policy.mode = \"shadow\": every action is recorded as a shadow action \
@@ -49,10 +51,18 @@ pub async fn run(
             None
         }
     };
+    let mut running = deliver::Running::new(store.clone(), written_rx, shutdown.clone());
+    running.set(&config.sinks).map_err(|e| anyhow::anyhow!(e))?;
+    let dispatchers = Arc::new(tokio::sync::Mutex::new(running));
     let state = Arc::new(http::AppState::new(&config.server, &endpoints, store.clone(), wake));
     let worker_updates = worker.is_some().then_some(worker_updates);
-    let reloader =
-        tokio::spawn(apply_reloads(config.clone(), reloads, state.clone(), worker_updates));
+    let reloader = tokio::spawn(apply_reloads(
+        config.clone(),
+        reloads,
+        state.clone(),
+        worker_updates,
+        dispatchers.clone(),
+    ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
         on_ready(addr);
@@ -84,6 +94,8 @@ pub async fn run(
     if let Some(worker) = worker {
         let _ = worker.await;
     }
+    // A delivery cut short is still owed, and goes out again with the same webhook-id.
+    dispatchers.lock().await.stop().await;
     let _ = pruner.await;
     if store.is_dead() {
         return Err(StoreError::WriterDied.into());
@@ -100,12 +112,17 @@ async fn apply_reloads(
     mut reloads: mpsc::Receiver<Config>,
     state: Arc<http::AppState>,
     worker: Option<mpsc::Sender<reconcile::worker::Update>>,
+    dispatchers: Arc<tokio::sync::Mutex<deliver::Running>>,
 ) {
     while let Some(new) = reloads.recv().await {
         let source = new.source.display().to_string();
         match reload::check(&current, &new, worker.is_some()).await {
             Ok(checked) => {
                 state.replace_endpoints(&checked.endpoints);
+                if let Err(e) = dispatchers.lock().await.set(&new.sinks) {
+                    // Checked before: a client that built then builds now.
+                    tracing::error!("sinks not replaced: {e}");
+                }
                 if let (Some(worker), Some(update)) = (&worker, checked.worker) {
                     let _ = worker.send(update).await;
                 }

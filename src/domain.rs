@@ -123,7 +123,9 @@ pub struct PaymentState {
 }
 
 /// The four action kinds of the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
     /// Ship the order / mark it paid.

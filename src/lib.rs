@@ -13,6 +13,7 @@
 //! - [`provider`]: one file per provider; verification, identification, parsing.
 //! - [`store`]: the inbox, payments and outbox: schema, migrations, the group-commit writer.
 //! - [`reconcile`]: the worker and the pure decision table.
+//! - [`deliver`]: the `[[sink]]`s and the dispatchers that deliver actions to them.
 //! - [`shop`]: read-only order lookups in the shop's database.
 //! - [`domain`]: the nouns the decision table and the store share (statuses, actions).
 //! - [`money`]: exact amounts in minor units with ISO 4217 currencies.
@@ -22,6 +23,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deliver;
 pub mod domain;
 pub mod endpoint;
 pub mod error;

@@ -4,7 +4,8 @@
 //! `check-config` does), every endpoint's provider must build, and a changed shop database
 //! must be reachable with a query that returns the columns it must. Then the HTTP server
 //! serves the new endpoints (requests already being handled finish with the old ones) and the
-//! worker takes the new endpoints, shop, policy and timings between two passes. A
+//! worker takes the new endpoints, shop, policy, timings and sink routes between two passes;
+//! each sink whose settings changed gets a new dispatcher. A
 //! configuration that fails any check is refused whole: the daemon goes on with the one it
 //! has. Nothing stored is touched, and no connection is dropped.
 //!
@@ -59,12 +60,14 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
 /// says whether the daemon runs a worker. The error says why the configuration is refused.
 pub async fn check(old: &Config, new: &Config, worker: bool) -> Result<Checked, String> {
     let endpoints = Arc::new(Endpoints::new(&new.endpoints).map_err(|e| e.to_string())?);
+    crate::deliver::check(&new.sinks)?;
     let update = |shop: &ShopConfig, source: Option<OrderSource>| Update {
         endpoints: endpoints.clone(),
         shop: shop.clone(),
         source,
         policy: new.policy,
         config: new.worker,
+        sinks: crate::deliver::Routes::new(&new.sinks),
     };
     let worker = match (worker, &old.shop, &new.shop) {
         (false, ..) | (true, None, _) => None,

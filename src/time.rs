@@ -75,6 +75,11 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     humantime::parse_duration(text).ok()
 }
 
+/// A duration as the config writes it (`5s`, `1h`, `3days`).
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,6 +227,9 @@ fn summary(config: &Config) -> String {
         p.fulfil_on,
         p.unmatched_retry_for.as_secs()
     );
+    for sink in &config.sinks {
+        let _ = writeln!(out, "{}", sink.describe());
+    }
     for e in &config.endpoints {
         let mut hints = e.settings.describe();
         if let Some(b) = &e.trust.basic_auth {

@@ -157,7 +157,12 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         let store = Store::open_tool(&config.store)?;
         let source = OrderSource::connect(&shop).await?;
         let endpoints = std::sync::Arc::new(crate::endpoint::Endpoints::new(&config.endpoints)?);
-        let worker = Worker::new(store, endpoints, shop, config.policy, config.worker);
+        // What a replay writes is delivered like any action: with a delivery for each sink.
+        let worker = Worker::new(store, endpoints, shop, config.policy, config.worker)
+            .delivering_to(
+                crate::deliver::Routes::new(&config.sinks),
+                tokio::sync::watch::channel(0).0,
+            );
         let (verdict, actions) = worker
             .replay(&source, args.id, args.dry_run)
             .await

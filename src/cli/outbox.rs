@@ -1,4 +1,5 @@
-//! `reconciled outbox list|tail`: the actions for the shop's back office and its admins.
+//! `reconciled outbox list|tail|show|retry`: the actions for the shop's back office and its
+//! admins, and their deliveries to the sinks.
 
 use std::io::Write;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::StoreArgs;
 use crate::domain::ActionKind;
-use crate::store::{OutboxFilter, OutboxRow};
+use crate::store::{DeliveryFilter, DeliveryRow, OutboxFilter, OutboxRow, Store};
 
 /// How often `tail --follow` looks for new rows.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
@@ -22,6 +23,42 @@ pub enum OutboxCommand {
     List(ListArgs),
     /// Show the latest actions; with --follow, keep printing new ones as they appear.
     Tail(TailArgs),
+    /// Show one action, its deliveries to the sinks and every attempt.
+    Show(ShowArgs),
+    /// Make failed deliveries due again: one action's, or every dead one.
+    Retry(RetryArgs),
+}
+
+/// Arguments of `outbox show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The action's id.
+    id: i64,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// One JSON object: the action, its deliveries and attempts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `outbox retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The action whose failed deliveries to retry.
+    #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+    id: Option<i64>,
+    /// Every dead delivery (of --sink, if given).
+    #[arg(long)]
+    dead: bool,
+    /// Only this sink's deliveries.
+    #[arg(long, value_name = "S")]
+    sink: Option<String>,
+    /// The configuration (its store).
+    #[arg(long, short, value_name = "FILE", required_unless_present = "demo")]
+    config: Option<std::path::PathBuf>,
+    /// Use the demo's configuration.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
 }
 
 /// Arguments of `outbox list`.
@@ -44,6 +81,12 @@ pub struct ListArgs {
     /// The actions decided in shadow mode (never carried out) instead of the live ones.
     #[arg(long)]
     shadow: bool,
+    /// Only actions some sink has not been delivered yet (pending, retrying or dead).
+    #[arg(long)]
+    undelivered: bool,
+    /// With --undelivered: only what this sink is owed.
+    #[arg(long, value_name = "S", requires = "undelivered")]
+    sink: Option<String>,
 }
 
 /// Arguments of `outbox tail`.
@@ -67,26 +110,47 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
         OutboxCommand::List(args) => {
             let store = args.store.open()?;
             let rows = super::block_on(async {
-                let filter = OutboxFilter {
-                    after: args.after,
-                    kind: args.kind,
-                    limit: args.limit,
-                    shadow: args.shadow,
+                let rows = if args.undelivered {
+                    owed_actions(&store, &args).await?
+                } else {
+                    let filter = OutboxFilter {
+                        after: args.after,
+                        kind: args.kind,
+                        limit: args.limit,
+                        shadow: args.shadow,
+                    };
+                    store.outbox(filter).await?
                 };
-                Ok(store.outbox(filter).await?)
+                let mut with = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let deliveries = if args.json {
+                        Vec::new()
+                    } else {
+                        let filter =
+                            DeliveryFilter { action_id: Some(row.id), ..Default::default() };
+                        store.deliveries(filter).await?
+                    };
+                    with.push((row, deliveries));
+                }
+                Ok(with)
             })?;
             let mut out = std::io::stdout().lock();
             if !args.json {
                 writeln!(out, "{}", header())?;
             }
-            for row in &rows {
+            for (row, deliveries) in &rows {
                 print_row(&mut out, row, args.json)?;
+                if !deliveries.is_empty() {
+                    writeln!(out, "{:>6}  delivery: {}", "", summary(deliveries))?;
+                }
             }
             if rows.is_empty() && !args.json {
                 writeln!(out, "(no {}actions)", if args.shadow { "shadow " } else { "" })?;
             }
             Ok(())
         }
+        OutboxCommand::Show(args) => show(&args),
+        OutboxCommand::Retry(args) => retry(&args),
         OutboxCommand::Tail(args) => {
             let store = args.store.open()?;
             super::block_on(async {
@@ -115,6 +179,113 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The actions some sink is still owed (or has given up on), oldest first.
+async fn owed_actions(store: &Store, args: &ListArgs) -> anyhow::Result<Vec<OutboxRow>> {
+    let filter =
+        DeliveryFilter { sink: args.sink.clone(), undelivered: true, ..Default::default() };
+    let mut ids: Vec<i64> =
+        store.deliveries(filter).await?.into_iter().map(|d| d.action_id).collect();
+    ids.dedup();
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids.into_iter().filter(|id| args.after.is_none_or(|after| *id > after)) {
+        if let Some(row) = store.action(id).await? {
+            if args.kind.is_none_or(|k| k == row.kind) {
+                rows.push(row);
+            }
+        }
+        if args.limit.is_some_and(|l| rows.len() as u64 >= l) {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
+/// `shop delivered, mailer retrying (2 attempts)`.
+fn summary(deliveries: &[DeliveryRow]) -> String {
+    deliveries
+        .iter()
+        .map(|d| match (d.state.as_str(), d.attempts) {
+            ("delivered", _) | (_, 0) => format!("{} {}", d.sink, d.state),
+            (state, n) => {
+                format!("{} {state} ({n} attempt{})", d.sink, if n == 1 { "" } else { "s" })
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show(args: &ShowArgs) -> anyhow::Result<()> {
+    let store = args.store.open()?;
+    let (action, deliveries, attempts) = super::block_on(async {
+        let action = store.action(args.id).await?;
+        let filter = DeliveryFilter { action_id: Some(args.id), ..Default::default() };
+        Ok((action, store.deliveries(filter).await?, store.attempts(args.id).await?))
+    })?;
+    let action = action.ok_or_else(|| anyhow::anyhow!("no action with id {}", args.id))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let all =
+            serde_json::json!({"action": action, "deliveries": deliveries, "attempts": attempts});
+        writeln!(out, "{all}")?;
+        return Ok(());
+    }
+    writeln!(out, "{}", header())?;
+    print_row(&mut out, &action, false)?;
+    writeln!(out, "webhook-id: {}", crate::deliver::webhook_id(&action.idempotency_key))?;
+    if deliveries.is_empty() {
+        writeln!(out, "deliveries: none (no sink takes {} actions)", action.kind)?;
+    }
+    for d in &deliveries {
+        write!(out, "delivery to {}: {}, {} attempt(s)", d.sink, d.state, d.attempts)?;
+        if let Some(at) = &d.delivered_at {
+            write!(out, ", delivered {at}")?;
+        }
+        if let Some(next) = &d.next_attempt_at {
+            write!(out, ", next attempt {next}")?;
+        }
+        writeln!(out)?;
+        if let Some(e) = &d.last_error {
+            writeln!(out, "  last error: {e}")?;
+        }
+    }
+    for a in &attempts {
+        writeln!(
+            out,
+            "  attempt {} to {} at {} ({} ms): {}",
+            a.attempt,
+            a.sink,
+            a.at,
+            a.duration_ms,
+            if a.delivered { "delivered".to_owned() } else { a.detail.clone().unwrap_or_default() }
+        )?;
+    }
+    Ok(())
+}
+
+fn retry(args: &RetryArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => crate::config::Config::load(path)?,
+        None => super::demo::config()?,
+    };
+    if let Some(sink) = &args.sink {
+        if !config.sinks.iter().any(|s| &*s.name == sink) {
+            let names: Vec<&str> = config.sinks.iter().map(|s| &*s.name).collect();
+            anyhow::bail!("no sink named \"{sink}\" (configured: {})", names.join(", "));
+        }
+    }
+    super::block_on(async {
+        let store = Store::open_tool(&config.store)?;
+        let n = store.retry_deliveries(args.id, args.dead, args.sink.as_deref()).await?;
+        store.close().await;
+        println!(
+            "{n} deliver{} due again; the running daemon sends {} within 5 s",
+            if n == 1 { "y is" } else { "ies are" },
+            if n == 1 { "it" } else { "them" }
+        );
+        Ok(())
+    })
 }
 
 fn header() -> String {

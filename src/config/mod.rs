@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::deliver::SinkConfig;
 use crate::endpoint::Endpoint;
 use crate::http::ServerConfig;
 use crate::reconcile::policy::{Policy, WorkerConfig};
@@ -80,6 +81,8 @@ pub struct Config {
     pub policy: Policy,
     /// The reconciliation worker's timings.
     pub worker: WorkerConfig,
+    /// Where actions are delivered (`[[sink]]`).
+    pub sinks: Vec<SinkConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -96,6 +99,8 @@ struct RawConfig {
     policy: sections::RawPolicy,
     #[serde(default)]
     worker: sections::RawWorker,
+    #[serde(default, rename = "sink")]
+    sinks: Vec<toml::Table>,
 }
 
 impl Config {
@@ -147,7 +152,29 @@ impl Config {
         let shop = raw.shop.map(|shop| sections::shop(shop, &r)).transpose()?;
         let policy = sections::policy(raw.policy, &r)?;
         let worker = sections::worker(raw.worker, &r)?;
-        Ok(Config { source: source.to_owned(), server, store, endpoints, shop, policy, worker })
+        let mut sink_names = HashSet::new();
+        let sinks = raw
+            .sinks
+            .into_iter()
+            .enumerate()
+            .map(|(i, table)| SinkConfig::resolve(i, table, &r, &mut sink_names))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !sinks.is_empty() && shop.is_none() {
+            return Err(r.invalid(
+                "sink",
+                "sinks deliver the actions the reconciliation writes, which needs a [shop]",
+            ));
+        }
+        Ok(Config {
+            source: source.to_owned(),
+            server,
+            store,
+            endpoints,
+            shop,
+            policy,
+            worker,
+            sinks,
+        })
     }
 }
 

@@ -34,6 +34,11 @@ impl Keyed {
         self.0.clone().verify_slice(tag).is_ok()
     }
 
+    /// The MAC's bytes (for signing).
+    pub(crate) fn bytes(self) -> Vec<u8> {
+        self.0.finalize().into_bytes().to_vec()
+    }
+
     /// The MAC as lower-case hex (for signing test requests).
     pub(crate) fn hex(self) -> String {
         hex::encode(self.0.finalize().into_bytes())

@@ -10,7 +10,7 @@
 //! signature checks out. Adding a provider: see `docs/architecture.md`.
 
 pub mod adflex;
-mod hmac;
+pub(crate) mod hmac;
 mod notification;
 pub mod paypal;
 pub mod paypal_ipn;

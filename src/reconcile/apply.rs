@@ -9,7 +9,8 @@
 use super::decide::{decide, Decision, Facts, Outcome};
 use super::policy::{DecisionMode, Policy, WorkerConfig};
 use super::prepare::Prepared;
-use crate::domain::{Action, InboxStatus};
+use crate::deliver::Routes;
+use crate::domain::{Action, ActionKind, InboxStatus};
 use crate::provider::ProviderKind;
 use crate::shop::ShopError;
 use crate::store::batch::{FactsQuery, Plan, Source, StoredFacts, Write};
@@ -27,12 +28,14 @@ pub struct Verdict {
 }
 
 /// Plans rows with the policy and the worker's retry settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Decider {
     /// What the decision table does in the cases with a choice.
     pub policy: Policy,
     /// Retries and backoff.
     pub config: WorkerConfig,
+    /// Which sinks each kind of action is delivered to.
+    pub sinks: Routes,
 }
 
 impl Planner<Prepared> for Decider {
@@ -163,6 +166,10 @@ impl Planner<Prepared> for Decider {
 
     fn store_error(&self, row: &Claimed, error: &str, now: i64) -> Write<'static> {
         self.failed(row, None, error, now, true)
+    }
+
+    fn sinks(&self, kind: ActionKind) -> &[std::sync::Arc<str>] {
+        self.sinks.of(kind)
     }
 }
 

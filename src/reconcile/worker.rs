@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::Decider;
@@ -36,6 +36,7 @@ use super::apply::Verdict;
 use super::decide::Outcome;
 use super::policy::{Policy, WorkerConfig};
 use super::prepare::Prepared;
+use crate::deliver::Routes;
 use crate::domain::Action;
 use crate::endpoint::Endpoints;
 use crate::shop::{OrderSource, ShopConfig};
@@ -70,6 +71,8 @@ pub struct Update {
     pub policy: Policy,
     /// Retries and batches.
     pub config: WorkerConfig,
+    /// Which sinks each kind of action goes to.
+    pub sinks: Routes,
 }
 
 /// The worker's parts.
@@ -83,6 +86,8 @@ pub struct Worker {
     decider: Arc<Decider>,
     /// The endpoints' providers, by endpoint name: they parse and confirm stored rows.
     pub(super) endpoints: Arc<Endpoints>,
+    /// Bumped after each batch that wrote actions: wakes the sinks' dispatchers.
+    written: Option<watch::Sender<u64>>,
 }
 
 impl Worker {
@@ -94,7 +99,17 @@ impl Worker {
         policy: Policy,
         config: WorkerConfig,
     ) -> Worker {
-        Worker { store, shop, decider: Arc::new(Decider { policy, config }), endpoints }
+        let decider = Decider { policy, config, sinks: Routes::default() };
+        Worker { store, shop, decider: Arc::new(decider), endpoints, written: None }
+    }
+
+    /// Writes a delivery to each of `sinks` that takes it with every new live action, and
+    /// bumps `written` after each batch that wrote actions (the dispatchers wait on it).
+    pub fn delivering_to(mut self, sinks: Routes, written: watch::Sender<u64>) -> Worker {
+        let Decider { policy, config, .. } = *self.decider;
+        self.decider = Arc::new(Decider { policy, config, sinks });
+        self.written = Some(written);
+        self
     }
 
     fn config(&self) -> &WorkerConfig {
@@ -105,7 +120,8 @@ impl Worker {
     fn update(&mut self, update: Update) -> Option<OrderSource> {
         self.endpoints = update.endpoints;
         self.shop = update.shop;
-        self.decider = Arc::new(Decider { policy: update.policy, config: update.config });
+        self.decider =
+            Arc::new(Decider { policy: update.policy, config: update.config, sinks: update.sinks });
         tracing::info!(
             driver = self.shop.driver.as_str(),
             mode = %update.policy.mode,
@@ -230,6 +246,11 @@ impl Worker {
             let (count, actions, more) = written?;
             stats.claimed += count;
             stats.actions += actions;
+            if actions > 0 {
+                if let Some(w) = &self.written {
+                    w.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
             if shutdown.is_cancelled() {
                 // What was claimed and prepared is still due: the next run takes it.
                 break;

@@ -7,7 +7,7 @@
 //! the row and those facts), and writes it. So the decision sees exactly what the transaction
 //! sees, and the reconciliation code holds no SQL.
 
-use crate::domain::{Action, InboxStatus, PaymentState};
+use crate::domain::{Action, ActionKind, InboxStatus, PaymentState};
 use crate::provider::ProviderKind;
 
 use super::Claimed;
@@ -179,4 +179,10 @@ pub trait Planner<P>: Send + Sync + 'static {
 
     /// What to write for a row whose own writes failed with a store error: try it again.
     fn store_error(&self, row: &Claimed, error: &str, now: i64) -> Write<'static>;
+
+    /// The sinks a new live action of `kind` is delivered to: the store writes a delivery for
+    /// each in the same transaction as the action.
+    fn sinks(&self, _kind: ActionKind) -> &[std::sync::Arc<str>] {
+        &[]
+    }
 }

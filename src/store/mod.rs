@@ -39,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::batch::{Applied, Mode, Planner};
 pub use self::rows::{
-    Claimed, Failure, FailureRecord, InboxRow, InboxSummary, ListFilter, NewRow, OutboxFilter,
-    OutboxRow, Stored, FAILURE_BODY_PREFIX,
+    Attempt, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Failure, FailureRecord, InboxRow,
+    InboxSummary, ListFilter, NewRow, OutboxFilter, OutboxRow, Owed, Stored, FAILURE_BODY_PREFIX,
 };
 use crate::provider::ProviderKind;
 
@@ -362,6 +362,72 @@ impl Store {
     pub async fn outbox_last_id(&self) -> Result<i64, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(sqlite::read::outbox_last_id).await,
+        }
+    }
+
+    // Delivering actions to sinks.
+
+    /// The deliveries `sink` is owed and that are due at `now`, oldest first, at most `limit`,
+    /// leaving out those held back behind an earlier delivery of the same order.
+    pub async fn owed(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Owed>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.owed(sink.to_owned(), now, limit).await,
+        }
+    }
+
+    /// Records an attempt to deliver an action to `sink` and the delivery's new state.
+    pub async fn record_attempt(
+        &self,
+        sink: &str,
+        action_id: i64,
+        attempt: Attempt,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_attempt(sink.to_owned(), action_id, attempt).await,
+        }
+    }
+
+    /// One action by id.
+    pub async fn action(&self, id: i64) -> Result<Option<OutboxRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::action(c, id)).await,
+        }
+    }
+
+    /// When `sink`'s next owed delivery falls due (unix ms), if it is owed any.
+    pub async fn next_delivery(&self, sink: &str) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.next_delivery(sink.to_owned()).await,
+        }
+    }
+
+    /// Deliveries, by action and sink.
+    pub async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.deliveries(filter).await,
+        }
+    }
+
+    /// The attempts to deliver one action, in order.
+    pub async fn attempts(&self, action_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.attempts(action_id).await,
+        }
+    }
+
+    /// Makes dead (and, unless `dead_only`, retrying) deliveries due now; of one action and/or
+    /// one sink if given. Returns how many.
+    pub async fn retry_deliveries(
+        &self,
+        action_id: Option<i64>,
+        dead_only: bool,
+        sink: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let now = crate::time::now_ms();
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.retry_deliveries(action_id, dead_only, sink.map(str::to_owned), now).await
+            }
         }
     }
 }

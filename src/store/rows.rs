@@ -193,6 +193,79 @@ pub struct OutboxFilter {
     pub shadow: bool,
 }
 
+/// A delivery owed to a sink: its action, and how many attempts it has had.
+#[derive(Debug, Clone)]
+pub struct Owed {
+    /// The action, as `outbox list --json` prints it.
+    pub action: OutboxRow,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the action was written (unix ms): the give-up clock runs from here.
+    pub created_at: i64,
+}
+
+/// One delivery attempt and what it came to.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Which attempt (1 for the first).
+    pub number: u32,
+    /// When it started (unix ms).
+    pub at: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// Delivered; or why not, with when to try again (`None`: never, the delivery is dead).
+    pub result: Result<(), (String, Option<i64>)>,
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this action's.
+    pub action_id: Option<i64>,
+    /// Only this sink's.
+    pub sink: Option<String>,
+    /// Only those not delivered (pending, retrying, dead).
+    pub undelivered: bool,
+    /// At most this many.
+    pub limit: Option<u64>,
+}
+
+/// A delivery's state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeliveryRow {
+    /// The action.
+    pub action_id: i64,
+    /// The sink.
+    pub sink: String,
+    /// `pending`, `retrying`, `delivered` or `dead`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When it is tried next, RFC 3339 UTC (pending and retrying only).
+    pub next_attempt_at: Option<String>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was delivered, RFC 3339 UTC.
+    pub delivered_at: Option<String>,
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AttemptRow {
+    /// The sink.
+    pub sink: String,
+    /// Which attempt.
+    pub attempt: u32,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// Whether it delivered.
+    pub delivered: bool,
+    /// The answer or error, shortened.
+    pub detail: Option<String>,
+}
+
 /// An outbox row, as consumers read it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OutboxRow {

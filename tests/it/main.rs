@@ -2,6 +2,7 @@
 
 mod adflex;
 mod cli;
+mod deliver;
 mod failpoints;
 mod faults;
 mod harness;

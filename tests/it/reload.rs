@@ -210,3 +210,45 @@ async fn sighup_with_a_bad_file_keeps_the_old_configuration() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(d.child.terminate().code(), Some(0));
 }
+
+/// A sink's settings take effect on SIGHUP: the actions decided after the reload go to the
+/// sink as it is now configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_a_changed_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    shop.add(1002, "pending", "100.00", "USD");
+    let sink = |out: &Path| {
+        format!(
+            "[[sink]]\nname = \"mailer\"\nkind = \"exec\"\nactions = [\"fulfil\"]\n\
+             command = [\"/bin/sh\", \"-c\", \"cat >> '{}'\"]\n",
+            out.display()
+        )
+    };
+    let (first, second) = (dir.path().join("first.out"), dir.path().join("second.out"));
+    let cfg = dir.path().join("reconciled.toml");
+    std::fs::write(&cfg, config(dir.path(), SECRET, &shop, &sink(&first), "127.0.0.1:0")).unwrap();
+    let mut d = Running::start(&cfg);
+    let wait_for_file = |path: &Path, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(path).unwrap_or_default().contains(text) {
+            assert!(Instant::now() < deadline, "{} never held {text}", path.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (status, _) =
+        d.post(SECRET, pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd")).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_file(&first, "\"order_id\":\"1001\"");
+
+    std::fs::write(&cfg, config(dir.path(), SECRET, &shop, &sink(&second), "127.0.0.1:0")).unwrap();
+    d.hangup();
+    d.wait_for("configuration reloaded");
+    let (status, _) =
+        d.post(SECRET, pi_event("evt_2", "succeeded", "pi_2", "1002", 10000, "usd")).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_file(&second, "\"order_id\":\"1002\"");
+    assert!(!std::fs::read_to_string(&first).unwrap().contains("1002"));
+    assert_eq!(d.child.terminate().code(), Some(0));
+}

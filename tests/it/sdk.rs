@@ -12,7 +12,7 @@ use hyper::StatusCode;
 use crate::harness::{self, Daemon, SECRET};
 use crate::process::ChildGuard;
 
-fn sdk_python() -> Option<String> {
+pub(crate) fn sdk_python() -> Option<String> {
     let python = std::env::var("RECONCILED_STRIPE_SDK_PYTHON").ok();
     if python.is_none() {
         // CI must never skip the cross-check.

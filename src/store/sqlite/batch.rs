@@ -65,7 +65,7 @@ fn run<P, T: Planner<P>>(
             Err(e) => {
                 drop(sp);
                 tracing::error!(inbox_id = row.id, error = %e, "store error while deciding; will retry");
-                write(&tx, row, planner.store_error(row, &e.to_string(), now), now)?;
+                write(&tx, row, planner.store_error(row, &e.to_string(), now), now, planner)?;
                 out.push(Applied::nothing());
             }
         }
@@ -96,7 +96,7 @@ fn one<P, T: Planner<P>>(
         tx.prepare_cached("UPDATE inbox SET verified_at = ?2 WHERE id = ?1")?
             .execute(params![row.id, now])?;
     }
-    let actions = write(tx, row, plan.write, now)?;
+    let actions = write(tx, row, plan.write, now, planner)?;
     Ok(Applied { decision: plan.decision, actions })
 }
 
@@ -155,11 +155,12 @@ fn facts(tx: &Connection, row: &Claimed, q: &FactsQuery<'_>) -> rusqlite::Result
 }
 
 /// Writes a row's plan; returns its actions, each with whether it was written now.
-fn write(
+fn write<P, T: Planner<P>>(
     tx: &Connection,
     row: &Claimed,
     w: Write<'_>,
     now: i64,
+    planner: &T,
 ) -> rusqlite::Result<Vec<(Action, bool)>> {
     match w {
         Write::Finish { status, outcome, error } => {
@@ -200,6 +201,13 @@ fn write(
             let mut out = Vec::with_capacity(actions.len());
             for action in actions {
                 let written = insert_action(tx, &action, &source, row, now)?;
+                if written && !action.shadow {
+                    let sinks = planner.sinks(action.kind);
+                    if !sinks.is_empty() {
+                        let id = tx.last_insert_rowid();
+                        super::deliver::add(tx, id, action.order_id.as_deref(), sinks, now)?;
+                    }
+                }
                 out.push((action, written));
             }
             if let Some(state) = payment {

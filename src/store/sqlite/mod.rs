@@ -16,6 +16,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+mod deliver;
 pub mod owner;
 pub mod prune;
 pub mod queue;

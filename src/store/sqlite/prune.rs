@@ -67,12 +67,15 @@ pub fn boundary(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<i64> {
 /// The inbox rows a prune may delete (`?1`: the id bound, `?2`: the cutoff). The newest inbox row
 /// and the newest action (with its inbox row) always stay: SQLite gives a new row the highest
 /// id plus one, and a consumer reading `--after ID` must never see a new row get an id it has
-/// already passed.
+/// already passed. A row one of whose actions a sink still owes (a delivery pending, retrying
+/// or dead) stays until that delivery is done or its action is handled by hand.
 const PRUNABLE: &str = "FROM inbox WHERE id < ?1 \
     AND status IN ('done', 'ignored', 'rejected') \
     AND last_received_at < ?2 AND coalesce(processed_at, 0) < ?2 \
     AND id < (SELECT max(id) FROM inbox) \
-    AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1)";
+    AND id IS NOT (SELECT inbox_id FROM outbox ORDER BY id DESC LIMIT 1) \
+    AND NOT EXISTS (SELECT 1 FROM outbox o JOIN deliveries d ON d.action_id = o.id \
+                    WHERE o.inbox_id = inbox.id AND d.state != 'delivered')";
 
 /// Deletes at most `limit` prunable rows below inbox id `below`, and their outbox actions, in
 /// one transaction. Returns the number of inbox rows deleted.
@@ -94,6 +97,15 @@ pub fn prune_chunk(
         ),
         params![below, cutoff_ms, limit],
     )?;
+    for table in ["delivery_attempts", "deliveries"] {
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE action_id IN \
+                 (SELECT id FROM outbox WHERE inbox_id IN ({doomed}))"
+            ),
+            params![below, cutoff_ms, limit],
+        )?;
+    }
     tx.execute(
         &format!("DELETE FROM outbox WHERE inbox_id IN ({doomed})"),
         params![below, cutoff_ms, limit],
@@ -257,6 +269,43 @@ mod tests {
             .unwrap()
             .unwrap_or_else(|| "ok".into());
         assert_eq!(ok, "ok");
+    }
+
+    /// An action a sink is still owed (pending, retrying or dead) keeps its notification; a
+    /// delivered one goes with it, its delivery rows and attempts too.
+    #[test]
+    fn actions_a_sink_is_still_owed_are_kept() {
+        let (_dir, mut conn) = store();
+        let mut ids = Vec::new();
+        for (key, state) in [("a", "delivered"), ("b", "pending"), ("c", "retrying"), ("d", "dead")]
+        {
+            let id = add(&conn, key, "done", 100, 100, 100);
+            let action: i64 = conn
+                .query_row("SELECT id FROM outbox WHERE inbox_id = ?1", [id], |r| r.get(0))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO deliveries (action_id, sink, state, next_at, created_at) \
+                 VALUES (?1, 'shop', ?2, 0, 0)",
+                params![action, state],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO delivery_attempts (action_id, sink, attempt, at, duration_ms, delivered) \
+                 VALUES (?1, 'shop', 1, 0, 1, 0)",
+                [action],
+            )
+            .unwrap();
+            ids.push(id);
+        }
+        add(&conn, "z_newest", "done", 0, 0, 0);
+        let cut = cutoff(NOW, 45);
+        assert_eq!(prune(&mut conn, cut, &|| false).unwrap(), 1);
+        assert_eq!(keys(&conn, "inbox", "dedup_key"), ["b", "c", "d", "z_newest"]);
+        let deliveries: i64 =
+            conn.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0)).unwrap();
+        let attempts: i64 =
+            conn.query_row("SELECT count(*) FROM delivery_attempts", [], |r| r.get(0)).unwrap();
+        assert_eq!((deliveries, attempts), (3, 3));
     }
 
     #[test]

@@ -197,6 +197,14 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     })
 }
 
+/// One action by id.
+pub fn action(conn: &Connection, id: i64) -> rusqlite::Result<Option<OutboxRow>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?1"))?
+        .query_row([id], outbox_row)
+        .optional()
+}
+
 /// The highest outbox id, or 0.
 pub fn outbox_last_id(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT coalesce(max(id), 0) FROM outbox", [], |r| r.get(0))
