@@ -225,3 +225,34 @@ async fn a_failing_sink_goes_dead_and_retry_brings_it_back() {
     assert_eq!(got.last().unwrap()["status"], 204);
     d.stop().await;
 }
+
+/// Shadow actions are recorded for comparison and delivered to no sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_actions_are_delivered_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let out = dir.path().join("sink.out");
+    let sink = format!(
+        "[[sink]]\nname = \"all\"\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"cat >> '{}'\"]\n\
+         [policy]\nmode = \"shadow\"\n",
+        out.display()
+    );
+    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &sink)).await;
+    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    d.settle().await;
+    // Give a dispatcher that wrongly had something the time to send it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = d.db.clone();
+    d.stop().await;
+    let shadow = harness::reading(&db, |s| async move {
+        s.outbox(reconciled::store::OutboxFilter { shadow: true, ..Default::default() }).await
+    })
+    .unwrap();
+    assert_eq!(shadow.len(), 2, "the decision was recorded: {shadow:?}");
+    let deliveries =
+        harness::reading(&db, |s| async move { s.deliveries(Default::default()).await }).unwrap();
+    assert!(deliveries.is_empty(), "{deliveries:?}");
+    assert!(!out.exists(), "a shadow action was delivered");
+}
