@@ -19,6 +19,9 @@
 //! The harness proves it can fail: built with `--features test-ack-before-commit` (answers
 //! before storing) it must find losses, and with `--features test-no-dedup` duplicate rows;
 //! under those features the test passes only if it does.
+//!
+//! A second harness does the same for deliveries to a sink (see
+//! [`every_action_is_delivered_with_one_webhook_id_across_sigkills`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -100,6 +103,8 @@ struct Daemon {
     config: PathBuf,
     log: PathBuf,
     child: Option<ChildGuard>,
+    /// A crash point the next start aborts at (builds with the `failpoints` feature).
+    failpoint: Option<&'static str>,
 }
 
 impl Daemon {
@@ -109,6 +114,7 @@ impl Daemon {
             Command::new(&self.bin)
                 .args(["serve", "--config", self.config.to_str().unwrap()])
                 .env("RECONCILED_LOG", "warn")
+                .env("RECONCILED_FAILPOINT", self.failpoint.unwrap_or(""))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log),
@@ -254,6 +260,7 @@ async fn acknowledged_means_stored_once_and_acted_on_once_across_sigkills() {
         config,
         log: dir.path().join("daemon.log"),
         child: None,
+        failpoint: None,
     };
     daemon.start();
     let started = Instant::now();
@@ -363,5 +370,240 @@ async fn acknowledged_means_stored_once_and_acted_on_once_across_sigkills() {
         assert!(duplicate_rows > 0, "a build without dedup must store duplicates");
     } else {
         assert_eq!((lost, duplicate_rows, duplicate_actions, missing_actions), (0, 0, 0, 0));
+    }
+}
+
+/// What the shop's receiver saw: every request's webhook-id, and each 2xx it answered with
+/// the idempotency key of the action in the body.
+#[derive(Default)]
+struct Received {
+    requests: AtomicU64,
+    failed: AtomicU64,
+    /// webhook-id → idempotency keys of the bodies that carried it, answered 2xx.
+    delivered: Mutex<HashMap<String, HashSet<String>>>,
+    /// webhook-id → how many 2xx answers it got.
+    answered: Mutex<HashMap<String, u64>>,
+}
+
+/// A receiver that fails about a third of its requests: a 500, a connection closed without
+/// an answer, or an answer slower than the sink's timeout.
+async fn receive(listener: tokio::net::TcpListener, seen: Arc<Received>, seed: u64) {
+    let rng = Arc::new(Mutex::new(Rng(seed)));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { return };
+        let (seen, rng) = (seen.clone(), rng.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (seen, rng) = (seen.clone(), rng.clone());
+                async move {
+                    let id = req
+                        .headers()
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                    seen.requests.fetch_add(1, Ordering::Relaxed);
+                    let roll = rng.lock().unwrap().below(9);
+                    let answer = |status: u16| {
+                        hyper::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap()
+                    };
+                    match roll {
+                        0 | 1 => {
+                            seen.failed.fetch_add(1, Ordering::Relaxed);
+                            return Ok(answer(500));
+                        }
+                        // Closed without an answer.
+                        2 => {
+                            seen.failed.fetch_add(1, Ordering::Relaxed);
+                            return Err("dropped");
+                        }
+                        // Slower than the sink's timeout of 1 s.
+                        3 if rng.lock().unwrap().below(8) == 0 => {
+                            seen.failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
+                            return Ok(answer(500));
+                        }
+                        _ => {}
+                    }
+                    let key = body
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["data"]["idempotency_key"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    seen.delivered.lock().unwrap().entry(id.clone()).or_default().insert(key);
+                    *seen.answered.lock().unwrap().entry(id).or_default() += 1;
+                    Ok::<_, &str>(answer(204))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// "Every action reaches its sink, and every repeat is recognisable", across SIGKILLs: the
+/// daemon is killed while it takes notifications and delivers actions to a receiver that fails
+/// a third of its requests. At the end every action is delivered, every action reached the
+/// receiver with a 2xx at least once, and each webhook-id stands for one action (a repeat after
+/// a kill carried the same id). Defaults: 10 kills, 500 payments; longer with
+/// `RECONCILED_CRASH_DELIVERY_KILLS` and `RECONCILED_CRASH_DELIVERY_PAYMENTS`.
+///
+/// Built with `--features test-deliver-ignores-answer` (a dispatcher that does not wait for the
+/// receiver's answer) it must find actions the receiver never accepted; the test then passes
+/// only if it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_action_is_delivered_with_one_webhook_id_across_sigkills() {
+    if cfg!(any(feature = "test-ack-before-commit", feature = "test-no-dedup")) {
+        eprintln!("skipped: this build is broken on purpose for the ingest harness");
+        return;
+    }
+    let kills = env_or("RECONCILED_CRASH_DELIVERY_KILLS", 10);
+    let payments = env_or("RECONCILED_CRASH_DELIVERY_PAYMENTS", 500);
+    let seed = env_or("RECONCILED_CRASH_SEED", reconciled::time::now_ms() as u64) | 1;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let shop = dir.path().join("shop.db");
+    {
+        let conn = Connection::open(&shop).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT NOT NULL, total TEXT NOT NULL, currency TEXT NOT NULL)",
+        )
+        .unwrap();
+        for i in 1..=payments {
+            conn.execute("INSERT INTO orders VALUES (?1, 'pending', '10.00', 'USD')", [i]).unwrap();
+        }
+    }
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = receiver.local_addr().unwrap();
+    let received = Arc::new(Received::default());
+    tokio::spawn(receive(receiver, received.clone(), seed.wrapping_mul(31) | 1));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.path().join("reconciled.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nshutdown_grace_secs = 1\n[store]\npath = \"{}\"\n\
+             [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+             [shop]\ndriver = \"sqlite\"\nurl = \"{}\"\n\
+             query = \"SELECT id AS order_id, status, total AS amount, currency FROM orders WHERE id = :reference\"\n\
+             [shop.status]\nawaiting_payment = [\"pending\"]\npaid = [\"paid\"]\ncancelled = [\"cancelled\"]\n\
+             [worker]\nretry_base = \"50ms\"\nretry_max = \"500ms\"\n\
+             [[sink]]\nname = \"shop\"\nkind = \"http\"\nurl = \"http://{hook}/hook\"\n\
+             secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\ntimeout_secs = 1\n\
+             retry_base = \"20ms\"\nretry_max = \"200ms\"\n",
+            db.display(),
+            shop.display()
+        ),
+    )
+    .unwrap();
+
+    let mut rng = Rng(seed);
+    let all: VecDeque<Delivery> = (1..=payments)
+        .map(|i| {
+            let id = format!("evt_ok_{i}");
+            Delivery { body: event(&id, "succeeded", i), id, forged: false, again: false }
+        })
+        .collect();
+    let mut daemon = Daemon {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_reconciled")),
+        config,
+        log: dir.path().join("daemon.log"),
+        child: None,
+        failpoint: None,
+    };
+    daemon.start();
+    let started = Instant::now();
+    let queue = Arc::new(Mutex::new(all));
+    let seen = Arc::new(Seen::default());
+    let senders: Vec<_> = (0..2)
+        .map(|n| tokio::spawn(sender(addr, queue.clone(), seen.clone(), Rng(seed + n * 2 + 1))))
+        .collect();
+
+    // Kills spread over the notifications and the deliveries. With crash points compiled in,
+    // every other run dies right after a delivery's answer and before recording it: the
+    // delivery must go out again, with the same webhook-id.
+    for n in 1..=kills {
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
+        daemon.kill();
+        assert_eq!(integrity(&db), "ok", "integrity_check after kill {n}");
+        let crash_point = cfg!(feature = "failpoints") && n % 2 == 0 && n < kills;
+        daemon.failpoint = crash_point.then_some("deliver_before_record");
+        daemon.start();
+    }
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(300), s).await.expect("senders finish").unwrap();
+    }
+    let expected = payments as i64 * 2;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = Connection::open(&db).and_then(|c| {
+            c.query_row(
+                "SELECT (SELECT count(*) FROM outbox), \
+                 (SELECT count(*) FROM deliveries WHERE state = 'delivered')",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+        });
+        if done.is_ok_and(|(actions, delivered)| actions == expected && delivered == expected) {
+            break;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill();
+
+    let conn = Connection::open(&db).unwrap();
+    let keys: Vec<String> = conn
+        .prepare("SELECT idempotency_key FROM outbox")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let undelivered: i64 = conn
+        .query_row("SELECT count(*) FROM deliveries WHERE state != 'delivered'", [], |r| r.get(0))
+        .unwrap();
+    let delivered = received.delivered.lock().unwrap();
+    let answered = received.answered.lock().unwrap();
+    let never_accepted = keys
+        .iter()
+        .filter(|k| !delivered.contains_key(&reconciled::deliver::webhook_id(k)))
+        .count();
+    let ids_with_two_actions = delivered.values().filter(|keys| keys.len() != 1).count();
+    let mismatched = delivered
+        .iter()
+        .filter(|(id, keys)| keys.iter().any(|k| &reconciled::deliver::webhook_id(k) != *id))
+        .count();
+    let repeats: u64 = answered.values().map(|n| n - 1).sum();
+    println!(
+        "delivery crash harness (seed {seed}): {kills} kills, {} actions, {} requests to the \
+         receiver ({} failed on purpose), {repeats} repeats of an accepted delivery; \
+         never accepted {never_accepted}, undelivered {undelivered}, webhook-ids standing for \
+         two actions {ids_with_two_actions}, ids not matching their action {mismatched}; {:.1} s",
+        keys.len(),
+        received.requests.load(Ordering::Relaxed),
+        received.failed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(keys.len() as i64, expected, "every payment decided: fulfil and notice");
+    assert_eq!((ids_with_two_actions, mismatched), (0, 0));
+    if cfg!(feature = "test-deliver-ignores-answer") {
+        assert!(never_accepted > 0, "a dispatcher ignoring answers must leave actions unaccepted");
+    } else {
+        assert_eq!((never_accepted, undelivered), (0, 0));
+    }
+    if cfg!(feature = "failpoints") && !cfg!(feature = "test-deliver-ignores-answer") {
+        assert!(
+            repeats > 0,
+            "runs that died between an accepted delivery and its record repeat it"
+        );
     }
 }
