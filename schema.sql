@@ -190,3 +190,8 @@ CREATE TABLE delivery_attempts (
     detail      TEXT,
     PRIMARY KEY (action_id, sink, attempt)
 ) WITHOUT ROWID;
+
+-- migration: 12
+-- The payment status API reads one order's payments and actions.
+CREATE INDEX payments_by_order ON payments (order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX outbox_by_order ON outbox (order_id) WHERE order_id IS NOT NULL;

@@ -51,6 +51,23 @@ pub async fn run(
             None
         }
     };
+    let admin = match (&config.admin, &config.shop) {
+        (Some(admin), Some(shop)) => {
+            let listener = TcpListener::bind(admin.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", admin.listen))?;
+            tracing::info!(addr = %admin.listen, "admin API on http://{}", admin.listen);
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                admin.clone(),
+                store.clone(),
+                shop.clone(),
+                written_rx.clone(),
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
     let mut running = deliver::Running::new(store.clone(), written_rx, shutdown.clone());
     running.set(&config.sinks).map_err(|e| anyhow::anyhow!(e))?;
     let dispatchers = Arc::new(tokio::sync::Mutex::new(running));
@@ -96,6 +113,9 @@ pub async fn run(
     }
     // A delivery cut short is still owed, and goes out again with the same webhook-id.
     dispatchers.lock().await.stop().await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     let _ = pruner.await;
     if store.is_dead() {
         return Err(StoreError::WriterDied.into());

@@ -14,12 +14,14 @@
 //! - [`store`]: the inbox, payments and outbox: schema, migrations, the group-commit writer.
 //! - [`reconcile`]: the worker and the pure decision table.
 //! - [`deliver`]: the `[[sink]]`s and the dispatchers that deliver actions to them.
+//! - [`admin`]: the admin listener (the payment status for the confirmation page).
 //! - [`shop`]: read-only order lookups in the shop's database.
 //! - [`domain`]: the nouns the decision table and the store share (statuses, actions).
 //! - [`money`]: exact amounts in minor units with ISO 4217 currencies.
 //! - [`secret`], [`time`], [`error`], [`failpoint`], [`systemd`]: shared helpers.
 //! - [`cli`]: one file per subcommand; `main.rs` only maps errors to exit codes.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;

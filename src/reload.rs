@@ -50,6 +50,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("store.retention_days", s.retention_days != t.retention_days),
         ("store.wal_max_mb", s.wal_max_mb != t.wal_max_mb),
         ("[shop] (added or removed)", old.shop.is_some() != new.shop.is_some()),
+        ("[admin] and [messages]", old.admin != new.admin),
     ]
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))

@@ -69,7 +69,7 @@ impl fmt::Debug for BasicAuth {
 }
 
 /// A signing secret. Its `Debug` and `Display` never show the value.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Box<str>);
 
 impl Secret {

@@ -83,6 +83,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Where actions are delivered (`[[sink]]`).
     pub sinks: Vec<SinkConfig>,
+    /// The admin listener (`[admin]`, `[messages]`); off without `[admin]`.
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -101,6 +103,8 @@ struct RawConfig {
     worker: sections::RawWorker,
     #[serde(default, rename = "sink")]
     sinks: Vec<toml::Table>,
+    admin: Option<crate::admin::RawAdmin>,
+    messages: Option<crate::admin::status::Messages>,
 }
 
 impl Config {
@@ -165,6 +169,21 @@ impl Config {
                 "sinks deliver the actions the reconciliation writes, which needs a [shop]",
             ));
         }
+        let admin = match (raw.admin, raw.messages) {
+            (Some(admin), messages) => {
+                if shop.is_none() {
+                    return Err(r.invalid(
+                        "admin",
+                        "the admin listener answers about the shop's orders, which needs a [shop]",
+                    ));
+                }
+                Some(crate::admin::AdminConfig::resolve(admin, messages.unwrap_or_default(), &r)?)
+            }
+            (None, Some(_)) => {
+                return Err(r.invalid("messages", "are shown by the admin listener: add [admin]"))
+            }
+            (None, None) => None,
+        };
         Ok(Config {
             source: source.to_owned(),
             server,
@@ -174,6 +193,7 @@ impl Config {
             policy,
             worker,
             sinks,
+            admin,
         })
     }
 }

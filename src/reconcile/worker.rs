@@ -86,7 +86,8 @@ pub struct Worker {
     decider: Arc<Decider>,
     /// The endpoints' providers, by endpoint name: they parse and confirm stored rows.
     pub(super) endpoints: Arc<Endpoints>,
-    /// Bumped after each batch that wrote actions: wakes the sinks' dispatchers.
+    /// Bumped after each batch it decided: wakes the sinks' dispatchers and the admin API's
+    /// long polls.
     written: Option<watch::Sender<u64>>,
 }
 
@@ -246,7 +247,7 @@ impl Worker {
             let (count, actions, more) = written?;
             stats.claimed += count;
             stats.actions += actions;
-            if actions > 0 {
+            if count > 0 {
                 if let Some(w) = &self.written {
                     w.send_modify(|n| *n = n.wrapping_add(1));
                 }

@@ -40,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::batch::{Applied, Mode, Planner};
 pub use self::rows::{
     Attempt, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Failure, FailureRecord, InboxRow,
-    InboxSummary, ListFilter, NewRow, OutboxFilter, OutboxRow, Owed, Stored, FAILURE_BODY_PREFIX,
+    InboxSummary, ListFilter, NewRow, OrderPayments, OutboxFilter, OutboxRow, Owed, PaymentSummary,
+    Stored, FAILURE_BODY_PREFIX,
 };
 use crate::provider::ProviderKind;
 
@@ -384,6 +385,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_attempt(sink.to_owned(), action_id, attempt).await,
+        }
+    }
+
+    /// An order's payments and whether a live refund or review action names it.
+    pub async fn order_payments(&self, order_id: &str) -> Result<OrderPayments, StoreError> {
+        let order_id = order_id.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::order_payments(c, &order_id)).await,
         }
     }
 

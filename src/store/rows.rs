@@ -193,6 +193,35 @@ pub struct OutboxFilter {
     pub shadow: bool,
 }
 
+/// What the store holds about one order's payments, for the payment status API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderPayments {
+    /// The payments matched to the order.
+    pub payments: Vec<PaymentSummary>,
+    /// A live refund action names the order.
+    pub refunded: bool,
+    /// A live review action names the order.
+    pub review: bool,
+}
+
+/// One payment of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentSummary {
+    /// Provider name.
+    pub provider: String,
+    /// The provider's payment id.
+    pub payment_id: String,
+    /// `pending`, `authorized`, `succeeded`, `failed` or `canceled`.
+    pub status: String,
+    /// Whether it is the payment that paid the order.
+    #[serde(skip)]
+    pub fulfilled: bool,
+    /// The amount its latest action names, as a decimal string.
+    pub amount: Option<String>,
+    /// Its currency (ISO 4217).
+    pub currency: Option<String>,
+}
+
 /// A delivery owed to a sink: its action, and how many attempts it has had.
 #[derive(Debug, Clone)]
 pub struct Owed {

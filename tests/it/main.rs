@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real sockets, real SQLite files.
 
 mod adflex;
+mod admin;
 mod cli;
 mod deliver;
 mod failpoints;

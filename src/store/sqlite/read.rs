@@ -4,7 +4,10 @@ use rusqlite::types::{Type, Value};
 use rusqlite::{params_from_iter, Connection};
 
 use crate::domain::{ActionKind, InboxStatus};
-use crate::store::{body, Failure, InboxRow, InboxSummary, ListFilter, OutboxFilter, OutboxRow};
+use crate::store::{
+    body, Failure, InboxRow, InboxSummary, ListFilter, OrderPayments, OutboxFilter, OutboxRow,
+    PaymentSummary,
+};
 
 const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, received_at, \
      last_received_at, remote_addr, delivery_count, status, coalesce(body_len, length(body)), outcome, attempts, last_error, \
@@ -195,6 +198,46 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         created_at: crate::time::format_utc(r.get(13)?),
         shadow: r.get(15)?,
     })
+}
+
+/// An order's payments (each with the amount of its latest live action) and whether a live
+/// refund or review action names the order.
+pub fn order_payments(conn: &Connection, order_id: &str) -> rusqlite::Result<OrderPayments> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.provider, p.payment_id, p.status, p.fulfilled, \
+         (SELECT amount_minor FROM outbox o WHERE o.order_id = p.order_id AND o.payment_id = p.payment_id \
+            AND o.shadow = 0 AND o.amount_minor IS NOT NULL ORDER BY o.id DESC LIMIT 1), \
+         (SELECT currency FROM outbox o WHERE o.order_id = p.order_id AND o.payment_id = p.payment_id \
+            AND o.shadow = 0 AND o.amount_minor IS NOT NULL ORDER BY o.id DESC LIMIT 1) \
+         FROM payments p WHERE p.order_id = ?1 ORDER BY p.updated_at",
+    )?;
+    let payments = stmt
+        .query_map([order_id], |r| {
+            let minor: Option<i64> = r.get(4)?;
+            let currency: Option<String> = r.get(5)?;
+            let amount = match (minor, &currency) {
+                (Some(m), Some(c)) => crate::money::Currency::parse(c)
+                    .ok()
+                    .map(|c| crate::money::Money::new(m, c).to_decimal_string()),
+                _ => None,
+            };
+            Ok(PaymentSummary {
+                provider: r.get(0)?,
+                payment_id: r.get(1)?,
+                status: r.get(2)?,
+                fulfilled: r.get(3)?,
+                amount,
+                currency,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let has = |kind: &str| -> rusqlite::Result<bool> {
+        conn.prepare_cached(
+            "SELECT 1 FROM outbox WHERE order_id = ?1 AND kind = ?2 AND shadow = 0 LIMIT 1",
+        )?
+        .exists(params_from_iter([order_id, kind]))
+    };
+    Ok(OrderPayments { payments, refunded: has("refund")?, review: has("review")? })
 }
 
 /// One action by id.

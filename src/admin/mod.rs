@@ -1,0 +1,311 @@
+//! The admin listener (`[admin]`): a second HTTP listener for the shop's own systems, apart
+//! from the providers' webhooks that face the internet. Loopback by default; every request
+//! needs `Authorization: Bearer <token>`, compared in constant time.
+//!
+//! `GET /v1/orders/{order_id}/payment?wait=SECS` tells the confirmation page where the order's
+//! payment stands ([`status::State`]), with the customer-facing sentence from `[messages]`.
+//! With `wait`, it answers as soon as the state is settled (not `awaiting_payment` or
+//! `processing`), or when `wait` (at most 30 s) runs out: a thank-you page can wait for the
+//! webhook instead of polling. An order the shop does not have: 404.
+
+pub mod status;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use sha2::Digest;
+use subtle::ConstantTimeEq;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use self::status::{Messages, State};
+use crate::secret::Secret;
+use crate::settings::{ConfigError, Resolver};
+use crate::shop::{Lookup, OrderSource, ShopConfig};
+use crate::store::Store;
+
+/// The longest `wait` a long poll may ask for.
+pub const MAX_WAIT_SECS: u64 = 30;
+/// Connections the admin listener serves at once.
+const MAX_CONNECTIONS: usize = 64;
+/// The longest order id accepted in a path.
+const MAX_ORDER_ID: usize = 128;
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The Bearer token every request needs.
+    pub token: Secret,
+    /// The sentences for each payment state.
+    pub messages: Messages,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    listen: Option<String>,
+    #[serde(default, deserialize_with = "one_secret")]
+    token: Option<Secret>,
+    #[serde(default)]
+    allow_remote: bool,
+}
+
+fn one_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(Some(Secret::new(s))),
+        _ => Err(D::Error::custom("must be a string")),
+    }
+}
+
+impl AdminConfig {
+    /// Resolves `[admin]` and `[messages]`.
+    pub(crate) fn resolve(
+        raw: RawAdmin,
+        messages: Messages,
+        r: &Resolver<'_>,
+    ) -> Result<AdminConfig, ConfigError> {
+        let text = raw.listen.unwrap_or_else(|| "127.0.0.1:8081".into());
+        let listen: SocketAddr = text.parse().map_err(|_| {
+            r.invalid(
+                "admin.listen",
+                format!("\"{text}\" is not an address such as 127.0.0.1:8081"),
+            )
+        })?;
+        if !listen.ip().is_loopback() && !raw.allow_remote {
+            return Err(r.invalid(
+                "admin.listen",
+                format!("{listen} is not a loopback address; set admin.allow_remote = true to serve other hosts (behind TLS)"),
+            ));
+        }
+        let token = raw.token.ok_or_else(|| r.invalid("admin.token", "is required"))?;
+        if token.expose().len() < 16 {
+            return Err(
+                r.invalid("admin.token", "must be at least 16 characters (openssl rand -hex 24)")
+            );
+        }
+        r.secrets("admin.token", std::slice::from_ref(&token))?;
+        for (key, text) in [
+            ("awaiting_payment", &messages.awaiting_payment),
+            ("processing", &messages.processing),
+            ("paid", &messages.paid),
+            ("failed", &messages.failed),
+            ("refunded", &messages.refunded),
+            ("review", &messages.review),
+        ] {
+            if text.trim().is_empty() || text.len() > 1000 {
+                return Err(r.invalid(&format!("messages.{key}"), "must be 1 to 1000 characters"));
+            }
+        }
+        Ok(AdminConfig { listen, token, messages })
+    }
+}
+
+/// What the admin listener's handlers share.
+struct Admin {
+    store: Store,
+    shop: ShopConfig,
+    source: tokio::sync::Mutex<Option<Arc<OrderSource>>>,
+    token_digest: [u8; 32],
+    messages: Messages,
+    decided: watch::Receiver<u64>,
+}
+
+/// Serves the admin API on `listener` until `shutdown`. `decided` changes whenever the worker
+/// has decided rows (a long poll looks again then).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: AdminConfig,
+    store: Store,
+    shop: ShopConfig,
+    decided: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    let admin = Arc::new(Admin {
+        store,
+        shop,
+        source: tokio::sync::Mutex::new(None),
+        token_digest: sha2::Sha256::digest(config.token.expose()).into(),
+        messages: config.messages,
+        decided,
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let admin = admin.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .max_buf_size(16 * 1024)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    let source = admin.source.lock().await.take();
+    if let Some(Ok(source)) = source.map(Arc::try_unwrap) {
+        source.close().await;
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = value.to_string();
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| sha2::Sha256::digest(t.trim().as_bytes()));
+    let authorized = given.is_some_and(|d| bool::from(d.as_slice().ct_eq(&admin.token_digest)));
+    if !authorized {
+        let mut resp = error(StatusCode::UNAUTHORIZED, "a valid Bearer token is required");
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    let path = req.uri().path();
+    let Some(order_id) =
+        path.strip_prefix("/v1/orders/").and_then(|rest| rest.strip_suffix("/payment"))
+    else {
+        return error(StatusCode::NOT_FOUND, "no such path");
+    };
+    if req.method() != hyper::Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let plain = |c: char| c.is_ascii_graphic() && c != '/' && c != '%';
+    if order_id.is_empty() || order_id.len() > MAX_ORDER_ID || !order_id.chars().all(plain) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the order id must be 1 to 128 printable characters",
+        );
+    }
+    let wait = match wait_of(req.uri().query()) {
+        Ok(w) => w,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    match payment_status(admin, order_id, wait).await {
+        Ok(Some(body)) => json(StatusCode::OK, &body),
+        Ok(None) => error(StatusCode::NOT_FOUND, "the shop has no such order"),
+        Err(why) => {
+            tracing::warn!(error = %why, "payment status unavailable");
+            error(StatusCode::SERVICE_UNAVAILABLE, "payment status unavailable, retry later")
+        }
+    }
+}
+
+/// `wait=SECS` from the query, at most [`MAX_WAIT_SECS`].
+fn wait_of(query: Option<&str>) -> Result<Duration, String> {
+    let mut wait = Duration::ZERO;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("wait", v)) => {
+                let secs: u64 =
+                    v.parse().map_err(|_| format!("wait: \"{v}\" is not a number of seconds"))?;
+                if secs > MAX_WAIT_SECS {
+                    return Err(format!("wait: at most {MAX_WAIT_SECS} seconds"));
+                }
+                wait = Duration::from_secs(secs);
+            }
+            _ => return Err("the only parameter is wait=SECS".into()),
+        }
+    }
+    Ok(wait)
+}
+
+/// The order's payment status, waiting up to `wait` for it to settle; `None` when the shop
+/// has no such order.
+async fn payment_status(
+    admin: &Admin,
+    order_id: &str,
+    wait: Duration,
+) -> Result<Option<serde_json::Value>, String> {
+    let source = {
+        let mut slot = admin.source.lock().await;
+        match &*slot {
+            Some(s) => s.clone(),
+            None => {
+                let s =
+                    Arc::new(OrderSource::connect(&admin.shop).await.map_err(|e| e.to_string())?);
+                *slot = Some(s.clone());
+                s
+            }
+        }
+    };
+    let lookup = Lookup { reference: Some(order_id.to_owned()), psp_reference: None };
+    let known = source.find(&lookup, &admin.shop.status).await.map_err(|e| e.to_string())?;
+    if known.is_none() {
+        return Ok(None);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut decided = admin.decided.clone();
+    loop {
+        decided.mark_unchanged();
+        let facts = admin.store.order_payments(order_id).await.map_err(|e| e.to_string())?;
+        let state = State::of(&facts);
+        if !state.is_open() || tokio::time::Instant::now() >= deadline {
+            return Ok(Some(serde_json::json!({
+                "order_id": order_id,
+                "state": state,
+                "message": admin.messages.of(state),
+                "payments": facts.payments,
+            })));
+        }
+        tokio::select! {
+            _ = decided.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_is_bounded_and_the_only_parameter() {
+        assert_eq!(wait_of(None), Ok(Duration::ZERO));
+        assert_eq!(wait_of(Some("wait=25")), Ok(Duration::from_secs(25)));
+        assert!(wait_of(Some("wait=31")).is_err());
+        assert!(wait_of(Some("wait=soon")).is_err());
+        assert!(wait_of(Some("token=x")).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The admin listener: where an order's payment stands, for the shop's confirmation page.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use serde_json::Value;
+
+use crate::harness::{self, pi_event, shop_config, Daemon, Shop, SECRET};
+
+const TOKEN: &str = "admin-token-0123456789abcdef";
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+async fn status(admin: SocketAddr, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> =
+        auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+    let (code, body) = harness::request(admin, "GET", path, &headers, Default::default()).await;
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn start(dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
+    let extra = format!(
+        "[policy]\non_currency_mismatch = \"review\"\n\
+         [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
+         [messages]\npaid = \"Thank you: your order is on its way.\"\n"
+    );
+    let d = Daemon::start_with(dir, "", "", &shop_config(shop, &extra)).await;
+    // The daemon binds the admin listener as it starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(Instant::now() < deadline, "the admin listener never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d
+}
+
+/// Each state the confirmation page can show, from the payments the daemon decided, with the
+/// configured sentence; refusals for a missing token, a wrong one, an unknown order and a bad
+/// `wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payment_status_of_each_order_follows_its_payments() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for id in 1001..=1006 {
+        shop.add(id, "pending", "100.00", "USD");
+    }
+    let admin = free_port();
+    let d = start(dir.path(), &shop, admin).await;
+    for (event, action, pi, order, amount, currency) in [
+        ("evt_paid", "succeeded", "pi_1", "1001", 10000, "usd"),
+        ("evt_processing", "processing", "pi_2", "1002", 10000, "usd"),
+        ("evt_short", "succeeded", "pi_3", "1003", 6000, "usd"),
+        ("evt_failed", "payment_failed", "pi_4", "1004", 10000, "usd"),
+        ("evt_eur", "succeeded", "pi_5", "1005", 10000, "eur"),
+    ] {
+        let body = pi_event(event, action, pi, order, amount, currency);
+        assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    }
+    d.settle().await;
+    let path = |order: &str| format!("/v1/orders/{order}/payment");
+    for (order, state) in [
+        ("1001", "paid"),
+        ("1002", "processing"),
+        ("1003", "refunded"),
+        ("1004", "failed"),
+        ("1005", "review"),
+        ("1006", "awaiting_payment"),
+    ] {
+        let (code, body) = status(admin, &path(order), Some(TOKEN)).await;
+        assert_eq!(
+            (code, body["state"].as_str()),
+            (StatusCode::OK, Some(state)),
+            "{order}: {body}"
+        );
+        assert_eq!(body["order_id"], order);
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+    let (_, paid) = status(admin, &path("1001"), Some(TOKEN)).await;
+    assert_eq!(paid["message"], "Thank you: your order is on its way.");
+    assert_eq!(
+        paid["payments"],
+        serde_json::json!([{"provider": "stripe", "payment_id": "pi_1", "status": "succeeded", "amount": "100.00", "currency": "USD"}])
+    );
+
+    for (token, path, expected) in [
+        (None, path("1001"), StatusCode::UNAUTHORIZED),
+        (Some("admin-token-0123456789abcdeX"), path("1001"), StatusCode::UNAUTHORIZED),
+        (Some(TOKEN), path("9999"), StatusCode::NOT_FOUND),
+        (Some(TOKEN), "/v1/orders/1001".to_owned(), StatusCode::NOT_FOUND),
+        (Some(TOKEN), format!("{}?wait=31", path("1001")), StatusCode::BAD_REQUEST),
+        (Some(TOKEN), format!("{}?wait=x", path("1001")), StatusCode::BAD_REQUEST),
+    ] {
+        let (code, body) = status(admin, &path, token).await;
+        assert_eq!(code, expected, "{path} {token:?}: {body}");
+        assert!(!body.to_string().contains(TOKEN), "{body}");
+    }
+    d.stop().await;
+}
+
+/// With `wait`, the answer comes as soon as the payment is decided, not when `wait` runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_when_the_payment_is_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let admin = free_port();
+    let d = start(dir.path(), &shop, admin).await;
+    let started = Instant::now();
+    let poll =
+        tokio::spawn(
+            async move { status(admin, "/v1/orders/1001/payment?wait=20", Some(TOKEN)).await },
+        );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poll.is_finished(), "the poll answered before anything was paid");
+    let body = pi_event("evt_paid", "succeeded", "pi_1", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    let (code, body) = poll.await.unwrap();
+    assert_eq!((code, body["state"].as_str()), (StatusCode::OK, Some("paid")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(15), "answered only when wait ran out");
+    // Nothing to wait for: an open state answers when wait runs out.
+    let started = Instant::now();
+    shop.add(1002, "pending", "100.00", "USD");
+    let (_, body) = status(admin, "/v1/orders/1002/payment?wait=1", Some(TOKEN)).await;
+    assert_eq!(body["state"], "awaiting_payment");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    d.stop().await;
+}
+
+/// The admin listener stays on loopback unless told otherwise, and needs a real token.
+#[test]
+fn the_admin_listener_is_refused_off_loopback_and_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let db = dir.path().join("inbox.db");
+    for (admin, why) in [
+        (format!("listen = \"0.0.0.0:8081\"\ntoken = \"{TOKEN}\""), "not a loopback address"),
+        ("listen = \"127.0.0.1:8081\"".to_owned(), "admin.token: is required"),
+        ("token = \"short\"".to_owned(), "at least 16 characters"),
+    ] {
+        let text = crate::harness::config_text_with(
+            &db,
+            "",
+            "",
+            &shop_config(&shop, &format!("[admin]\n{admin}\n")),
+        );
+        let err = reconciled::config::Config::from_toml(&text, Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(!err.to_string().contains(TOKEN));
+    }
+    let remote = crate::harness::config_text_with(
+        &db,
+        "",
+        "",
+        &shop_config(
+            &shop,
+            &format!(
+                "[admin]\nlisten = \"0.0.0.0:8081\"\nallow_remote = true\ntoken = \"{TOKEN}\"\n"
+            ),
+        ),
+    );
+    assert!(reconciled::config::Config::from_toml(&remote, Path::new("t.toml")).is_ok());
+}
