@@ -62,6 +62,7 @@ pub async fn run(
                 admin.clone(),
                 store.clone(),
                 shop.clone(),
+                config.sinks.clone(),
                 written_rx.clone(),
                 shutdown.clone(),
             )))

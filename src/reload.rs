@@ -51,10 +51,20 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("store.wal_max_mb", s.wal_max_mb != t.wal_max_mb),
         ("[shop] (added or removed)", old.shop.is_some() != new.shop.is_some()),
         ("[admin] and [messages]", old.admin != new.admin),
+        ("[[sink]]s of kind pull", pulls(old) != pulls(new)),
     ]
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))
     .collect()
+}
+
+/// The pull sinks: served by the admin listener, which takes its settings at start.
+fn pulls(config: &Config) -> Vec<&crate::deliver::SinkConfig> {
+    config
+        .sinks
+        .iter()
+        .filter(|s| matches!(s.target, crate::deliver::Target::Pull { .. }))
+        .collect()
 }
 
 /// Checks `new` against the running `old` configuration and prepares what it brings; `worker`

@@ -145,6 +145,15 @@ pub(crate) fn secret_map<'de, D: Deserializer<'de>>(
     Ok(out)
 }
 
+/// Reads one secret (a string) without ever putting a value into an error message.
+pub(crate) fn one_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(Some(Secret::new(s))),
+        _ => Err(D::Error::custom("must be a string")),
+    }
+}
+
 /// Reads a list of secrets without ever putting a value into an error message.
 pub(crate) fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
     use serde::de::Error;

@@ -7,7 +7,15 @@
 //! With `wait`, it answers as soon as the state is settled (not `awaiting_payment` or
 //! `processing`), or when `wait` (at most 30 s) runs out: a thank-you page can wait for the
 //! webhook instead of polling. An order the shop does not have: 404.
+//!
+//! The pull API serves each `kind = "pull"` sink, with that sink's own token:
+//! `GET /v1/outbox/{sink}?limit=N&wait=SECS` hands out the oldest actions the sink is owed (in
+//! the sinks' order rule) and leases them for the sink's `lease_secs`, answering as soon as
+//! there is one or when `wait` runs out; `POST /v1/outbox/{sink}/{action_id}/ack` marks one
+//! delivered and `POST …/nack` makes it due again after the sink's backoff (both 204). An
+//! action leased and neither acked nor nacked within its lease is handed out again.
 
+mod pull;
 pub mod status;
 
 use std::convert::Infallible;
@@ -27,6 +35,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use self::status::{Messages, State};
+use crate::deliver::{SinkConfig, Target};
 use crate::secret::Secret;
 use crate::settings::{ConfigError, Resolver};
 use crate::shop::{Lookup, OrderSource, ShopConfig};
@@ -54,18 +63,10 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     listen: Option<String>,
-    #[serde(default, deserialize_with = "one_secret")]
+    #[serde(default, deserialize_with = "crate::secret::one_secret")]
     token: Option<Secret>,
     #[serde(default)]
     allow_remote: bool,
-}
-
-fn one_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    use serde::de::Error;
-    match toml::Value::deserialize(d)? {
-        toml::Value::String(s) => Ok(Some(Secret::new(s))),
-        _ => Err(D::Error::custom("must be a string")),
-    }
 }
 
 impl AdminConfig {
@@ -119,7 +120,12 @@ struct Admin {
     token_digest: [u8; 32],
     messages: Messages,
     decided: watch::Receiver<u64>,
+    /// The pull sinks, each with the digest of its token.
+    pulls: Vec<(SinkConfig, [u8; 32])>,
 }
+
+/// The most actions one pull hands out.
+const MAX_PULL: usize = 500;
 
 /// Serves the admin API on `listener` until `shutdown`. `decided` changes whenever the worker
 /// has decided rows (a long poll looks again then).
@@ -128,9 +134,20 @@ pub async fn serve(
     config: AdminConfig,
     store: Store,
     shop: ShopConfig,
+    sinks: Vec<SinkConfig>,
     decided: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
+    let pulls = sinks
+        .into_iter()
+        .filter_map(|s| match &s.target {
+            Target::Pull { token, .. } => {
+                let digest: [u8; 32] = sha2::Sha256::digest(token.expose()).into();
+                Some((s, digest))
+            }
+            _ => None,
+        })
+        .collect();
     let admin = Arc::new(Admin {
         store,
         shop,
@@ -138,6 +155,7 @@ pub async fn serve(
         token_digest: sha2::Sha256::digest(config.token.expose()).into(),
         messages: config.messages,
         decided,
+        pulls,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -186,21 +204,30 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let given = req
-        .headers()
+/// Whether the request carries the Bearer token whose SHA-256 is `digest` (constant time).
+fn authorized(req: &Request<Incoming>, digest: &[u8; 32]) -> bool {
+    req.headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| sha2::Sha256::digest(t.trim().as_bytes()));
-    let authorized = given.is_some_and(|d| bool::from(d.as_slice().ct_eq(&admin.token_digest)));
-    if !authorized {
-        let mut resp = error(StatusCode::UNAUTHORIZED, "a valid Bearer token is required");
-        resp.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            hyper::header::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
+        .map(|t| sha2::Sha256::digest(t.trim().as_bytes()))
+        .is_some_and(|d| bool::from(d.as_slice().ct_eq(digest)))
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut resp = error(StatusCode::UNAUTHORIZED, "a valid Bearer token is required");
+    resp.headers_mut()
+        .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(rest) = req.uri().path().strip_prefix("/v1/outbox/") {
+        let rest = rest.to_owned();
+        return pull::handle(admin, &rest, req).await;
+    }
+    if !authorized(&req, &admin.token_digest) {
+        return unauthorized();
     }
     let path = req.uri().path();
     let Some(order_id) =
@@ -234,21 +261,29 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
 
 /// `wait=SECS` from the query, at most [`MAX_WAIT_SECS`].
 fn wait_of(query: Option<&str>) -> Result<Duration, String> {
-    let mut wait = Duration::ZERO;
+    Ok(params(query, &["wait"])?.0)
+}
+
+/// `wait=SECS` (at most [`MAX_WAIT_SECS`]) and `limit=N` from a query that may hold only the
+/// `allowed` ones.
+fn params(query: Option<&str>, allowed: &[&str]) -> Result<(Duration, Option<usize>), String> {
+    let (mut wait, mut limit) = (Duration::ZERO, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("wait", v)) => {
-                let secs: u64 =
-                    v.parse().map_err(|_| format!("wait: \"{v}\" is not a number of seconds"))?;
-                if secs > MAX_WAIT_SECS {
-                    return Err(format!("wait: at most {MAX_WAIT_SECS} seconds"));
-                }
-                wait = Duration::from_secs(secs);
+        let (key, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&key) {
+            return Err(format!("the parameters are {}", allowed.join(", ")));
+        }
+        let n: u64 = v.parse().map_err(|_| format!("{key}: \"{v}\" is not a number"))?;
+        match key {
+            "wait" if n > MAX_WAIT_SECS => {
+                return Err(format!("wait: at most {MAX_WAIT_SECS} seconds"))
             }
-            _ => return Err("the only parameter is wait=SECS".into()),
+            "wait" => wait = Duration::from_secs(n),
+            _ if n == 0 || n > MAX_PULL as u64 => return Err(format!("limit: 1 to {MAX_PULL}")),
+            _ => limit = Some(n as usize),
         }
     }
-    Ok(wait)
+    Ok((wait, limit))
 }
 
 /// The order's payment status, waiting up to `wait` for it to settle; `None` when the shop

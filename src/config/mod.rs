@@ -184,6 +184,13 @@ impl Config {
             }
             (None, None) => None,
         };
+        let pull = sinks.iter().find(|s| matches!(s.target, crate::deliver::Target::Pull { .. }));
+        if let (Some(sink), None) = (pull, &admin) {
+            return Err(r.invalid(
+                &format!("sink \"{}\".kind", sink.name),
+                "a pull sink is served by the admin listener: add [admin]",
+            ));
+        }
         Ok(Config {
             source: source.to_owned(),
             server,

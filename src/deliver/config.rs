@@ -51,6 +51,13 @@ pub enum Target {
         /// The program and its arguments (no shell).
         command: Vec<String>,
     },
+    /// Fetched by the shop from the admin listener (`GET /v1/outbox/{sink}`), acked one by one.
+    Pull {
+        /// The Bearer token of this sink's pull API.
+        token: Secret,
+        /// How long fetched actions stay leased before they are handed out again.
+        lease: Duration,
+    },
 }
 
 impl Target {
@@ -59,6 +66,7 @@ impl Target {
         match self {
             Target::Http { .. } => "http",
             Target::Exec { .. } => "exec",
+            Target::Pull { .. } => "pull",
         }
     }
 }
@@ -91,6 +99,7 @@ impl std::fmt::Debug for SigningKey {
 enum Kind {
     Http,
     Exec,
+    Pull,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +112,9 @@ struct Raw {
     secrets: Vec<Secret>,
     tls_ca_file: Option<std::path::PathBuf>,
     command: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::secret::one_secret")]
+    token: Option<Secret>,
+    lease_secs: Option<u64>,
     actions: Option<Vec<ActionKind>>,
     timeout_secs: Option<u64>,
     retry_base: Option<String>,
@@ -137,6 +149,8 @@ impl SinkConfig {
         let target = match raw.kind {
             Kind::Http => {
                 misplaced("command", raw.command.is_some())?;
+                misplaced("token", raw.token.is_some())?;
+                misplaced("lease_secs", raw.lease_secs.is_some())?;
                 let text = raw.url.as_deref().ok_or_else(|| r.invalid("url", "is required"))?;
                 let url = url::Url::parse(text)
                     .map_err(|e| r.invalid("url", format!("\"{text}\" is not a URL: {e}")))?;
@@ -172,10 +186,28 @@ impl SinkConfig {
                 let tls_ca = crate::provider::read_tls_ca(&r, raw.tls_ca_file.as_deref())?;
                 Target::Http { url, secrets, tls_ca }
             }
+            Kind::Pull => {
+                misplaced("url", raw.url.is_some())?;
+                misplaced("secrets", !raw.secrets.is_empty())?;
+                misplaced("tls_ca_file", raw.tls_ca_file.is_some())?;
+                misplaced("command", raw.command.is_some())?;
+                let token = raw.token.clone().ok_or_else(|| r.invalid("token", "is required"))?;
+                if token.expose().len() < 16 {
+                    return Err(r.invalid(
+                        "token",
+                        "must be at least 16 characters (openssl rand -hex 24)",
+                    ));
+                }
+                r.secrets("token", std::slice::from_ref(&token))?;
+                let lease = r.bounded("lease_secs", raw.lease_secs, 60, 3600)?;
+                Target::Pull { token, lease: Duration::from_secs(lease) }
+            }
             Kind::Exec => {
                 misplaced("url", raw.url.is_some())?;
                 misplaced("secrets", !raw.secrets.is_empty())?;
                 misplaced("tls_ca_file", raw.tls_ca_file.is_some())?;
+                misplaced("token", raw.token.is_some())?;
+                misplaced("lease_secs", raw.lease_secs.is_some())?;
                 let command = raw.command.unwrap_or_default();
                 match command.first() {
                     None => {
@@ -231,6 +263,11 @@ impl SinkConfig {
                 format!("POST {url}, signed with {}", hints.join(", "))
             }
             Target::Exec { command } => format!("runs {}", command[0]),
+            Target::Pull { token, lease } => format!(
+                "pulled from the admin listener (token {}, lease {}s)",
+                token.hint(),
+                lease.as_secs()
+            ),
         };
         format!(
             "sink {} ({}): {target}; actions {}; timeout {}s, retries {} to {}, dead after {}",
@@ -249,6 +286,7 @@ fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Http => "http",
         Kind::Exec => "exec",
+        Kind::Pull => "pull",
     }
 }
 

@@ -136,7 +136,7 @@ impl Running {
     /// no longer configured stops.
     pub fn set(&mut self, sinks: &[SinkConfig]) -> Result<(), String> {
         let mut next = std::collections::HashMap::with_capacity(sinks.len());
-        for sink in sinks {
+        for sink in sinks.iter().filter(|s| !matches!(s.target, Target::Pull { .. })) {
             match self.by_name.remove(&sink.name) {
                 Some((old, task)) if &old == sink => {
                     next.insert(sink.name.clone(), (old, task));
@@ -196,7 +196,7 @@ impl Dispatcher {
             Target::Http { tls_ca, .. } => {
                 Some(http::Sender::new(tls_ca.as_deref(), sink.timeout)?)
             }
-            Target::Exec { .. } => None,
+            Target::Exec { .. } | Target::Pull { .. } => None,
         };
         Ok(Dispatcher { store, sink, http })
     }
@@ -264,8 +264,8 @@ impl Dispatcher {
             (Target::Exec { command }, _) => {
                 exec::run(command, &body, &delivery.action, &id, self.sink.timeout).await
             }
-            (Target::Http { .. }, None) => {
-                Outcome { result: Err("no HTTP client".into()), retry_after: None }
+            (Target::Http { .. }, None) | (Target::Pull { .. }, _) => {
+                Outcome { result: Err("not delivered by a dispatcher".into()), retry_after: None }
             }
         };
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);

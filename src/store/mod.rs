@@ -376,15 +376,41 @@ impl Store {
         }
     }
 
-    /// Records an attempt to deliver an action to `sink` and the delivery's new state.
+    /// Records an attempt to deliver an action to `sink` and the delivery's new state; false
+    /// if the delivery was not owed (already delivered, or none).
     pub async fn record_attempt(
         &self,
         sink: &str,
         action_id: i64,
         attempt: Attempt,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_attempt(sink.to_owned(), action_id, attempt).await,
+        }
+    }
+
+    /// As [`Store::owed`], and leases what it returns until `until` (unix ms): it is not owed
+    /// again before then (a pull sink's fetch).
+    pub async fn lease(
+        &self,
+        sink: &str,
+        now: i64,
+        limit: usize,
+        until: i64,
+    ) -> Result<Vec<Owed>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.lease(sink.to_owned(), now, limit, until).await,
+        }
+    }
+
+    /// One delivery's state, attempts and its action's creation time (unix ms), if it exists.
+    pub async fn delivery_state(
+        &self,
+        sink: &str,
+        action_id: i64,
+    ) -> Result<Option<(String, u32, i64)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.delivery_state(sink.to_owned(), action_id).await,
         }
     }
 

@@ -165,3 +165,113 @@ fn the_admin_listener_is_refused_off_loopback_and_without_a_token() {
     );
     assert!(reconciled::config::Config::from_toml(&remote, Path::new("t.toml")).is_ok());
 }
+
+const PULL_TOKEN: &str = "pull-token-0123456789abcdef";
+
+async fn pull(admin: SocketAddr, query: &str, token: &str) -> (StatusCode, Vec<Value>) {
+    let (code, body) = status(admin, &format!("/v1/outbox/backoffice{query}"), Some(token)).await;
+    (code, body["actions"].as_array().cloned().unwrap_or_default())
+}
+
+async fn settle(admin: SocketAddr, id: &Value, verb: &str) -> StatusCode {
+    let auth = format!("Bearer {PULL_TOKEN}");
+    let path = format!("/v1/outbox/backoffice/{id}/{verb}");
+    harness::request(admin, "POST", &path, &[("authorization", &auth)], Default::default()).await.0
+}
+
+/// A pull sink: fetching leases the oldest owed actions (one order's in order), ack marks one
+/// delivered, nack brings it back after the backoff, a lease not settled runs out and the
+/// action is handed out again with the same webhook-id, and a long poll answers when an action
+/// is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_sink_leases_acks_and_nacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for id in 1001..=1003 {
+        shop.add(id, "pending", "100.00", "USD");
+    }
+    let admin = free_port();
+    let extra = format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
+         [[sink]]\nname = \"backoffice\"\nkind = \"pull\"\ntoken = \"{PULL_TOKEN}\"\nlease_secs = 1\n\
+         retry_base = \"200ms\"\nretry_max = \"200ms\"\n"
+    );
+    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    d.settle().await;
+
+    // The sink's own token, and only it.
+    assert_eq!(pull(admin, "", TOKEN).await.0, StatusCode::UNAUTHORIZED);
+    let (code, _) = status(admin, "/v1/outbox/nobody", Some(PULL_TOKEN)).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // The fulfilment first; the notice of the same order waits behind it.
+    let (code, first) = pull(admin, "?limit=1", PULL_TOKEN).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["data"]["kind"], "fulfil");
+    assert_eq!(first[0]["type"], "action.fulfil");
+    let fulfil_hook = first[0]["webhook_id"].clone();
+    assert!(pull(admin, "", PULL_TOKEN).await.1.is_empty(), "leased, and holding its order");
+    assert_eq!(settle(admin, &first[0]["data"]["id"], "ack").await, StatusCode::NO_CONTENT);
+    let (_, next) = pull(admin, "", PULL_TOKEN).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0]["data"]["kind"], "notify_customer");
+    // Nacked: back after the backoff.
+    assert_eq!(settle(admin, &next[0]["data"]["id"], "nack").await, StatusCode::NO_CONTENT);
+    assert!(pull(admin, "", PULL_TOKEN).await.1.is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, again) = pull(admin, "", PULL_TOKEN).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["webhook_id"], next[0]["webhook_id"]);
+    assert_eq!(settle(admin, &again[0]["data"]["id"], "ack").await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        settle(admin, &again[0]["data"]["id"], "ack").await,
+        StatusCode::NO_CONTENT,
+        "an ack repeated"
+    );
+    assert_eq!(settle(admin, &serde_json::json!(999), "ack").await, StatusCode::NOT_FOUND);
+
+    // A lease never settled runs out: the action comes back, with the same webhook-id.
+    let body = pi_event("evt_2", "succeeded", "pi_2", "1002", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    d.settle().await;
+    let (_, leased) = pull(admin, "?limit=1", PULL_TOKEN).await;
+    assert_eq!(leased[0]["data"]["order_id"], "1002");
+    assert_ne!(leased[0]["webhook_id"], fulfil_hook);
+    assert!(pull(admin, "", PULL_TOKEN).await.1.is_empty());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, back) = pull(admin, "?limit=1", PULL_TOKEN).await;
+    assert_eq!(back[0]["webhook_id"], leased[0]["webhook_id"]);
+    for a in [&back[0]] {
+        assert_eq!(settle(admin, &a["data"]["id"], "ack").await, StatusCode::NO_CONTENT);
+    }
+    let (_, rest) = pull(admin, "", PULL_TOKEN).await;
+    for a in &rest {
+        assert_eq!(settle(admin, &a["data"]["id"], "ack").await, StatusCode::NO_CONTENT);
+    }
+
+    // A long poll answers when an action is written, not when wait runs out.
+    let started = Instant::now();
+    let poll = tokio::spawn(async move { pull(admin, "?wait=20", PULL_TOKEN).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished());
+    let body = pi_event("evt_3", "succeeded", "pi_3", "1003", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    let (code, got) = poll.await.unwrap();
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(got[0]["data"]["order_id"], "1003");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let db = d.db.clone();
+    d.stop().await;
+    let states =
+        harness::reading(&db, |s| async move { s.deliveries(Default::default()).await }).unwrap();
+    let delivered = states.iter().filter(|s| s.state == "delivered").count();
+    assert_eq!(delivered, 4, "{states:?}");
+}

@@ -23,8 +23,48 @@ impl Sqlite {
         sink: String,
         action_id: i64,
         attempt: Attempt,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.write(move |c| record(c, &sink, action_id, &attempt)).await
+    }
+
+    pub(in crate::store) async fn lease(
+        &self,
+        sink: String,
+        now: i64,
+        limit: usize,
+        until: i64,
+    ) -> Result<Vec<Owed>, StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let owed = owed(&tx, &sink, now, limit)?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE deliveries SET next_at = ?3 WHERE action_id = ?1 AND sink = ?2",
+                )?;
+                for o in &owed {
+                    stmt.execute(params![o.action.id, sink, until])?;
+                }
+            }
+            tx.commit()?;
+            Ok(owed)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn delivery_state(
+        &self,
+        sink: String,
+        action_id: i64,
+    ) -> Result<Option<(String, u32, i64)>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT state, attempts, created_at FROM deliveries WHERE action_id = ?1 AND sink = ?2",
+            )?
+            .query_row(params![action_id, sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+        })
+        .await
     }
 
     pub(in crate::store) async fn next_delivery(
@@ -118,8 +158,14 @@ fn owed(conn: &Connection, sink: &str, now: i64, limit: usize) -> rusqlite::Resu
     Ok(out)
 }
 
-/// Records one attempt and the delivery's new state, in one transaction.
-fn record(conn: &mut Connection, sink: &str, action_id: i64, a: &Attempt) -> rusqlite::Result<()> {
+/// Records one attempt and the delivery's new state, in one transaction; false if the
+/// delivery is not owed (delivered already, or no such delivery).
+fn record(
+    conn: &mut Connection,
+    sink: &str,
+    action_id: i64,
+    a: &Attempt,
+) -> rusqlite::Result<bool> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (state, next_at, error, delivered_at) = match &a.result {
         Ok(()) => ("delivered", None, None, Some(a.at)),
@@ -148,7 +194,8 @@ fn record(conn: &mut Connection, sink: &str, action_id: i64, a: &Attempt) -> rus
             a.result.as_ref().err().map(|(e, _)| e.as_str()),
         ])?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(changed == 1)
 }
 
 fn deliveries(conn: &Connection, f: &DeliveryFilter) -> rusqlite::Result<Vec<DeliveryRow>> {
