@@ -10,6 +10,10 @@
 //! Latency at light load: the whole daemon on loopback, 50 notifications/s over HTTP, time
 //! from the inbox row's arrival to the `fulfil` row in the outbox.
 //!
+//! With one HTTP sink: the SQLite run again with a `[[sink]]` configured, so that every action
+//! also gets its delivery row in the decision's transaction (the dispatcher, which sends them,
+//! is not running: this measures the worker), and the ratio to the run without.
+//!
 //! Every run checks afterwards that each notification produced exactly its two actions.
 
 use std::path::Path;
@@ -71,13 +75,16 @@ fn fill_inbox(config: &Config, n: u64) {
     tx.commit().unwrap();
 }
 
-async fn drain(config: &Config, n: u64, label: &str) {
+async fn drain(config: &Config, n: u64, label: &str) -> f64 {
     let shop = config.shop.clone().unwrap();
     let source = OrderSource::connect(&shop).await.expect("shop reachable");
     let store = Store::open_tool(&config.store).unwrap();
     let endpoints =
         std::sync::Arc::new(reconciled::endpoint::Endpoints::new(&config.endpoints).unwrap());
-    let worker = Worker::new(store, endpoints, shop, config.policy, config.worker);
+    let worker = Worker::new(store, endpoints, shop, config.policy, config.worker).delivering_to(
+        reconciled::deliver::Routes::new(&config.sinks),
+        tokio::sync::watch::channel(0).0,
+    );
     let started = Instant::now();
     let never = tokio_util::sync::CancellationToken::new();
     let done = worker.work_through(&source, &never).await.expect("worker").claimed;
@@ -92,15 +99,19 @@ async fn drain(config: &Config, n: u64, label: &str) {
         (n as i64, 2 * n as i64),
         "every notification decided, each with 2 actions"
     );
+    let deliveries: i64 =
+        check.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0)).unwrap();
+    assert_eq!(deliveries, actions * config.sinks.len() as i64, "a delivery per action and sink");
+    let rate = done as f64 / secs;
     println!(
-        "worker, {label}: {done} notifications in {secs:.2} s = {:.0} notifications/s ({} actions)",
-        done as f64 / secs,
+        "worker, {label}: {done} notifications in {secs:.2} s = {rate:.0} notifications/s ({} actions)",
         actions
     );
     source.close().await;
+    rate
 }
 
-async fn sqlite_throughput(n: u64) {
+async fn sqlite_throughput(n: u64, sink: bool) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let shop_path = dir.path().join("shop.db");
     let shop = Connection::open(&shop_path).unwrap();
@@ -111,15 +122,22 @@ async fn sqlite_throughput(n: u64) {
             .unwrap();
     }
     shop.execute_batch("COMMIT").unwrap();
+    let sink = if sink {
+        "[[sink]]\nname = \"shop\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+         secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n"
+    } else {
+        ""
+    };
     let config = config(
         dir.path(),
         &format!(
-            "[shop]\ndriver = \"sqlite\"\nurl = \"{}\"\nquery = \"SELECT id AS order_id, status, total AS amount, currency, email AS customer_email, transaction_id AS psp_reference FROM orders WHERE id = :reference OR transaction_id = :psp_reference\"",
+            "{sink}[shop]\ndriver = \"sqlite\"\nurl = \"{}\"\nquery = \"SELECT id AS order_id, status, total AS amount, currency, email AS customer_email, transaction_id AS psp_reference FROM orders WHERE id = :reference OR transaction_id = :psp_reference\"",
             shop_path.display()
         ),
     );
     fill_inbox(&config, n);
-    drain(&config, n, "SQLite shop").await;
+    let label = if config.sinks.is_empty() { "SQLite shop" } else { "SQLite shop, one HTTP sink" };
+    drain(&config, n, label).await
 }
 
 async fn mariadb_throughput(n: u64) {
@@ -244,7 +262,13 @@ fn main() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        sqlite_throughput(n).await;
+        let plain = sqlite_throughput(n, false).await;
+        let with_sink = sqlite_throughput(n, true).await;
+        let again = sqlite_throughput(n, false).await;
+        println!(
+            "one HTTP sink against none (alternated: none, sink, none): {:.2}",
+            with_sink / ((plain + again) / 2.0)
+        );
         mariadb_throughput(n).await;
         latency(if benching { 200 } else { 20 }).await;
     });
