@@ -256,3 +256,73 @@ async fn shadow_actions_are_delivered_nowhere() {
     assert!(deliveries.is_empty(), "{deliveries:?}");
     assert!(!out.exists(), "a shadow action was delivered");
 }
+
+/// The PHP receiver in `contrib/php/receiver.php`, run by PHP's own server, accepts every
+/// delivery and handles each action once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_php_example_receiver_handles_each_action_once() {
+    let php = Command::new("php").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !php {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the PHP receiver test (php-cli)");
+        eprintln!("skipped: php is not installed (apt-get install php-cli)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    std::fs::create_dir(&done).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/php/receiver.php");
+    let _server = ChildGuard::spawn(
+        Command::new("php")
+            .args(["-S", &format!("127.0.0.1:{port}"), script])
+            .env("RECONCILED_SINK_SECRET", SINK_SECRET)
+            .env("RECONCILED_DONE_DIR", &done)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "php -S never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    shop.add(1002, "pending", "100.00", "USD");
+    let sink = format!(
+        "[[sink]]\nname = \"shop\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/\"\n\
+         secrets = [\"{SINK_SECRET}\"]\nretry_base = \"100ms\"\nretry_max = \"300ms\"\n"
+    );
+    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &sink)).await;
+    for (event, pi, order, amount) in
+        [("evt_1", "pi_1", "1001", 10000), ("evt_2", "pi_2", "1002", 6000)]
+    {
+        let body = pi_event(event, "succeeded", pi, order, amount, "usd");
+        assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    }
+    d.settle().await;
+    settle_deliveries(&d.db, 4, "delivered");
+    let db = d.db.clone();
+    d.stop().await;
+    let actions =
+        harness::reading(&db, |s| async move { s.outbox(Default::default()).await }).unwrap();
+    let mut handled: Vec<String> = std::fs::read_dir(&done)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    handled.sort();
+    let mut expected: Vec<String> =
+        actions.iter().map(|a| reconciled::deliver::webhook_id(&a.idempotency_key)).collect();
+    expected.sort();
+    assert_eq!(handled, expected, "each action handled once, under its webhook-id");
+    // A forged delivery is refused.
+    let (code, _) = harness::request(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        "POST",
+        "/",
+        &[("webhook-id", "act_x"), ("webhook-timestamp", "1"), ("webhook-signature", "v1,AAAA")],
+        "{}".into(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+}
