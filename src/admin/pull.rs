@@ -106,7 +106,7 @@ async fn settle(admin: &Admin, sink: &SinkConfig, id: i64, ack: bool) -> Respons
         Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, retry later"),
     };
     let (current, attempts, created_at) = state;
-    if current == "delivered" {
+    if current == "delivered" || (current == "dead" && !ack) {
         // An ack repeated (or a nack after an ack): it stays delivered.
         return no_content();
     }

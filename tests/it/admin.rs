@@ -275,3 +275,41 @@ async fn a_pull_sink_leases_acks_and_nacks() {
     let delivered = states.iter().filter(|s| s.state == "delivered").count();
     assert_eq!(delivered, 4, "{states:?}");
 }
+
+/// A pull delivery nacked past `give_up_after` is dead; acked afterwards (the consumer did carry
+/// it out), it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_pull_delivery_acked_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let admin = free_port();
+    let extra = format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
+         [[sink]]\nname = \"backoffice\"\nkind = \"pull\"\ntoken = \"{PULL_TOKEN}\"\n\
+         actions = [\"fulfil\"]\ngive_up_after = \"1ms\"\n"
+    );
+    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    d.settle().await;
+    let (_, got) = pull(admin, "", PULL_TOKEN).await;
+    let id = got[0]["data"]["id"].clone();
+    assert_eq!(settle(admin, &id, "nack").await, StatusCode::NO_CONTENT);
+    let state = |db: std::path::PathBuf| {
+        harness::reading(&db, |s| async move { s.deliveries(Default::default()).await })
+            .unwrap()
+            .remove(0)
+            .state
+    };
+    assert_eq!(state(d.db.clone()), "dead");
+    assert!(pull(admin, "", PULL_TOKEN).await.1.is_empty(), "a dead delivery is not handed out");
+    assert_eq!(settle(admin, &id, "ack").await, StatusCode::NO_CONTENT);
+    assert_eq!(state(d.db.clone()), "delivered");
+    d.stop().await;
+}

@@ -159,7 +159,8 @@ fn owed(conn: &Connection, sink: &str, now: i64, limit: usize) -> rusqlite::Resu
 }
 
 /// Records one attempt and the delivery's new state, in one transaction; false if the
-/// delivery is not owed (delivered already, or no such delivery).
+/// delivery is not owed (delivered already, or no such delivery). A dead delivery can still be
+/// recorded as delivered: a pull sink's consumer that acks it did carry it out.
 fn record(
     conn: &mut Connection,
     sink: &str,
@@ -176,7 +177,7 @@ fn record(
         .prepare_cached(&format!(
             "UPDATE deliveries SET state = ?3, attempts = ?4, next_at = coalesce(?5, next_at), \
              last_error = coalesce(?6, last_error), delivered_at = ?7 \
-             WHERE action_id = ?1 AND sink = ?2 AND {OWED}"
+             WHERE action_id = ?1 AND sink = ?2 AND ({OWED} OR (?3 = 'delivered' AND state = 'dead'))"
         ))?
         .execute(params![action_id, sink, state, a.number, next_at, error, delivered_at])?;
     if changed == 1 {
