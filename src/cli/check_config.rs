@@ -32,6 +32,7 @@ pub(super) fn run(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let path = &args.config.config;
     let config = Config::load(path)?;
     print!("{}", summary(&config));
+    check_sinks(&config)?;
     let Some(shop) = &config.shop else {
         if args.order.is_some() {
             anyhow::bail!("--order needs a [shop] section: this configuration reads no orders");
@@ -78,6 +79,60 @@ pub(super) fn run(args: &CheckConfigArgs) -> anyhow::Result<()> {
         source.close().await;
         Ok(checked?)
     })
+}
+
+/// Checks that each exec sink's program can be run (refused otherwise, as a bad key is), and
+/// tries a TCP connection to each HTTP sink (a warning if it fails: the shop may be down now).
+fn check_sinks(config: &Config) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    for sink in &config.sinks {
+        match &sink.target {
+            crate::deliver::Target::Exec { command } => {
+                let program = Path::new(&command[0]);
+                let candidates: Vec<std::path::PathBuf> = if command[0].contains('/') {
+                    vec![program.to_path_buf()]
+                } else {
+                    std::env::var_os("PATH")
+                        .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+                        .unwrap_or_default()
+                };
+                let runnable = candidates.iter().any(|c| {
+                    std::fs::metadata(c)
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                });
+                if !runnable {
+                    return Err(ConfigError::Invalid {
+                        path: config.source.clone(),
+                        key: format!("sink \"{}\".command", sink.name),
+                        message: format!("{} is not an executable file", command[0]),
+                    });
+                }
+            }
+            crate::deliver::Target::Http { url, .. } => {
+                let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+                let port = url.port_or_known_default().unwrap_or(443);
+                let reached = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_owned()))
+                    .and_then(|addr| {
+                        std::net::TcpStream::connect_timeout(
+                            &addr,
+                            std::time::Duration::from_secs(5),
+                        )
+                        .map_err(|e| e.to_string())
+                    });
+                match reached {
+                    Ok(_) => println!("sink {}: {host}:{port} accepts connections", sink.name),
+                    Err(e) => println!(
+                        "warning: sink {}: cannot connect to {host}:{port} now ({e}); its deliveries wait and are retried",
+                        sink.name
+                    ),
+                }
+            }
+            crate::deliver::Target::Pull { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 /// Runs the order query for one order as the worker does and prints how it reads the order.

@@ -2,8 +2,10 @@
 //!
 //! Its environment has `RECONCILED_ACTION_ID`, `RECONCILED_ACTION_KIND`,
 //! `RECONCILED_IDEMPOTENCY_KEY` and `WEBHOOK_ID`. Exit 0 is a delivery. A non-zero exit, a
-//! signal, a command that cannot start, and a run past the sink's timeout (the process is
-//! then killed) are retried: a broken script must never drop a refund quietly.
+//! signal, a command that cannot start, and a run past the sink's timeout are retried: a broken
+//! script must never drop a refund quietly. The command runs in a process group of its own,
+//! and a run past the timeout is ended by killing the whole group, so that nothing it started
+//! outlives it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -37,6 +39,7 @@ pub async fn run(
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match child {
@@ -60,6 +63,9 @@ pub async fn run(
     .await;
     match finished {
         Err(_) => {
+            if let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
             let _ = child.kill().await;
             failed(format!("{program} ran past {} s and was killed", timeout.as_secs()))
         }

@@ -326,3 +326,87 @@ async fn the_php_example_receiver_handles_each_action_once() {
     .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }
+
+/// A command that runs past the sink's timeout is killed with everything it started, and the
+/// delivery is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_sink_past_its_timeout_is_killed_with_its_children_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let pidfile = dir.path().join("child.pid");
+    let sink = format!(
+        "[[sink]]\nname = \"slow\"\nkind = \"exec\"\nactions = [\"fulfil\"]\ntimeout_secs = 1\n\
+         retry_base = \"10s\"\nretry_max = \"10s\"\n\
+         command = [\"/bin/sh\", \"-c\", \"sleep 60 & echo $! > '{}'; wait\"]\n",
+        pidfile.display()
+    );
+    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &sink)).await;
+    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    d.settle().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let rows =
+            harness::reading(&d.db, |s| async move { s.deliveries(Default::default()).await })
+                .unwrap();
+        if rows.first().is_some_and(|r| r.attempts == 1) {
+            break rows[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row.state, "retrying", "{row:?}");
+    assert!(row.last_error.as_deref().unwrap_or("").contains("ran past 1 s"), "{row:?}");
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::process::running(pid) {
+        assert!(Instant::now() < deadline, "the command's child {pid} outlived the timeout");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.stop().await;
+}
+
+/// `check-config` refuses an exec sink whose program cannot be run, and says whether each HTTP
+/// sink accepts connections now (a warning only: the shop may be down).
+#[test]
+fn check_config_checks_the_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let db = dir.path().join("inbox.db");
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http = |name: &str, port: u16| {
+        format!(
+            "[[sink]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/\"\nsecrets = [\"{SINK_SECRET}\"]\n"
+        )
+    };
+    let exec = |program: &str| {
+        format!("[[sink]]\nname = \"mailer\"\nkind = \"exec\"\ncommand = [\"{program}\"]\n")
+    };
+    let check = |sinks: String| {
+        let text = config_text_with(&db, "", "", &shop_config(&shop, &sinks));
+        run(bin().args(["check-config", "--config"]).arg(write_config(dir.path(), &text)), b"")
+    };
+    let out = check(format!(
+        "{}{}{}",
+        http("up", open.local_addr().unwrap().port()),
+        http("down", closed),
+        exec("sh")
+    ));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("sink up: 127.0.0.1:") && out.stdout.contains("accepts connections"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("warning: sink down: cannot connect"), "{}", out.stdout);
+    let out = check(exec("/nonexistent/mail-action"));
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("sink \"mailer\".command")
+            && out.stderr.contains("/nonexistent/mail-action is not an executable file"),
+        "{}",
+        out.stderr
+    );
+}
