@@ -27,6 +27,18 @@ pub enum OutboxCommand {
     Show(ShowArgs),
     /// Make failed deliveries due again: one action's, or every dead one.
     Retry(RetryArgs),
+    /// Each sink's deliveries by state; exits 1 if any is dead (for monitoring).
+    Status(StatusArgs),
+}
+
+/// Arguments of `outbox status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// One JSON object per sink.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `outbox show`.
@@ -150,6 +162,7 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
             Ok(())
         }
         OutboxCommand::Show(args) => show(&args),
+        OutboxCommand::Status(args) => status(&args),
         OutboxCommand::Retry(args) => retry(&args),
         OutboxCommand::Tail(args) => {
             let store = args.store.open()?;
@@ -260,6 +273,58 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             a.duration_ms,
             if a.delivered { "delivered".to_owned() } else { a.detail.clone().unwrap_or_default() }
         )?;
+    }
+    Ok(())
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let store = args.store.open()?;
+    let mut counts = super::block_on(async { Ok(store.sink_counts().await?) })?;
+    // Configured sinks with nothing delivered yet are listed too.
+    if let Some(path) = &args.store.config {
+        for sink in crate::config::Config::load(path)?.sinks {
+            if !counts.iter().any(|c| *c.sink == *sink.name) {
+                counts.push(crate::store::SinkCounts {
+                    sink: sink.name.to_string(),
+                    ..Default::default()
+                });
+            }
+        }
+        counts.sort_by(|a, b| a.sink.cmp(&b.sink));
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for c in &counts {
+            writeln!(out, "{}", serde_json::to_string(c)?)?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{:<16} {:>9} {:>9} {:>6} {:>10}  OLDEST UNDELIVERED",
+            "SINK", "PENDING", "RETRYING", "DEAD", "DELIVERED"
+        )?;
+        for c in &counts {
+            writeln!(
+                out,
+                "{:<16} {:>9} {:>9} {:>6} {:>10}  {}",
+                c.sink,
+                c.pending,
+                c.retrying,
+                c.dead,
+                c.delivered,
+                c.oldest_undelivered.as_deref().unwrap_or("-")
+            )?;
+        }
+        if counts.is_empty() {
+            writeln!(out, "(no sinks)")?;
+        }
+    }
+    let dead: i64 = counts.iter().map(|c| c.dead).sum();
+    if dead > 0 {
+        drop(out);
+        anyhow::bail!(
+            "{dead} dead deliveries: see outbox list --undelivered, then outbox retry --dead"
+        );
     }
     Ok(())
 }

@@ -41,7 +41,7 @@ pub use self::batch::{Applied, Mode, Planner};
 pub use self::rows::{
     Attempt, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Failure, FailureRecord, InboxRow,
     InboxSummary, ListFilter, NewRow, OrderPayments, OutboxFilter, OutboxRow, Owed, PaymentSummary,
-    Stored, FAILURE_BODY_PREFIX,
+    SinkCounts, Stored, FAILURE_BODY_PREFIX,
 };
 use crate::provider::ProviderKind;
 
@@ -440,6 +440,13 @@ impl Store {
     pub async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.deliveries(filter).await,
+        }
+    }
+
+    /// Each sink's deliveries counted by state.
+    pub async fn sink_counts(&self) -> Result<Vec<SinkCounts>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(sqlite::read::sink_counts).await,
         }
     }
 

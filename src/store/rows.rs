@@ -278,6 +278,23 @@ pub struct DeliveryRow {
     pub delivered_at: Option<String>,
 }
 
+/// A sink's deliveries, counted by state.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// The sink.
+    pub sink: String,
+    /// Never tried yet.
+    pub pending: i64,
+    /// Failed, to be tried again.
+    pub retrying: i64,
+    /// Given up on.
+    pub dead: i64,
+    /// Delivered.
+    pub delivered: i64,
+    /// When the oldest action it is still owed (or gave up on) was written, RFC 3339 UTC.
+    pub oldest_undelivered: Option<String>,
+}
+
 /// One recorded attempt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AttemptRow {

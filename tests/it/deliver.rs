@@ -212,6 +212,13 @@ async fn a_failing_sink_goes_dead_and_retry_brings_it_back() {
         b"",
     );
     assert!(owed.stdout.contains("shop dead"), "{}", owed.stdout);
+    // For monitoring: outbox status exits 1 while a delivery is dead.
+    let status = run(bin().args(["outbox", "status", "--config"]).arg(&cfg), b"");
+    assert_eq!(status.code, Some(1), "{}", status.stdout);
+    let shop_line = status.stdout.lines().find(|l| l.starts_with("shop ")).unwrap_or_default();
+    let cells: Vec<&str> = shop_line.split_whitespace().collect();
+    assert_eq!(cells[..5], ["shop", "0", "0", "1", "0"], "{}", status.stdout);
+    assert!(status.stderr.contains("1 dead deliveries"), "{}", status.stderr);
     receiver.set_mode("ok");
     let retried = run(bin().args(["outbox", "retry", "--dead", "--config"]).arg(&cfg), b"");
     assert_eq!(retried.code, Some(0), "{}", retried.stderr);
@@ -223,6 +230,8 @@ async fn a_failing_sink_goes_dead_and_retry_brings_it_back() {
         got.iter().map(|r| r["webhook_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 1, "one action, one webhook-id across every attempt: {got:#?}");
     assert_eq!(got.last().unwrap()["status"], 204);
+    let status = run(bin().args(["outbox", "status", "--config"]).arg(&cfg), b"");
+    assert_eq!(status.code, Some(0), "{}{}", status.stdout, status.stderr);
     d.stop().await;
 }
 

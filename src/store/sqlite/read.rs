@@ -240,6 +240,26 @@ pub fn order_payments(conn: &Connection, order_id: &str) -> rusqlite::Result<Ord
     Ok(OrderPayments { payments, refunded: has("refund")?, review: has("review")? })
 }
 
+/// Each sink's deliveries counted by state, and the oldest one not delivered.
+pub fn sink_counts(conn: &Connection) -> rusqlite::Result<Vec<crate::store::SinkCounts>> {
+    let mut stmt = conn.prepare(
+        "SELECT sink, sum(state = 'pending'), sum(state = 'retrying'), sum(state = 'dead'), \
+         sum(state = 'delivered'), min(CASE WHEN state != 'delivered' THEN created_at END) \
+         FROM deliveries GROUP BY sink ORDER BY sink",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(crate::store::SinkCounts {
+            sink: r.get(0)?,
+            pending: r.get(1)?,
+            retrying: r.get(2)?,
+            dead: r.get(3)?,
+            delivered: r.get(4)?,
+            oldest_undelivered: r.get::<_, Option<i64>>(5)?.map(crate::time::format_utc),
+        })
+    })?;
+    rows.collect()
+}
+
 /// One action by id.
 pub fn action(conn: &Connection, id: i64) -> rusqlite::Result<Option<OutboxRow>> {
     use rusqlite::OptionalExtension;
