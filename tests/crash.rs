@@ -24,7 +24,6 @@
 //! [`every_action_is_delivered_with_one_webhook_id_across_sigkills`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -108,6 +107,17 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// The daemon binary under test, not started, logging into `dir`.
+    fn new(dir: &Path, config: PathBuf) -> Daemon {
+        Daemon {
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_reconciled")),
+            config,
+            log: dir.join("daemon.log"),
+            child: None,
+            failpoint: None,
+        }
+    }
+
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = ChildGuard::spawn(
@@ -186,6 +196,42 @@ async fn sender(
     }
 }
 
+/// A shop with orders 1..=`payments` (10.00 USD each, pending) and a configuration for the
+/// daemon under test, with `extra` tables appended. Returns the store's path, the daemon's
+/// address and the configuration file.
+fn setup(dir: &Path, payments: u64, extra: &str) -> (PathBuf, SocketAddr, PathBuf) {
+    let db = dir.join("inbox.db");
+    let shop = dir.join("shop.db");
+    let conn = Connection::open(&shop).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT NOT NULL, total TEXT NOT NULL, currency TEXT NOT NULL)",
+    )
+    .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    for i in 1..=payments {
+        tx.execute("INSERT INTO orders VALUES (?1, 'pending', '10.00', 'USD')", [i]).unwrap();
+    }
+    tx.commit().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.join("reconciled.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nshutdown_grace_secs = 1\n[store]\npath = \"{}\"\n\
+             [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
+             [shop]\ndriver = \"sqlite\"\nurl = \"{}\"\n\
+             query = \"SELECT id AS order_id, status, total AS amount, currency FROM orders WHERE id = :reference\"\n\
+             [shop.status]\nawaiting_payment = [\"pending\"]\npaid = [\"paid\"]\ncancelled = [\"cancelled\"]\n\
+             [worker]\nlease = \"1s\"\nretry_base = \"50ms\"\nretry_max = \"500ms\"\n{extra}",
+            db.display(),
+            shop.display()
+        ),
+    )
+    .unwrap();
+    (db, addr, config)
+}
+
 fn integrity(db: &Path) -> String {
     let conn = Connection::open(db).unwrap();
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
@@ -197,37 +243,7 @@ async fn acknowledged_means_stored_once_and_acted_on_once_across_sigkills() {
     let payments = env_or("RECONCILED_CRASH_PAYMENTS", 5000);
     let seed = env_or("RECONCILED_CRASH_SEED", reconciled::time::now_ms() as u64) | 1;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("inbox.db");
-    let shop = dir.path().join("shop.db");
-    {
-        let conn = Connection::open(&shop).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT NOT NULL, total TEXT NOT NULL, currency TEXT NOT NULL)",
-        )
-        .unwrap();
-        let tx = conn.unchecked_transaction().unwrap();
-        for i in 1..=payments {
-            tx.execute("INSERT INTO orders VALUES (?1, 'pending', '10.00', 'USD')", [i]).unwrap();
-        }
-        tx.commit().unwrap();
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = dir.path().join("reconciled.toml");
-    let mut f = std::fs::File::create(&config).unwrap();
-    write!(
-        f,
-        "[server]\nlisten = \"{addr}\"\nshutdown_grace_secs = 1\n[store]\npath = \"{}\"\n\
-         [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
-         [shop]\ndriver = \"sqlite\"\nurl = \"{}\"\n\
-         query = \"SELECT id AS order_id, status, total AS amount, currency FROM orders WHERE id = :reference\"\n\
-         [shop.status]\nawaiting_payment = [\"pending\"]\npaid = [\"paid\"]\ncancelled = [\"cancelled\"]\n\
-         [worker]\nlease = \"1s\"\nretry_base = \"50ms\"\nretry_max = \"500ms\"\n",
-        db.display(),
-        shop.display()
-    )
-    .unwrap();
-
+    let (db, addr, config) = setup(dir.path(), payments, "");
     // The deliveries, shuffled: a payment's processing and succeeded events in either order.
     let mut rng = Rng(seed);
     let mut all = Vec::new();
@@ -255,13 +271,7 @@ async fn acknowledged_means_stored_once_and_acted_on_once_across_sigkills() {
     let sent: HashSet<String> = all.iter().filter(|d| !d.forged).map(|d| d.id.clone()).collect();
     let forged: HashSet<String> = all.iter().filter(|d| d.forged).map(|d| d.id.clone()).collect();
 
-    let mut daemon = Daemon {
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_reconciled")),
-        config,
-        log: dir.path().join("daemon.log"),
-        child: None,
-        failpoint: None,
-    };
+    let mut daemon = Daemon::new(dir.path(), config);
     daemon.start();
     let started = Instant::now();
     let queue = Arc::new(Mutex::new(VecDeque::from(all)));
@@ -466,42 +476,16 @@ async fn every_action_is_delivered_with_one_webhook_id_across_sigkills() {
     let payments = env_or("RECONCILED_CRASH_DELIVERY_PAYMENTS", 500);
     let seed = env_or("RECONCILED_CRASH_SEED", reconciled::time::now_ms() as u64) | 1;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("inbox.db");
-    let shop = dir.path().join("shop.db");
-    {
-        let conn = Connection::open(&shop).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT NOT NULL, total TEXT NOT NULL, currency TEXT NOT NULL)",
-        )
-        .unwrap();
-        for i in 1..=payments {
-            conn.execute("INSERT INTO orders VALUES (?1, 'pending', '10.00', 'USD')", [i]).unwrap();
-        }
-    }
     let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = receiver.local_addr().unwrap();
     let received = Arc::new(Received::default());
     tokio::spawn(receive(receiver, received.clone(), seed.wrapping_mul(31) | 1));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = dir.path().join("reconciled.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"{addr}\"\nshutdown_grace_secs = 1\n[store]\npath = \"{}\"\n\
-             [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n\
-             [shop]\ndriver = \"sqlite\"\nurl = \"{}\"\n\
-             query = \"SELECT id AS order_id, status, total AS amount, currency FROM orders WHERE id = :reference\"\n\
-             [shop.status]\nawaiting_payment = [\"pending\"]\npaid = [\"paid\"]\ncancelled = [\"cancelled\"]\n\
-             [worker]\nretry_base = \"50ms\"\nretry_max = \"500ms\"\n\
-             [[sink]]\nname = \"shop\"\nkind = \"http\"\nurl = \"http://{hook}/hook\"\n\
-             secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\ntimeout_secs = 1\n\
-             retry_base = \"20ms\"\nretry_max = \"200ms\"\n",
-            db.display(),
-            shop.display()
-        ),
-    )
-    .unwrap();
+    let sink = format!(
+        "[[sink]]\nname = \"shop\"\nkind = \"http\"\nurl = \"http://{hook}/hook\"\n\
+         secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\ntimeout_secs = 1\n\
+         retry_base = \"20ms\"\nretry_max = \"200ms\"\n"
+    );
+    let (db, addr, config) = setup(dir.path(), payments, &sink);
 
     let mut rng = Rng(seed);
     let all: VecDeque<Delivery> = (1..=payments)
@@ -510,13 +494,7 @@ async fn every_action_is_delivered_with_one_webhook_id_across_sigkills() {
             Delivery { body: event(&id, "succeeded", i), id, forged: false, again: false }
         })
         .collect();
-    let mut daemon = Daemon {
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_reconciled")),
-        config,
-        log: dir.path().join("daemon.log"),
-        child: None,
-        failpoint: None,
-    };
+    let mut daemon = Daemon::new(dir.path(), config);
     daemon.start();
     let started = Instant::now();
     let queue = Arc::new(Mutex::new(all));

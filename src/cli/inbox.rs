@@ -52,12 +52,8 @@ pub struct PruneArgs {
 pub struct ReplayArgs {
     /// The inbox row id.
     id: i64,
-    /// The configuration (the store, the shop database and the policy).
-    #[arg(long, short, value_name = "FILE", required_unless_present = "demo")]
-    config: Option<std::path::PathBuf>,
-    /// Use the demo's configuration.
-    #[arg(long, conflicts_with = "config")]
-    demo: bool,
+    #[command(flatten)]
+    config: super::ConfigOrDemo,
     /// Print what would be emitted; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -147,10 +143,7 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
 fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     use crate::reconcile::worker::Worker;
     use crate::shop::OrderSource;
-    let config = match &args.config {
-        Some(path) => crate::config::Config::load(path)?,
-        None => super::demo::config()?,
-    };
+    let config = args.config.load()?;
     let shop = config.shop.clone().context("replay needs a [shop] section to find the order")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {

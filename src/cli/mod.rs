@@ -66,6 +66,27 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// The configuration a command that changes the store runs under: a file, or the demo's.
+#[derive(Debug, Args)]
+pub struct ConfigOrDemo {
+    /// The configuration file (the store, the shop database, the policy, the sinks).
+    #[arg(long, short, value_name = "FILE", required_unless_present = "demo")]
+    pub config: Option<PathBuf>,
+    /// Use the demo's configuration.
+    #[arg(long, conflicts_with = "config")]
+    pub demo: bool,
+}
+
+impl ConfigOrDemo {
+    /// Loads the configuration named.
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(match &self.config {
+            Some(path) => Config::load(path)?,
+            None => demo::config()?,
+        })
+    }
+}
+
 /// Where a read command finds the store.
 #[derive(Debug, Args)]
 pub struct StoreArgs {

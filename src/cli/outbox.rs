@@ -65,12 +65,8 @@ pub struct RetryArgs {
     /// Only this sink's deliveries.
     #[arg(long, value_name = "S")]
     sink: Option<String>,
-    /// The configuration (its store).
-    #[arg(long, short, value_name = "FILE", required_unless_present = "demo")]
-    config: Option<std::path::PathBuf>,
-    /// Use the demo's configuration.
-    #[arg(long, conflicts_with = "config")]
-    demo: bool,
+    #[command(flatten)]
+    config: super::ConfigOrDemo,
 }
 
 /// Arguments of `outbox list`.
@@ -330,10 +326,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 fn retry(args: &RetryArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
-        Some(path) => crate::config::Config::load(path)?,
-        None => super::demo::config()?,
-    };
+    let config = args.config.load()?;
     if let Some(sink) = &args.sink {
         if !config.sinks.iter().any(|s| &*s.name == sink) {
             let names: Vec<&str> = config.sinks.iter().map(|s| &*s.name).collect();

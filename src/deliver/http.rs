@@ -26,22 +26,8 @@ pub struct Sender {
 impl Sender {
     /// A client bounded by `timeout` per attempt, trusting the web PKI plus `extra_roots`.
     pub fn new(extra_roots: Option<&[u8]>, timeout: Duration) -> Result<Sender, String> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .user_agent(concat!("reconciled/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = extra_roots {
-            let roots = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("tls_ca_file: {}", crate::error::error_chain(&e)))?;
-            for root in roots {
-                builder = builder.add_root_certificate(root);
-            }
-        }
-        let client = builder.build().map_err(|e| {
-            format!("cannot build the HTTP client: {}", crate::error::error_chain(&e))
-        })?;
+        // Plain http is allowed: the config accepts it only to a loopback address.
+        let client = crate::provider::http_client(extra_roots, timeout, false)?;
         Ok(Sender { client })
     }
 

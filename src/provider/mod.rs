@@ -382,16 +382,27 @@ pub(crate) fn read_tls_ca(
     }
 }
 
-/// The HTTPS client for PayPal's certificate URL and IPN postback: https only, no redirects
-/// (a redirect could lead anywhere), bounded in time, trusting the public web PKI plus the
-/// PEM certificates in `extra_roots` (a test CA, a corporate proxy's).
+/// The HTTPS client for PayPal's certificate URL and IPN postback: https only (see
+/// [`http_client`]).
 pub fn https_client(
     extra_roots: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<reqwest::Client, String> {
+    http_client(extra_roots, timeout, true)
+}
+
+/// The one builder of outbound HTTP clients (providers' APIs, sinks): no redirects (a redirect
+/// could lead anywhere), bounded in time, trusting the public web PKI plus the PEM
+/// certificates in `extra_roots` (a test CA, a corporate proxy's); `https_only` refuses plain
+/// http URLs.
+pub fn http_client(
+    extra_roots: Option<&[u8]>,
+    timeout: Duration,
+    https_only: bool,
+) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
-        .https_only(true)
+        .https_only(https_only)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .timeout(timeout)

@@ -30,13 +30,17 @@ async fn start(dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
          [messages]\npaid = \"Thank you: your order is on its way.\"\n"
     );
     let d = Daemon::start_with(dir, "", "", &shop_config(shop, &extra)).await;
-    // The daemon binds the admin listener as it starts.
+    listening(admin).await;
+    d
+}
+
+/// Waits until the daemon, which binds the admin listener as it starts, accepts on it.
+async fn listening(admin: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(admin).await.is_err() {
         assert!(Instant::now() < deadline, "the admin listener never came up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    d
 }
 
 /// Each state the confirmation page can show, from the payments the daemon decided, with the
@@ -197,11 +201,7 @@ async fn a_pull_sink_leases_acks_and_nacks() {
          retry_base = \"200ms\"\nretry_max = \"200ms\"\n"
     );
     let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    listening(admin).await;
     let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
     assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
     d.settle().await;
@@ -290,11 +290,7 @@ async fn a_dead_pull_delivery_acked_is_delivered() {
          actions = [\"fulfil\"]\ngive_up_after = \"1ms\"\n"
     );
     let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    listening(admin).await;
     let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
     assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
     d.settle().await;

@@ -168,12 +168,7 @@ pub fn actions_of(conn: &Connection, inbox_id: i64) -> rusqlite::Result<Vec<Outb
 fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     let minor: Option<i64> = r.get(5)?;
     let currency: Option<String> = r.get(6)?;
-    let amount = match (minor, &currency) {
-        (Some(m), Some(c)) => crate::money::Currency::parse(c)
-            .ok()
-            .map(|c| crate::money::Money::new(m, c).to_decimal_string()),
-        _ => None,
-    };
+    let amount = decimal(minor, currency.as_deref());
     Ok(OutboxRow {
         id: r.get(0)?,
         kind: {
@@ -215,12 +210,7 @@ pub fn order_payments(conn: &Connection, order_id: &str) -> rusqlite::Result<Ord
         .query_map([order_id], |r| {
             let minor: Option<i64> = r.get(4)?;
             let currency: Option<String> = r.get(5)?;
-            let amount = match (minor, &currency) {
-                (Some(m), Some(c)) => crate::money::Currency::parse(c)
-                    .ok()
-                    .map(|c| crate::money::Money::new(m, c).to_decimal_string()),
-                _ => None,
-            };
+            let amount = decimal(minor, currency.as_deref());
             Ok(PaymentSummary {
                 provider: r.get(0)?,
                 payment_id: r.get(1)?,
@@ -258,6 +248,12 @@ pub fn sink_counts(conn: &Connection) -> rusqlite::Result<Vec<crate::store::Sink
         })
     })?;
     rows.collect()
+}
+
+/// A stored amount (minor units and an ISO 4217 code) as a decimal string (`"100.00"`).
+fn decimal(minor: Option<i64>, currency: Option<&str>) -> Option<String> {
+    let currency = crate::money::Currency::parse(currency?).ok()?;
+    Some(crate::money::Money::new(minor?, currency).to_decimal_string())
 }
 
 /// One action by id.
