@@ -195,3 +195,16 @@ CREATE TABLE delivery_attempts (
 -- The payment status API reads one order's payments and actions.
 CREATE INDEX payments_by_order ON payments (order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX outbox_by_order ON outbox (order_id) WHERE order_id IS NOT NULL;
+
+-- migration: 13
+-- Metrics read at scrape time, cheaply. When each endpoint last stored a notification (new or
+-- a repeat): one row per endpoint, written with each batch, so "the provider went silent" is
+-- known without scanning the inbox, and survives a restart.
+CREATE TABLE endpoint_activity (
+    endpoint       TEXT    PRIMARY KEY,
+    last_stored_at INTEGER NOT NULL              -- unix ms
+) WITHOUT ROWID;
+INSERT INTO endpoint_activity (endpoint, last_stored_at)
+    SELECT endpoint, max(last_received_at) FROM inbox GROUP BY endpoint;
+-- Deliveries that gave up, per sink, counted without reading the delivered ones.
+CREATE INDEX deliveries_dead ON deliveries (sink) WHERE state = 'dead';

@@ -28,8 +28,10 @@ fi
 
 # The storage-fault tests (tests/it/faults.rs) mount a small tmpfs and run the daemon under
 # strace: they need root, and run whenever this script runs as root.
+# The admin page is tested in Debian's headless Chromium (tests/it/page.rs).
 if [ "$(id -u)" = 0 ]; then
     command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
+    command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
     export RECONCILED_FAULT_TESTS="${RECONCILED_FAULT_TESTS:-1}"
 fi
 

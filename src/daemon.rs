@@ -25,6 +25,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let endpoints = Arc::new(Endpoints::new(&config.endpoints)?);
     let store = Store::open(&config.store)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new(store.commit_seconds()));
+    configure_metrics(&metrics, config);
     let wake = Arc::new(tokio::sync::Notify::new());
     let (worker_updates, updates) = mpsc::channel(4);
     let (written, written_rx) = tokio::sync::watch::channel(0u64);
@@ -37,7 +39,8 @@ pub async fn run(
                 config.policy,
                 config.worker,
             )
-            .delivering_to(deliver::Routes::new(&config.sinks), written);
+            .delivering_to(deliver::Routes::new(&config.sinks), written)
+            .counting_in(metrics.clone());
             if config.policy.mode == crate::reconcile::policy::DecisionMode::Shadow {
                 tracing::warn!(
                     "policy.mode = \"shadow\": every action is recorded as a shadow action \
@@ -51,28 +54,39 @@ pub async fn run(
             None
         }
     };
-    let admin = match (&config.admin, &config.shop) {
-        (Some(admin), Some(shop)) => {
+    let admin = match &config.admin {
+        Some(admin) => {
             let listener = TcpListener::bind(admin.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", admin.listen))?;
             tracing::info!(addr = %admin.listen, "admin API on http://{}", admin.listen);
+            let serving = crate::admin::Serving {
+                store: store.clone(),
+                shop: config.shop.clone(),
+                sinks: config.sinks.clone(),
+                decided: written_rx.clone(),
+                metrics: metrics.clone(),
+            };
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 admin.clone(),
-                store.clone(),
-                shop.clone(),
-                config.sinks.clone(),
-                written_rx.clone(),
+                serving,
                 shutdown.clone(),
             )))
         }
-        _ => None,
+        None => None,
     };
-    let mut running = deliver::Running::new(store.clone(), written_rx, shutdown.clone());
+    let mut running =
+        deliver::Running::new(store.clone(), written_rx, shutdown.clone(), metrics.clone());
     running.set(&config.sinks).map_err(|e| anyhow::anyhow!(e))?;
     let dispatchers = Arc::new(tokio::sync::Mutex::new(running));
-    let state = Arc::new(http::AppState::new(&config.server, &endpoints, store.clone(), wake));
+    let state = Arc::new(http::AppState::new(
+        &config.server,
+        &endpoints,
+        store.clone(),
+        wake,
+        metrics.clone(),
+    ));
     let worker_updates = worker.is_some().then_some(worker_updates);
     let reloader = tokio::spawn(apply_reloads(
         config.clone(),
@@ -80,6 +94,7 @@ pub async fn run(
         state.clone(),
         worker_updates,
         dispatchers.clone(),
+        metrics,
     ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
@@ -134,6 +149,7 @@ async fn apply_reloads(
     state: Arc<http::AppState>,
     worker: Option<mpsc::Sender<reconcile::worker::Update>>,
     dispatchers: Arc<tokio::sync::Mutex<deliver::Running>>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     while let Some(new) = reloads.recv().await {
         let source = new.source.display().to_string();
@@ -144,6 +160,7 @@ async fn apply_reloads(
                     // Checked before: a client that built then builds now.
                     tracing::error!("sinks not replaced: {e}");
                 }
+                configure_metrics(&metrics, &new);
                 if let (Some(worker), Some(update)) = (&worker, checked.worker) {
                     let _ = worker.send(update).await;
                 }
@@ -168,4 +185,12 @@ async fn apply_reloads(
             ),
         }
     }
+}
+
+/// The endpoints' `silent_after` and the sinks, as the metrics show them.
+fn configure_metrics(metrics: &crate::metrics::Metrics, config: &Config) {
+    metrics.configure(
+        config.endpoints.iter().map(|e| (e.name.as_str(), e.silent_after)),
+        config.sinks.iter().map(|s| &*s.name),
+    );
 }

@@ -19,6 +19,9 @@ pub struct Endpoint {
     pub trust: Trust,
     /// The provider's validated settings.
     pub settings: Settings,
+    /// With nothing stored for longer than this, the provider has gone silent (exported as a
+    /// metric for the shipped alert; `reconciled check` reports it too).
+    pub silent_after: Option<std::time::Duration>,
 }
 
 impl Endpoint {
@@ -48,7 +51,8 @@ impl Trust {
 }
 
 /// The keys of an endpoint table that are not the provider's.
-const COMMON_KEYS: &[&str] = &["name", "provider", "basic_auth", "allow_from", "trusted_proxies"];
+const COMMON_KEYS: &[&str] =
+    &["name", "provider", "basic_auth", "allow_from", "trusted_proxies", "silent_after"];
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +65,7 @@ struct RawCommon {
     allow_from: Vec<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    silent_after: Option<String>,
 }
 
 impl Endpoint {
@@ -139,9 +144,13 @@ impl Endpoint {
                 other => other,
             },
         };
+        let silent_after = r.duration("silent_after", raw.silent_after.as_deref())?;
+        if silent_after.is_some_and(|d| d < std::time::Duration::from_secs(60)) {
+            return Err(r.invalid("silent_after", "must be at least 1m"));
+        }
         let r = r.with_trust(trust.is_set());
         let settings = Settings::resolve(kind, &path, table, &r)?;
-        Ok(Endpoint { name: raw.name, trust, settings })
+        Ok(Endpoint { name: raw.name, trust, settings, silent_after })
     }
 }
 

@@ -14,7 +14,10 @@
 //! - [`store`]: the inbox, payments and outbox: schema, migrations, the group-commit writer.
 //! - [`reconcile`]: the worker and the pure decision table.
 //! - [`deliver`]: the `[[sink]]`s and the dispatchers that deliver actions to them.
-//! - [`admin`]: the admin listener (the payment status for the confirmation page).
+//! - [`admin`]: the admin listener (the payment status for the confirmation page, the pull
+//!   API, `/metrics`, the admin page).
+//! - [`metrics`]: the Prometheus metrics, counted as things happen and read from the store at
+//!   each scrape.
 //! - [`shop`]: read-only order lookups in the shop's database.
 //! - [`domain`]: the nouns the decision table and the store share (statuses, actions).
 //! - [`money`]: exact amounts in minor units with ISO 4217 currencies.
@@ -33,6 +36,7 @@ pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
+pub mod metrics;
 pub mod money;
 pub mod provider;
 pub mod reconcile;

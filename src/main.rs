@@ -21,6 +21,9 @@ fn main() -> ExitCode {
 
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<cli::ExitStatus>().is_some() => {
+            ExitCode::from(err.downcast_ref::<cli::ExitStatus>().map_or(1, |s| s.0))
+        }
         Err(err) => {
             let mut message = err.to_string();
             for cause in err.chain().skip(1) {

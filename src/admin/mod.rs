@@ -15,6 +15,7 @@
 //! delivered and `POST …/nack` makes it due again after the sink's backoff (both 204). An
 //! action leased and neither acked nor nacked within its lease is handed out again.
 
+pub mod page;
 mod pull;
 pub mod status;
 
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::status::{Messages, State};
 use crate::deliver::{SinkConfig, Target};
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::settings::{ConfigError, Resolver};
 use crate::shop::{Lookup, OrderSource, ShopConfig};
@@ -115,29 +117,45 @@ impl AdminConfig {
 /// What the admin listener's handlers share.
 struct Admin {
     store: Store,
-    shop: ShopConfig,
+    /// `None` when no `[shop]` is configured: the payment status has nothing to look in.
+    shop: Option<ShopConfig>,
     source: tokio::sync::Mutex<Option<Arc<OrderSource>>>,
     token_digest: [u8; 32],
     messages: Messages,
     decided: watch::Receiver<u64>,
     /// The pull sinks, each with the digest of its token.
     pulls: Vec<(SinkConfig, [u8; 32])>,
+    /// Served at `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 /// The most actions one pull hands out.
 const MAX_PULL: usize = 500;
 
-/// Serves the admin API on `listener` until `shutdown`. `decided` changes whenever the worker
-/// has decided rows (a long poll looks again then).
+/// What the admin listener serves from: the store, the shop (for the payment status), the
+/// sinks (for the pull API) and the metrics.
+#[derive(Debug)]
+pub struct Serving {
+    /// The store.
+    pub store: Store,
+    /// The shop's settings, if one is configured.
+    pub shop: Option<ShopConfig>,
+    /// The configured sinks.
+    pub sinks: Vec<SinkConfig>,
+    /// Changes whenever the worker has decided rows (a long poll looks again then).
+    pub decided: watch::Receiver<u64>,
+    /// The daemon's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: AdminConfig,
-    store: Store,
-    shop: ShopConfig,
-    sinks: Vec<SinkConfig>,
-    decided: watch::Receiver<u64>,
+    serving: Serving,
     shutdown: CancellationToken,
 ) {
+    let Serving { store, shop, sinks, decided, metrics } = serving;
     let pulls = sinks
         .into_iter()
         .filter_map(|s| match &s.target {
@@ -156,6 +174,7 @@ pub async fn serve(
         messages: config.messages,
         decided,
         pulls,
+        metrics,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -222,6 +241,12 @@ fn unauthorized() -> Response<Full<Bytes>> {
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/metrics" {
+        return metrics(admin, &req).await;
+    }
+    if req.uri().path() == "/admin" || req.uri().path().starts_with("/admin/") {
+        return page::handle(admin, &req).await;
+    }
     if let Some(rest) = req.uri().path().strip_prefix("/v1/outbox/") {
         let rest = rest.to_owned();
         return pull::handle(admin, &rest, req).await;
@@ -259,6 +284,31 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
+/// `GET /metrics`: no token (the listener is loopback unless allowed otherwise, and no metric
+/// holds a secret). The store's gauges are read now; a store that cannot be read leaves them
+/// out and reports `reconciled_store_ready 0`.
+async fn metrics(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let limit = Duration::from_secs(5);
+    let ready = matches!(tokio::time::timeout(limit, admin.store.probe()).await, Ok(Ok(())));
+    let gauges = match tokio::time::timeout(limit, admin.store.gauges()).await {
+        Ok(Ok(g)) => Some(g),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::error::error_chain(&e), "metrics: store gauges unavailable");
+            None
+        }
+        Err(_) => None,
+    };
+    let text = admin.metrics.render(gauges.as_ref(), ready);
+    Response::builder()
+        .header("content-type", crate::metrics::CONTENT_TYPE)
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::from(text)))
+        .expect("a valid response")
+}
+
 /// `wait=SECS` from the query, at most [`MAX_WAIT_SECS`].
 fn wait_of(query: Option<&str>) -> Result<Duration, String> {
     Ok(params(query, &["wait"])?.0)
@@ -293,20 +343,23 @@ async fn payment_status(
     order_id: &str,
     wait: Duration,
 ) -> Result<Option<serde_json::Value>, String> {
+    let shop = admin.shop.as_ref().ok_or("no [shop] is configured")?;
     let source = {
         let mut slot = admin.source.lock().await;
         match &*slot {
             Some(s) => s.clone(),
             None => {
-                let s =
-                    Arc::new(OrderSource::connect(&admin.shop).await.map_err(|e| e.to_string())?);
+                let s = Arc::new(OrderSource::connect(shop).await.map_err(|e| e.to_string())?);
                 *slot = Some(s.clone());
                 s
             }
         }
     };
     let lookup = Lookup { reference: Some(order_id.to_owned()), psp_reference: None };
-    let known = source.find(&lookup, &admin.shop.status).await.map_err(|e| e.to_string())?;
+    let known = source.find(&lookup, &shop.status).await.map_err(|e| {
+        admin.metrics.shop_lookup_error();
+        e.to_string()
+    })?;
     if known.is_none() {
         return Ok(None);
     }

@@ -122,8 +122,14 @@ async fn settle(admin: &Admin, sink: &SinkConfig, id: i64, ack: bool) -> Respons
         Err(("nacked by the consumer".to_owned(), (next <= give_up).then_some(next)))
     };
     let attempt = Attempt { number, at: now, duration_ms: 0, result };
+    let result = attempt.metric();
     match admin.store.record_attempt(&sink.name, id, attempt).await {
-        Ok(_) => no_content(),
+        Ok(recorded) => {
+            if recorded {
+                admin.metrics.delivery(&sink.name, result);
+            }
+            no_content()
+        }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, retry later"),
     }
 }

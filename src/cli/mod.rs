@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+mod check;
 mod check_config;
 mod default_config;
 mod demo;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Validate a configuration file, check the shop query, and print a summary with secrets
     /// redacted; with --order, show how one real order is read.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Report what needs a person, from the store, as a Nagios plugin does: one line per
+    /// problem; exit 0 all well, 1 warning, 2 critical, 3 could not check.
+    Check(check::CheckArgs),
     /// Print an annotated example configuration.
     DefaultConfig,
     /// Look at stored notifications.
@@ -57,6 +61,11 @@ pub enum Command {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// A command that has printed what it found and ends with this exit status (`check`).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct ExitStatus(pub u8);
 
 /// `--config FILE`.
 #[derive(Debug, Args)]
@@ -128,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::Check(args) => check::run(&args),
         Command::DefaultConfig => default_config::run(),
         Command::Inbox(cmd) => inbox::run(cmd),
         Command::Outbox(cmd) => outbox::run(cmd),

@@ -126,6 +126,7 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
                         kind: args.kind,
                         limit: args.limit,
                         shadow: args.shadow,
+                        last: None,
                     };
                     store.outbox(filter).await?
                 };

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{SinkConfig, Target};
 use crate::domain::ActionKind;
+use crate::metrics::Metrics;
 use crate::store::{Attempt, OutboxRow, Owed, Store};
 
 /// Deliveries a dispatcher takes at once.
@@ -122,13 +123,19 @@ pub struct Running {
     store: Store,
     written: watch::Receiver<u64>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
     by_name: std::collections::HashMap<Arc<str>, (SinkConfig, tokio::task::JoinHandle<()>)>,
 }
 
 impl Running {
     /// No dispatcher yet.
-    pub fn new(store: Store, written: watch::Receiver<u64>, shutdown: CancellationToken) -> Self {
-        Running { store, written, shutdown, by_name: Default::default() }
+    pub fn new(
+        store: Store,
+        written: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Running { store, written, shutdown, metrics, by_name: Default::default() }
     }
 
     /// Runs a dispatcher for each of `sinks`: a sink that is new or changed gets a new one
@@ -146,7 +153,8 @@ impl Running {
                         task.abort();
                     }
                     let dispatcher = Dispatcher::new(self.store.clone(), sink.clone())
-                        .map_err(|e| format!("sink \"{}\": {e}", sink.name))?;
+                        .map_err(|e| format!("sink \"{}\": {e}", sink.name))?
+                        .counting_in(self.metrics.clone());
                     let task =
                         tokio::spawn(dispatcher.run(self.written.clone(), self.shutdown.clone()));
                     next.insert(sink.name.clone(), (sink.clone(), task));
@@ -187,6 +195,7 @@ pub struct Dispatcher {
     store: Store,
     sink: SinkConfig,
     http: Option<http::Sender>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -198,7 +207,13 @@ impl Dispatcher {
             }
             Target::Exec { .. } | Target::Pull { .. } => None,
         };
-        Ok(Dispatcher { store, sink, http })
+        Ok(Dispatcher { store, sink, http, metrics: Arc::new(Metrics::default()) })
+    }
+
+    /// Counts its attempts in `metrics`.
+    pub fn counting_in(mut self, metrics: Arc<Metrics>) -> Dispatcher {
+        self.metrics = metrics;
+        self
     }
 
     /// Delivers until `shutdown`, waking when `written` changes (the worker wrote actions) or
@@ -245,7 +260,10 @@ impl Dispatcher {
                 let id = delivery.action.id;
                 let attempt = self.attempt(&delivery).await;
                 crate::failpoint::failpoint("deliver_before_record");
-                self.store.record_attempt(&self.sink.name, id, attempt).await?;
+                let result = attempt.metric();
+                if self.store.record_attempt(&self.sink.name, id, attempt).await? {
+                    self.metrics.delivery(&self.sink.name, result);
+                }
             }
         }
     }

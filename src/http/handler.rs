@@ -15,6 +15,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTE
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::{AppState, Served};
+use crate::metrics::RequestResult;
 use crate::provider::ProviderKind;
 use crate::store::{FailureRecord, NewRow, FAILURE_BODY_PREFIX};
 
@@ -62,7 +63,13 @@ pub(super) async fn handle(
         match state.endpoint(name) {
             None => text(StatusCode::NOT_FOUND, "unknown endpoint\n"),
             Some(_) if req.method() != Method::POST => method_not_allowed("POST"),
-            Some(served) => webhook(&state, &served, remote, req).await,
+            Some(served) => {
+                let started = std::time::Instant::now();
+                let (reply, result) = webhook(&state, &served, remote, req).await;
+                let seconds = started.elapsed().as_secs_f64();
+                state.metrics.request(&served.registered.name, result, seconds);
+                reply
+            }
         }
     } else {
         match path {
@@ -95,7 +102,7 @@ async fn webhook(
     served: &Served,
     remote: SocketAddr,
     req: Request<Incoming>,
-) -> Reply {
+) -> (Reply, RequestResult) {
     let registered = &served.registered;
     let (endpoint_name, provider) = (&registered.name, &registered.provider);
     let kind = provider.kind();
@@ -104,6 +111,7 @@ async fn webhook(
         super::trust::check(trust, served.auth.as_ref(), remote.ip(), req.headers())
     {
         tracing::debug!(endpoint = %endpoint_name, %remote, reason = refusal.code(), "request refused");
+        state.metrics.verification_failure(endpoint_name, refusal.code());
         state.store.record_failure(FailureRecord {
             at_ms: crate::time::now_ms(),
             endpoint: endpoint_name.clone(),
@@ -124,7 +132,7 @@ async fn webhook(
                 HeaderValue::from_static("Basic realm=\"reconciled\""),
             );
         }
-        return resp;
+        return (resp, RequestResult::rejected);
     }
     let limits = &state.limits;
     let declared = req
@@ -133,7 +141,7 @@ async fn webhook(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+        return (text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"), RequestResult::rejected);
     }
 
     let (parts, body) = req.into_parts();
@@ -141,11 +149,22 @@ async fn webhook(
     let body = match tokio::time::timeout(limits.request_timeout, Limited::new(body, max).collect())
         .await
     {
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
+        Err(_) => {
+            let reply = text(StatusCode::REQUEST_TIMEOUT, "body not received in time\n");
+            return (reply, RequestResult::rejected);
         }
-        Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "body could not be read\n"),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return (
+                text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+                RequestResult::rejected,
+            )
+        }
+        Ok(Err(_)) => {
+            return (
+                text(StatusCode::BAD_REQUEST, "body could not be read\n"),
+                RequestResult::rejected,
+            )
+        }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
 
@@ -171,6 +190,7 @@ async fn webhook(
             } else {
                 tracing::debug!(endpoint = %endpoint_name, %remote, reason = rejection.code(), "notification refused: {detail}");
             }
+            state.metrics.verification_failure(endpoint_name, rejection.code());
             state.store.record_failure(FailureRecord {
                 at_ms: now_ms,
                 endpoint: endpoint_name.clone(),
@@ -183,9 +203,9 @@ async fn webhook(
             if rejection.is_temporary() {
                 let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, format!("{detail}\n"));
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("30"));
-                return resp;
+                return (resp, RequestResult::unavailable);
             }
-            return text(StatusCode::BAD_REQUEST, format!("{detail}\n"));
+            return (text(StatusCode::BAD_REQUEST, format!("{detail}\n")), RequestResult::rejected);
         }
     };
 
@@ -213,7 +233,7 @@ async fn webhook(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             let _ = store.insert(row).await;
         });
-        return ack(kind, false);
+        return (ack(kind, false), RequestResult::stored);
     }
     #[cfg_attr(feature = "test-ack-before-commit", allow(unreachable_code))]
     match tokio::time::timeout(limits.request_timeout, state.store.insert(row)).await {
@@ -226,7 +246,7 @@ async fn webhook(
                 deliveries = stored.delivery_count,
                 "duplicate: already stored"
             );
-            ack(kind, true)
+            (ack(kind, true), RequestResult::duplicate)
         }
         Ok(Ok(stored)) => {
             tracing::info!(
@@ -238,15 +258,15 @@ async fn webhook(
             );
             crate::failpoint::failpoint("ingest_after_commit");
             state.wake.notify_one();
-            ack(kind, false)
+            (ack(kind, false), RequestResult::stored)
         }
         Ok(Err(e)) => {
             tracing::error!(error = %crate::error::error_chain(&e), endpoint = %endpoint_name, "notification not stored; answered 503");
-            unavailable("store unavailable, retry later\n")
+            (unavailable("store unavailable, retry later\n"), RequestResult::unavailable)
         }
         Err(_) => {
             tracing::error!(endpoint = %endpoint_name, "store did not commit in time; answered 503");
-            unavailable("store unavailable, retry later\n")
+            (unavailable("store unavailable, retry later\n"), RequestResult::unavailable)
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct AppState {
     wake: Arc<tokio::sync::Notify>,
     /// When a refusal was last logged at WARN (unix ms); refusals are rate-limited in logs.
     last_refusal_warning: std::sync::atomic::AtomicI64,
+    /// Requests counted and timed per endpoint.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The endpoints served, by name.
@@ -103,6 +105,7 @@ impl AppState {
         endpoints: &Endpoints,
         store: Store,
         wake: Arc<tokio::sync::Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> AppState {
         AppState {
             endpoints: ArcSwap::from_pointee(routes(endpoints)),
@@ -110,6 +113,7 @@ impl AppState {
             wake,
             limits: limits.clone(),
             last_refusal_warning: std::sync::atomic::AtomicI64::new(i64::MIN),
+            metrics,
         }
     }
 }

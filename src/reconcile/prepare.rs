@@ -115,6 +115,9 @@ impl Worker {
         });
         unique.dedup();
         let orders = source.find_many(&unique, &self.shop.status, self.shop.pool_size).await;
+        for _ in orders.iter().filter(|o| o.is_err()) {
+            self.metrics.shop_lookup_error();
+        }
         let found: HashMap<Lookup, Result<Option<Order>, ShopError>> =
             unique.into_iter().zip(orders).collect();
         parsed

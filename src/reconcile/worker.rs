@@ -39,6 +39,7 @@ use super::prepare::Prepared;
 use crate::deliver::Routes;
 use crate::domain::Action;
 use crate::endpoint::Endpoints;
+use crate::metrics::Metrics;
 use crate::shop::{OrderSource, ShopConfig};
 use crate::store::{Applied, Claimed, Mode, Store, StoreError};
 
@@ -89,6 +90,8 @@ pub struct Worker {
     /// Bumped after each batch it decided: wakes the sinks' dispatchers and the admin API's
     /// long polls.
     written: Option<watch::Sender<u64>>,
+    /// Decisions, actions and failed shop lookups are counted here.
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -101,7 +104,14 @@ impl Worker {
         config: WorkerConfig,
     ) -> Worker {
         let decider = Decider { policy, config, sinks: Routes::default() };
-        Worker { store, shop, decider: Arc::new(decider), endpoints, written: None }
+        let metrics = Arc::new(Metrics::default());
+        Worker { store, shop, decider: Arc::new(decider), endpoints, written: None, metrics }
+    }
+
+    /// Counts its decisions, actions and failed shop lookups in `metrics`.
+    pub fn counting_in(mut self, metrics: Arc<Metrics>) -> Worker {
+        self.metrics = metrics;
+        self
     }
 
     /// Writes a delivery to each of `sinks` that takes it with every new live action, and
@@ -222,6 +232,7 @@ impl Worker {
             // A task of its own: the next claim starts the moment the batch commits, even while
             // this task is busy parsing (a join! here would only poll it between two awaits).
             let (store, decider) = (self.store.clone(), self.decider.clone());
+            let metrics = self.metrics.clone();
             let write = async move {
                 let (count, actions) = match to_write {
                     Some((rows, prepared)) => {
@@ -229,6 +240,7 @@ impl Worker {
                         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                         let out = store.decide_batch(rows, prepared, Mode::Worker, decider).await?;
                         log_decisions(&ids, &out);
+                        count_decisions(&metrics, &out);
                         (count, out.iter().map(Applied::written).sum())
                     }
                     None => (0, 0),
@@ -310,6 +322,18 @@ fn log_decisions(ids: &[i64], applied: &[Applied<Verdict>]) {
             note = ?verdict.note,
             "decided"
         );
+    }
+}
+
+/// Counts each handled row by its outcome, and each action written now by its kind.
+fn count_decisions(metrics: &Metrics, applied: &[Applied<Verdict>]) {
+    for a in applied {
+        if let Some(outcome) = a.outcome {
+            metrics.decision(outcome);
+        }
+        for (action, _) in a.actions.iter().filter(|(_, now)| *now) {
+            metrics.action(action.kind.as_str());
+        }
     }
 }
 

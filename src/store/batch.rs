@@ -126,6 +126,20 @@ pub enum Write<'a> {
     },
 }
 
+impl Write<'_> {
+    /// What becomes of the row, for the metrics: its new status, or `retry` (a failed
+    /// attempt) or `waiting` (behind an earlier row of its payment).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Write::Finish { status, .. } | Write::Decided { status, .. } => status.as_str(),
+            Write::Retry { .. } => "retry",
+            Write::GiveUp { .. } => "dead",
+            Write::Wait { status: InboxStatus::Parked, .. } => "parked",
+            Write::Wait { .. } => "waiting",
+        }
+    }
+}
+
 /// A row's plan: what to write, whether its provider confirmed it in this pass (recorded with
 /// the row), and the decision to hand back to the caller.
 #[derive(Debug)]
@@ -146,12 +160,14 @@ pub struct Applied<D> {
     /// The plan's actions, each with whether it was written now (false: its key was already
     /// used, in the outbox or by a pruned refund, so it was not written again).
     pub actions: Vec<(Action, bool)>,
+    /// What became of the row ([`Write::outcome`]); `None` when nothing was written.
+    pub outcome: Option<&'static str>,
 }
 
 impl<D> Applied<D> {
     /// Nothing decided, nothing written.
     pub fn nothing() -> Applied<D> {
-        Applied { decision: None, actions: Vec::new() }
+        Applied { decision: None, actions: Vec::new(), outcome: None }
     }
 
     /// How many actions were written now.

@@ -41,7 +41,7 @@ pub use self::batch::{Applied, Mode, Planner};
 pub use self::rows::{
     Attempt, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Failure, FailureRecord, InboxRow,
     InboxSummary, ListFilter, NewRow, OrderPayments, OutboxFilter, OutboxRow, Owed, PaymentSummary,
-    SinkCounts, Stored, FAILURE_BODY_PREFIX,
+    SinkCounts, SinkGauges, StoreGauges, Stored, FAILURE_BODY_PREFIX,
 };
 use crate::provider::ProviderKind;
 
@@ -443,7 +443,23 @@ impl Store {
         }
     }
 
-    /// Each sink's deliveries counted by state.
+    /// What the metrics read at each scrape (see [`StoreGauges`]).
+    pub async fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        let now = crate::time::now_ms();
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(move |c| sqlite::read::gauges(c, now)).await,
+        }
+    }
+
+    /// Each group commit's duration, in seconds; `None` for a store that takes no
+    /// notifications.
+    pub fn commit_seconds(&self) -> Option<prometheus_client::metrics::histogram::Histogram> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.commit_seconds(),
+        }
+    }
+
+    /// Each sink's deliveries by state.
     pub async fn sink_counts(&self) -> Result<Vec<SinkCounts>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(sqlite::read::sink_counts).await,

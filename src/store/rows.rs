@@ -191,6 +191,8 @@ pub struct OutboxFilter {
     pub limit: Option<u64>,
     /// Shadow actions (decided in shadow mode, never carried out) instead of live ones.
     pub shadow: bool,
+    /// Only the newest this many (still in order).
+    pub last: Option<u64>,
 }
 
 /// What the store holds about one order's payments, for the payment status API.
@@ -244,6 +246,17 @@ pub struct Attempt {
     pub duration_ms: i64,
     /// Delivered; or why not, with when to try again (`None`: never, the delivery is dead).
     pub result: Result<(), (String, Option<i64>)>,
+}
+
+impl Attempt {
+    /// Its result, as the metrics count it.
+    pub fn metric(&self) -> crate::metrics::DeliveryResult {
+        match &self.result {
+            Ok(()) => crate::metrics::DeliveryResult::delivered,
+            Err((_, Some(_))) => crate::metrics::DeliveryResult::failed,
+            Err((_, None)) => crate::metrics::DeliveryResult::dead,
+        }
+    }
 }
 
 /// Which deliveries to list.
@@ -349,4 +362,31 @@ pub struct OutboxRow {
     pub created_at: String,
     /// Decided in shadow mode: recorded for comparison, never to be carried out.
     pub shadow: bool,
+}
+
+/// What the metrics read from the store at each scrape: only what indexes give cheaply (the
+/// rows waiting or given up on, never the finished millions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Inbox rows by status, for `pending`, `processing`, `parked` and `dead`.
+    pub inbox: Vec<(&'static str, i64)>,
+    /// When the oldest row waiting to be decided fell due (unix ms), if any is due.
+    pub oldest_due_ms: Option<i64>,
+    /// When each endpoint last stored a notification (unix ms).
+    pub last_stored: Vec<(String, i64)>,
+    /// Each sink with deliveries owed or dead.
+    pub sinks: Vec<SinkGauges>,
+}
+
+/// One sink's deliveries that are not done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkGauges {
+    /// The sink.
+    pub sink: String,
+    /// Owed: pending or retrying.
+    pub owed: i64,
+    /// Given up on.
+    pub dead: i64,
+    /// When the oldest action still owed (not dead) was written (unix ms).
+    pub oldest_owed_ms: Option<i64>,
 }

@@ -65,8 +65,10 @@ fn run<P, T: Planner<P>>(
             Err(e) => {
                 drop(sp);
                 tracing::error!(inbox_id = row.id, error = %e, "store error while deciding; will retry");
-                write(&tx, row, planner.store_error(row, &e.to_string(), now), now, planner)?;
-                out.push(Applied::nothing());
+                let failed = planner.store_error(row, &e.to_string(), now);
+                let outcome = Some(failed.outcome());
+                write(&tx, row, failed, now, planner)?;
+                out.push(Applied { outcome, ..Applied::nothing() });
             }
         }
     }
@@ -96,8 +98,9 @@ fn one<P, T: Planner<P>>(
         tx.prepare_cached("UPDATE inbox SET verified_at = ?2 WHERE id = ?1")?
             .execute(params![row.id, now])?;
     }
+    let outcome = Some(plan.write.outcome());
     let actions = write(tx, row, plan.write, now, planner)?;
-    Ok(Applied { decision: plan.decision, actions })
+    Ok(Applied { decision: plan.decision, actions, outcome })
 }
 
 /// What the store holds about a row's payment and order.

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,8 @@ struct WriterHandle {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Cancelled if the writer thread ends without a `Shutdown` command.
     died: CancellationToken,
+    /// Each group commit's duration, in seconds.
+    commit_seconds: Histogram,
 }
 
 /// A SQLite store.
@@ -148,6 +151,10 @@ impl Sqlite {
             Some(writer) => writer.died.cancelled().await,
             None => std::future::pending().await,
         }
+    }
+
+    pub(super) fn commit_seconds(&self) -> Option<Histogram> {
+        self.writer.as_ref().map(|w| w.commit_seconds.clone())
     }
 
     pub(super) fn is_dead(&self) -> bool {
@@ -293,10 +300,12 @@ fn start_writer(config: &StoreConfig) -> Result<WriterHandle, StoreError> {
         message: format!("cannot start checkpoint thread: {e}"),
     })?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let commit_seconds = crate::metrics::commit_histogram();
     let settings = writer::Settings {
         max_batch: config.max_batch,
         failures_kept: config.failures_kept,
         cache,
+        commit_seconds: commit_seconds.clone(),
     };
     let died = CancellationToken::new();
     let guard = writer::DeathGuard::new(died.clone());
@@ -307,7 +316,7 @@ fn start_writer(config: &StoreConfig) -> Result<WriterHandle, StoreError> {
             path: config.path.clone(),
             message: format!("cannot start writer thread: {e}"),
         })?;
-    Ok(WriterHandle { tx, thread: Mutex::new(Some(thread)), died })
+    Ok(WriterHandle { tx, thread: Mutex::new(Some(thread)), died, commit_seconds })
 }
 
 #[cfg(test)]

@@ -145,11 +145,18 @@ const OUTBOX_COLUMNS: &str = "id, kind, order_id, provider, payment_id, amount_m
 
 /// Outbox rows in order, as the filter says.
 pub fn outbox(conn: &Connection, filter: &OutboxFilter) -> rusqlite::Result<Vec<OutboxRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {OUTBOX_COLUMNS} FROM outbox \
-         WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) AND shadow = ?4 ORDER BY id LIMIT ?3"
-    ))?;
-    let limit = filter.limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let select = format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id > ?1 AND (?2 IS NULL OR kind = ?2) AND shadow = ?4"
+    );
+    let mut stmt = match filter.last {
+        None => conn.prepare_cached(&format!("{select} ORDER BY id LIMIT ?3"))?,
+        // The newest, turned back into order.
+        Some(_) => conn.prepare_cached(&format!(
+            "SELECT * FROM ({select} ORDER BY id DESC LIMIT ?3) ORDER BY id"
+        ))?,
+    };
+    let limit =
+        filter.last.or(filter.limit).map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let kind = filter.kind.map(ActionKind::as_str);
     let after = filter.after.unwrap_or(0);
     let rows = stmt.query_map(rusqlite::params![after, kind, limit, filter.shadow], outbox_row)?;
@@ -267,4 +274,75 @@ pub fn action(conn: &Connection, id: i64) -> rusqlite::Result<Option<OutboxRow>>
 /// The highest outbox id, or 0.
 pub fn outbox_last_id(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT coalesce(max(id), 0) FROM outbox", [], |r| r.get(0))
+}
+
+/// The inbox statuses the metrics count: those a person or the worker still has to act on.
+/// Counting `done` or `ignored` would read an index range of millions.
+pub const GAUGED_STATUSES: [&str; 4] = ["pending", "processing", "parked", "dead"];
+
+/// What the metrics read at each scrape, from index ranges that stay small in a healthy
+/// store (see [`crate::store::StoreGauges`]).
+pub fn gauges(conn: &Connection, now_ms: i64) -> rusqlite::Result<crate::store::StoreGauges> {
+    use rusqlite::OptionalExtension;
+    let mut inbox = Vec::with_capacity(GAUGED_STATUSES.len());
+    for status in GAUGED_STATUSES {
+        let n: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM inbox INDEXED BY inbox_by_status WHERE status = ?1",
+            )?
+            .query_row([status], |r| r.get(0))?;
+        inbox.push((status, n));
+    }
+    // The first pending row that is due, in order of arrival (a fresh row is due when it
+    // arrived; a retried one at its next attempt), and the earliest due parked row.
+    let pending: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(received_at, next_attempt_at) FROM inbox INDEXED BY inbox_by_status \
+             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
+        )?
+        .query_row([now_ms], |r| r.get(0))
+        .optional()?;
+    let parked: Option<i64> = conn
+        .prepare_cached(
+            "SELECT min(next_attempt_at) FROM inbox INDEXED BY inbox_by_status \
+             WHERE status = 'parked' AND next_attempt_at <= ?1",
+        )?
+        .query_row([now_ms], |r| r.get(0))?;
+    let oldest_due_ms = match (pending, parked) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let last_stored = conn
+        .prepare_cached("SELECT endpoint, last_stored_at FROM endpoint_activity ORDER BY endpoint")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+    let mut sinks: Vec<crate::store::SinkGauges> = conn
+        .prepare_cached(
+            "SELECT sink, count(*), min(created_at) FROM deliveries INDEXED BY deliveries_owed \
+             WHERE state = 'pending' OR state = 'retrying' GROUP BY sink",
+        )?
+        .query_map([], |r| {
+            Ok(crate::store::SinkGauges {
+                sink: r.get(0)?,
+                owed: r.get(1)?,
+                dead: 0,
+                oldest_owed_ms: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let dead = conn
+        .prepare_cached(
+            "SELECT sink, count(*) FROM deliveries INDEXED BY deliveries_dead \
+             WHERE state = 'dead' GROUP BY sink",
+        )?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (sink, n) in dead {
+        match sinks.iter_mut().find(|s| s.sink == sink) {
+            Some(s) => s.dead = n,
+            None => sinks.push(crate::store::SinkGauges { sink, dead: n, ..Default::default() }),
+        }
+    }
+    sinks.sort_by(|a, b| a.sink.cmp(&b.sink));
+    Ok(crate::store::StoreGauges { inbox, oldest_due_ms, last_stored, sinks })
 }

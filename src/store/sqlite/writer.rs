@@ -5,6 +5,9 @@
 //! after the commit. If anything in the batch fails, the whole batch is rolled back and every
 //! waiter gets the error: nothing is acknowledged that is not durable.
 
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +21,8 @@ pub(crate) struct Settings {
     pub max_batch: usize,
     pub failures_kept: u64,
     pub cache: CacheSize,
+    /// Each batch's commit time, in seconds, is observed here.
+    pub commit_seconds: Histogram,
 }
 
 /// A new row; a duplicate changes nothing here (see [`REDELIVERED`]). Cheaper than an upsert
@@ -30,6 +35,10 @@ const INSERT: &str = "INSERT INTO inbox (endpoint, provider, dedup_key, event_ty
 /// A delivery of a row already stored: counted.
 const REDELIVERED: &str = "UPDATE inbox SET delivery_count = delivery_count + 1, \
      last_received_at = ?3 WHERE provider = ?1 AND dedup_key = ?2 RETURNING id, delivery_count";
+
+/// When an endpoint last stored a notification, new or repeated (metrics: a silent provider).
+const ACTIVITY: &str = "INSERT INTO endpoint_activity (endpoint, last_stored_at) VALUES (?1, ?2) \
+     ON CONFLICT (endpoint) DO UPDATE SET last_stored_at = max(last_stored_at, excluded.last_stored_at)";
 
 const INSERT_FAILURE: &str =
     "INSERT INTO verify_failures (at, endpoint, remote_addr, reason, detail, \
@@ -107,6 +116,7 @@ pub(crate) fn run(
         }
 
         results.clear();
+        let started = Instant::now();
         let outcome = write_batch(
             &mut conn,
             &inserts,
@@ -117,6 +127,9 @@ pub(crate) fn run(
         );
         match outcome {
             Ok(()) => {
+                if !inserts.is_empty() {
+                    settings.commit_seconds.observe(started.elapsed().as_secs_f64());
+                }
                 settings.cache.wrote(&conn, inserts.len());
                 for ((_, done), stored) in inserts.drain(..).zip(results.iter()) {
                     let _ = done.send(Ok(*stored));
@@ -203,6 +216,18 @@ fn write_batch(
                 )?
             };
             results.push(stored);
+        }
+        // One upsert per endpoint in the batch (a batch almost always has one or two).
+        let mut latest: Vec<(&str, i64)> = Vec::new();
+        for (row, _) in inserts {
+            match latest.iter_mut().find(|(e, _)| *e == &*row.endpoint) {
+                Some((_, at)) => *at = (*at).max(row.received_at_ms),
+                None => latest.push((&row.endpoint, row.received_at_ms)),
+            }
+        }
+        let mut activity = tx.prepare_cached(ACTIVITY)?;
+        for (endpoint, at) in latest {
+            activity.execute(params![endpoint, at])?;
         }
     }
     if !failures.is_empty() {
