@@ -273,14 +273,15 @@ fn summary(config: &Config) -> String {
     let p = &config.policy;
     let _ = writeln!(
         out,
-        "policy: mode {}, underpaid {}, overpaid {}, currency mismatch {}, paid after cancel {}, fulfil on {}, unmatched retried for {}s",
+        "policy: mode {}, underpaid {}, overpaid {}, currency mismatch {}, paid after cancel {}, fulfil on {}, unmatched retried for {}s, failure notices held {}s",
         p.mode,
         p.on_underpaid,
         p.on_overpaid,
         p.on_currency_mismatch,
         p.on_paid_after_cancel,
         p.fulfil_on,
-        p.unmatched_retry_for.as_secs()
+        p.unmatched_retry_for.as_secs(),
+        p.failure_notice_delay.as_secs()
     );
     for sink in &config.sinks {
         let _ = writeln!(out, "{}", sink.describe());

@@ -77,6 +77,10 @@ reference_pattern = "^(\\d+)"
 awaiting_payment = ["pending", "on-hold"]
 paid = ["processing", "completed"]
 cancelled = ["cancelled", "failed"]
+[policy]
+# A real shop waits (10 minutes by default) in case the customer pays another way; the demo
+# shows the notice at once.
+failure_notice_delay = "0s"
 "#
     )
 }

@@ -337,7 +337,15 @@ fn waiting(s: &InboxSummary, settings: Option<(&Policy, &WorkerConfig)>, now: i6
     let Some(next) = s.next_attempt_at.filter(|_| waits) else { return Vec::new() };
     let mut lines = vec![format!("next attempt:   {}", when(next, now))];
     let first = s.first_tried_at.unwrap_or(now);
-    if s.status == InboxStatus::Parked {
+    if s.status == InboxStatus::Parked
+        && s.outcome.as_deref().is_some_and(crate::reconcile::decide::is_held)
+    {
+        lines.push(format!(
+            "notice:         {}, the payment-failed notice to the customer, unless the order is \
+             paid before (policy.failure_notice_delay)",
+            when(next, now)
+        ));
+    } else if s.status == InboxStatus::Parked {
         lines.push(match settings {
             Some((policy, _)) => {
                 let window = i64::try_from(policy.unmatched_retry_for.as_millis()).unwrap_or(i64::MAX);

@@ -303,6 +303,18 @@ tolerance_secs = 120
     }
 
     #[test]
+    fn the_failure_notice_delay_defaults_to_ten_minutes_and_zero_sends_at_once() {
+        let d = |text: &str| parse(text).map(|c| c.policy.failure_notice_delay);
+        assert_eq!(d(GOOD).unwrap(), std::time::Duration::from_secs(600));
+        for zero in ["0", "0s"] {
+            let text = format!("{GOOD}[policy]\nfailure_notice_delay = \"{zero}\"\n");
+            assert_eq!(d(&text).unwrap(), std::time::Duration::ZERO, "{zero}");
+        }
+        let long = format!("{GOOD}[policy]\nfailure_notice_delay = \"25h\"\n");
+        assert!(d(&long).unwrap_err().to_string().contains("policy.failure_notice_delay"));
+    }
+
+    #[test]
     fn an_unknown_endpoint_key_lists_the_keys_of_its_provider() {
         let text = GOOD.replace("tolerance_secs = 120", "tolerance_secs = 120\ncolour = 1");
         let err = parse(&text).unwrap_err().to_string();

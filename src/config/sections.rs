@@ -67,6 +67,7 @@ pub(super) struct RawPolicy {
     on_paid_after_cancel: Option<RefundOrReview>,
     fulfil_on: Option<FulfilOn>,
     unmatched_retry_for: Option<String>,
+    failure_notice_delay: Option<String>,
     mode: Option<DecisionMode>,
 }
 
@@ -231,6 +232,10 @@ pub(super) fn shop(sh: RawShop, r: &Resolver<'_>) -> Result<ShopConfig, ConfigEr
 pub(super) fn policy(p: RawPolicy, r: &Resolver<'_>) -> Result<Policy, ConfigError> {
     let d = Policy::default();
     let unmatched = r.duration("policy.unmatched_retry_for", p.unmatched_retry_for.as_deref())?;
+    let hold = r.duration("policy.failure_notice_delay", p.failure_notice_delay.as_deref())?;
+    if hold.is_some_and(|h| h > Duration::from_secs(24 * 3600)) {
+        return Err(r.invalid("policy.failure_notice_delay", "must be at most 24h"));
+    }
     Ok(Policy {
         on_underpaid: p.on_underpaid.unwrap_or(d.on_underpaid),
         on_overpaid: p.on_overpaid.unwrap_or(d.on_overpaid),
@@ -238,6 +243,7 @@ pub(super) fn policy(p: RawPolicy, r: &Resolver<'_>) -> Result<Policy, ConfigErr
         on_paid_after_cancel: p.on_paid_after_cancel.unwrap_or(d.on_paid_after_cancel),
         fulfil_on: p.fulfil_on.unwrap_or(d.fulfil_on),
         unmatched_retry_for: unmatched.unwrap_or(d.unmatched_retry_for),
+        failure_notice_delay: hold.unwrap_or(d.failure_notice_delay),
         mode: p.mode.unwrap_or(d.mode),
     })
 }

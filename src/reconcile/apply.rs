@@ -126,6 +126,8 @@ impl Planner<Prepared> for Decider {
                         paid_by_other: paid_by_other.as_deref(),
                         own_refund: facts.own_refund,
                         unmatched_expired: now - row.first_tried_at >= window,
+                        failure_notice_due: now - row.received_at
+                            >= self.policy.failure_notice_delay.as_millis() as i64,
                     },
                     &self.policy,
                 );
@@ -139,14 +141,17 @@ impl Planner<Prepared> for Decider {
                         note: note.clone(),
                         next_attempt_at: park_until(row.first_tried_at, now, window, &self.config),
                     },
-                    Outcome::Done | Outcome::Ignored => {
+                    Outcome::Done | Outcome::Ignored | Outcome::Hold => {
                         tracing::debug!(inbox_id = row.id, event = %n.event_id, note = %note, actions = actions.len(), "decided");
+                        let hold = self.policy.failure_notice_delay.as_millis() as i64;
                         Write::Decided {
-                            status: if outcome == Outcome::Ignored {
-                                InboxStatus::Ignored
-                            } else {
-                                InboxStatus::Done
+                            status: match outcome {
+                                Outcome::Ignored => InboxStatus::Ignored,
+                                Outcome::Hold => InboxStatus::Parked,
+                                _ => InboxStatus::Done,
                             },
+                            until: (outcome == Outcome::Hold)
+                                .then(|| (row.received_at + hold).max(now + 1)),
                             note: note.clone(),
                             payment_key,
                             source: Source {

@@ -23,6 +23,9 @@ pub enum Outcome {
     Ignored,
     /// The order is not there yet: try again later.
     Park,
+    /// A failed payment recorded, its notice to the customer held back until
+    /// `policy.failure_notice_delay` has passed: then decided again.
+    Hold,
 }
 
 impl std::fmt::Display for Outcome {
@@ -31,6 +34,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Done => "done",
             Outcome::Ignored => "ignored",
             Outcome::Park => "parked",
+            Outcome::Hold => "held",
         })
     }
 }
@@ -63,6 +67,8 @@ pub struct Facts<'a> {
     pub own_refund: bool,
     /// The order was not found and the retry window has passed.
     pub unmatched_expired: bool,
+    /// `policy.failure_notice_delay` has passed since the notification arrived.
+    pub failure_notice_due: bool,
 }
 
 /// Message templates for `notify_customer`.
@@ -81,6 +87,11 @@ pub mod template {
     pub const PAYMENT_PENDING: &str = "payment_pending";
     /// The payment failed; the customer is invited to try again.
     pub const PAYMENT_FAILED: &str = "payment_failed";
+}
+
+/// Whether a row's outcome note says its failure notice is held (an [`Outcome::Hold`]).
+pub fn is_held(note: &str) -> bool {
+    note.contains("policy.failure_notice_delay")
 }
 
 /// Decides what a notification means for its order.
@@ -214,6 +225,20 @@ fn payment_event(f: Facts<'_>, d: Draft<'_>, policy: &Policy) -> Decision {
                     next,
                     &format!("{}; order is {}", n.kind.as_str(), order.raw_status),
                 );
+            }
+            // The customer may well be paying again (another card on the same page): the notice
+            // waits, and goes out only if nothing paid the order meanwhile.
+            if !f.failure_notice_due {
+                return Decision {
+                    outcome: Outcome::Hold,
+                    actions: vec![],
+                    payment: next,
+                    note: format!(
+                        "payment {}: the customer is told after policy.failure_notice_delay, \
+                         unless the order is paid meanwhile",
+                        n.kind.as_str()
+                    ),
+                };
             }
             let key = format!("notify:payment_failed:{}", d.payment_key());
             let reason = format!("payment {}: invite the customer to try again", n.kind.as_str());

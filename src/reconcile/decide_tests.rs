@@ -54,6 +54,7 @@ struct Case {
     policy: Policy,
     unmatched_expired: bool,
     own_refund: bool,
+    failure_notice_due: bool,
 }
 
 impl Case {
@@ -67,6 +68,7 @@ impl Case {
             policy: Policy::default(),
             unmatched_expired: false,
             own_refund: false,
+            failure_notice_due: true,
         }
     }
 
@@ -79,6 +81,7 @@ impl Case {
                 paid_by_other: self.paid_by_other,
                 own_refund: self.own_refund,
                 unmatched_expired: self.unmatched_expired,
+                failure_notice_due: self.failure_notice_due,
             },
             &self.policy,
         )
@@ -343,6 +346,25 @@ fn the_decision_table() {
         Outcome::Done,
         vec![(Notify, Some(template::PAYMENT_FAILED), Some(10000))],
     ));
+    // failed / canceled | awaiting payment, before policy.failure_notice_delay → held: the
+    // payment's state recorded, no notice yet (decided again when the delay has passed)
+    for kind in [Kind::Failed, Kind::Canceled] {
+        let mut c = Case::new(
+            "failure notice held",
+            note(kind, paid(10000)),
+            Some(order(OrderStatus::AwaitingPayment, 10000)),
+        );
+        c.failure_notice_due = false;
+        cases.push((c, Outcome::Hold, vec![]));
+        // ... and no hold when there is nothing to tell: the order is already paid
+        let mut c = Case::new(
+            "failure for a paid order",
+            note(kind, paid(10000)),
+            Some(order(OrderStatus::Paid, 10000)),
+        );
+        c.failure_notice_due = false;
+        cases.push((c, Outcome::Done, vec![]));
+    }
     // failed / canceled after succeeded → nothing (stale)
     for kind in [Kind::Failed, Kind::Canceled, Kind::Pending, Kind::Authorized] {
         let mut c = Case::new(
@@ -463,6 +485,46 @@ fn keys_are_deterministic_and_name_the_order_or_payment() {
     assert_eq!(c.run(), c.run(), "pure");
     // The order's email wins over the provider's.
     assert_eq!(c.run().actions[0].customer_email.as_deref(), Some("jane@example.com"));
+}
+
+#[test]
+fn a_held_failure_records_the_payment_and_a_later_success_means_no_notice() {
+    let mut held = Case::new(
+        "held",
+        note(Kind::Failed, Some(usd(10000))),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    held.failure_notice_due = false;
+    let d = held.run();
+    assert_eq!(d.outcome, Outcome::Hold);
+    assert_eq!(d.payment.as_ref().map(|p| p.status), Some(PaymentStatus::Failed));
+    // When the delay has passed: the same payment succeeded meanwhile → stale, no notice.
+    let mut again = Case::new(
+        "after success",
+        note(Kind::Failed, Some(usd(10000))),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    again.payment = Some(state(PaymentStatus::Succeeded, true));
+    assert!(again.run().actions.is_empty());
+    // Another payment paid the order meanwhile → no notice.
+    let mut other = Case::new(
+        "paid by another",
+        note(Kind::Failed, Some(usd(10000))),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    other.payment = d.payment.clone();
+    other.paid_by_other = Some("stripe:pi_2");
+    assert!(other.run().actions.is_empty());
+    // Nothing paid it: the notice, once.
+    let mut due = Case::new(
+        "due",
+        note(Kind::Failed, Some(usd(10000))),
+        Some(order(OrderStatus::AwaitingPayment, 10000)),
+    );
+    due.payment = d.payment;
+    let actions = due.run().actions;
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].template, Some(template::PAYMENT_FAILED));
 }
 
 #[test]

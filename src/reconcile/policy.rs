@@ -18,6 +18,9 @@ pub struct Policy {
     pub fulfil_on: FulfilOn,
     /// How long a notification whose order is not found keeps being retried.
     pub unmatched_retry_for: Duration,
+    /// How long after a failed or cancelled payment its notice to the customer waits, in case
+    /// the customer pays another way meanwhile (zero: at once).
+    pub failure_notice_delay: Duration,
     /// Live (actions are for carrying out) or shadow (decided and recorded, never carried out).
     pub mode: DecisionMode,
 }
@@ -110,6 +113,7 @@ impl Default for Policy {
             on_paid_after_cancel: RefundOrReview::Refund,
             fulfil_on: FulfilOn::Captured,
             unmatched_retry_for: Duration::from_secs(30 * 60),
+            failure_notice_delay: Duration::from_secs(10 * 60),
             mode: DecisionMode::Live,
         }
     }

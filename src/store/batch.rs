@@ -111,8 +111,11 @@ pub enum Write<'a> {
     /// Decided: the actions (those whose keys were never used), the payment's new state, and
     /// the row's final status, in the one transaction.
     Decided {
-        /// `Done` or `Ignored`.
+        /// `Done` or `Ignored`; or `Parked` with `until`: decided again then (a failed
+        /// payment's notice to the customer held back).
         status: InboxStatus,
+        /// When a `Parked` row is decided again (unix ms).
+        until: Option<i64>,
         /// Why, for people.
         note: String,
         /// Its payment.

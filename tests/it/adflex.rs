@@ -20,7 +20,7 @@ async fn signed_notifications_are_verified_stored_once_and_decided() {
     shop.add(3001, "pending", "49.99", "GBP");
     shop.add(3002, "pending", "12.00", "GBP");
     shop.add(3003, "pending", "20.00", "GBP");
-    let extra = format!("{}\n{}", shop_config(&shop, ""), endpoint());
+    let extra = format!("{}\n{}", shop_config(&shop, crate::harness::NOTICE_AT_ONCE), endpoint());
     let d = Daemon::start_with(dir.path(), "", "", &extra).await;
     let paid = fixture_in("adflex", "authorised.json");
     let sig = adflex::sign(KEY.as_bytes(), &paid);

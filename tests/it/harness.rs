@@ -279,6 +279,10 @@ pub struct Shop {
     pub path: PathBuf,
 }
 
+/// A `[policy]` that sends a failed payment's notice to the customer at once, for tests of
+/// what each provider's events lead to (the notice is held back by default).
+pub const NOTICE_AT_ONCE: &str = "[policy]\nfailure_notice_delay = \"0s\"\n";
+
 /// The `[shop]` table for a [`Shop`], plus a fast `[worker]`; `more` is appended.
 pub fn shop_config(shop: &Shop, more: &str) -> String {
     format!(

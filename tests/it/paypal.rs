@@ -329,8 +329,11 @@ async fn webhook_events_reach_the_outbox() {
     shop.add(3002, "pending", "45.50", "EUR");
     shop.add(3003, "pending", "19.99", "GBP");
     shop.add(3005, "pending", "5000", "JPY");
-    let extra =
-        format!("{}{}", endpoint("paypal", &["test-only-signing.pem"], ""), shop_config(&shop, ""));
+    let extra = format!(
+        "{}{}",
+        endpoint("paypal", &["test-only-signing.pem"], ""),
+        shop_config(&shop, crate::harness::NOTICE_AT_ONCE)
+    );
     let d = Daemon::start_with(dir.path(), "", "", &extra).await;
     for f in [
         "CHECKOUT.ORDER.APPROVED.json",
@@ -407,7 +410,11 @@ async fn ipn_is_stored_verified_by_postback_and_reaches_the_outbox() {
     shop.add(4003, "pending", "19.99", "GBP");
     shop.add(4005, "pending", "5000", "JPY");
     let verify = format!("https://{}/cgi-bin/webscr", paypal_side.addr);
-    let extra = format!("{}{}", ipn_endpoint("ipn", &verify), shop_config(&shop, ""));
+    let extra = format!(
+        "{}{}",
+        ipn_endpoint("ipn", &verify),
+        shop_config(&shop, crate::harness::NOTICE_AT_ONCE)
+    );
     let d = Daemon::start_with(dir.path(), "", "", &extra).await;
 
     // For another account: refused before storing (PayPal will retry; nothing is lost).
@@ -508,7 +515,7 @@ async fn ipn_waits_while_the_postback_fails_and_is_decided_once_it_answers() {
         ipn_endpoint("ipn", &format!("https://{}/cgi-bin/webscr", paypal_side.addr)),
         ipn_endpoint("ipn-down", &format!("https://{closed}/cgi-bin/webscr")),
         ipn_endpoint("ipn-wrong", &format!("https://{}/cgi-bin/webscr", not_paypal.addr)),
-        shop_config(&shop, "")
+        shop_config(&shop, crate::harness::NOTICE_AT_ONCE)
     );
     let d = Daemon::start_with(dir.path(), "", "", &extra).await;
     send_ipn(&d, "ipn", &ipn("completed.form")).await;

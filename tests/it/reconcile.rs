@@ -155,8 +155,17 @@ async fn pending_failed_and_late_events() {
     send(&d, &pi_event("evt_p2", "processing", "pi_10", "10", 1200, "usd")).await;
     send(&d, &pi_event("evt_s", "succeeded", "pi_10", "10", 1200, "usd")).await;
     send(&d, &pi_event("evt_f", "payment_failed", "pi_10", "10", 1200, "usd")).await;
-    // Order 11: the first attempt fails, the retry succeeds.
+    // Order 11: the first attempt fails, the retry succeeds within policy.failure_notice_delay
+    // (10 minutes by default): the customer is never told the payment failed.
     send(&d, &pi_event("evt_f11", "payment_failed", "pi_11", "11", 1200, "usd")).await;
+    d.wait_for("the failure to be held", |c| {
+        c.query_row("SELECT status FROM inbox WHERE dedup_key = 'evt_f11'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+            == "parked"
+    })
+    .await;
     send(&d, &pi_event("evt_s11", "succeeded", "pi_11", "11", 1200, "usd")).await;
     d.settle().await;
     assert_eq!(
@@ -165,11 +174,65 @@ async fn pending_failed_and_late_events() {
             a("notify_customer", "10", "12.00 USD", "payment_pending"),
             a("fulfil", "10", "12.00 USD", ""),
             a("notify_customer", "10", "12.00 USD", "order_confirmed"),
-            a("notify_customer", "11", "12.00 USD", "payment_failed"),
             a("fulfil", "11", "12.00 USD", ""),
             a("notify_customer", "11", "12.00 USD", "order_confirmed"),
         ]
     );
+    d.stop().await;
+}
+
+/// A failure alone: its notice goes out once policy.failure_notice_delay has passed, and a
+/// daemon stopped during the wait sends it after its restart, once. A failure followed by a
+/// success through another payment of the same order: no notice at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_notice_waits_for_its_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(12, "pending", "12.00", "USD");
+    shop.add(13, "pending", "12.00", "USD");
+    shop.add(14, "pending", "12.00", "USD");
+    let policy = "[policy]\nfailure_notice_delay = \"2s\"";
+    let d = start(dir.path(), &shop, policy).await;
+    let sent = std::time::Instant::now();
+    send(&d, &pi_event("evt_f12", "payment_failed", "pi_12", "12", 1200, "usd")).await;
+    // Order 13: declined, then paid with a new payment (another PaymentIntent).
+    send(&d, &pi_event("evt_f13", "payment_failed", "pi_13a", "13", 1200, "usd")).await;
+    send(&d, &pi_event("evt_s13", "succeeded", "pi_13b", "13", 1200, "usd")).await;
+    d.wait_for("the notice for order 12", |_| {
+        d.actions().iter().any(|(kind, order, _, t)| {
+            kind == "notify_customer" && order == "12" && t == "payment_failed"
+        })
+    })
+    .await;
+    assert!(sent.elapsed() >= std::time::Duration::from_secs(2), "sent before the delay");
+    // Order 14 declined, and the daemon stopped before the delay has passed.
+    send(&d, &pi_event("evt_f14", "payment_failed", "pi_14", "14", 1200, "usd")).await;
+    d.wait_for("the failure to be held", |c| {
+        c.query_row("SELECT status FROM inbox WHERE dedup_key = 'evt_f14'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+            == "parked"
+    })
+    .await;
+    d.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let d = start(dir.path(), &shop, policy).await;
+    d.wait_for("the notice for order 14", |_| {
+        d.actions().iter().any(|(kind, order, _, _)| kind == "notify_customer" && order == "14")
+    })
+    .await;
+    d.settle().await;
+    let failed: Vec<String> = d
+        .actions()
+        .into_iter()
+        .filter(|(_, _, _, t)| t == "payment_failed")
+        .map(|(_, order, _, _)| order)
+        .collect();
+    assert_eq!(failed, ["12", "14"], "one notice each, none for the order paid meanwhile");
+    assert!(d.actions().iter().any(|(kind, order, _, _)| kind == "fulfil" && order == "13"));
+    let statuses = d.statuses();
+    assert!(statuses.iter().all(|s| s == "done"), "{statuses:?}");
     d.stop().await;
 }
 

@@ -110,8 +110,11 @@ async fn stripe_worldpay_worldpay_xml_and_adflex_reach_the_outbox() {
     ] {
         shop.add(id, "pending", total, currency);
     }
-    let (d, config) =
-        start(dir.path(), &format!("{}\n{}", endpoints(), shop_config(&shop, ""))).await;
+    let (d, config) = start(
+        dir.path(),
+        &format!("{}\n{}", endpoints(), shop_config(&shop, crate::harness::NOTICE_AT_ONCE)),
+    )
+    .await;
 
     // Stripe: a correct payment is fulfilled and confirmed; a short one refunded by default.
     let paid = ["fulfil 5001 25.99 EUR", "notify_customer 5001 25.99 EUR"];
@@ -187,7 +190,11 @@ async fn paypal_webhooks_with_the_test_certificate_and_ipn_with_a_test_postback(
     shop.add(6003, "pending", "19.99", "USD");
     shop.add(6004, "pending", "60.00", "USD");
     let verify = format!("https://{}/cgi-bin/webscr", paypal_side.addr);
-    let extra = format!("{}\n{}", paypal_endpoints(&verify), shop_config(&shop, ""));
+    let extra = format!(
+        "{}\n{}",
+        paypal_endpoints(&verify),
+        shop_config(&shop, crate::harness::NOTICE_AT_ONCE)
+    );
     let (d, config) = start(dir.path(), &extra).await;
 
     let out = simulate(

@@ -201,7 +201,7 @@ async fn access_events_reach_the_outbox() {
     shop.add(2001, "pending", "25.00", "EUR");
     shop.add(2002, "pending", "45.50", "EUR");
     shop.add(2003, "pending", "19.99", "GBP");
-    let d = start(dir.path(), &shop_config(&shop, "")).await;
+    let d = start(dir.path(), &shop_config(&shop, crate::harness::NOTICE_AT_ONCE)).await;
     for f in [
         "authorized.json",
         "sentForSettlement.json",
@@ -240,7 +240,7 @@ async fn xml_notifications_reach_the_outbox() {
     shop.add(2002, "pending", "45.50", "EUR");
     shop.add(2003, "pending", "19.99", "GBP");
     shop.add(2005, "pending", "5000", "JPY");
-    let d = start(dir.path(), &shop_config(&shop, "")).await;
+    let d = start(dir.path(), &shop_config(&shop, crate::harness::NOTICE_AT_ONCE)).await;
     let settled = String::from_utf8(xml("CAPTURED.xml")).unwrap().replace("CAPTURED", "SETTLED");
     for body in [
         xml("AUTHORISED.xml"),

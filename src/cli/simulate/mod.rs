@@ -364,7 +364,7 @@ async fn show_outcome(
         "inbox row {}: {}{}",
         row.id,
         status.as_str(),
-        row.outcome.map(|o| format!(" ({o})")).unwrap_or_default()
+        row.outcome.as_ref().map(|o| format!(" ({o})")).unwrap_or_default()
     );
     match status {
         InboxStatus::Pending | InboxStatus::Processing => {
@@ -377,6 +377,15 @@ async fn show_outcome(
                 wait.as_secs(),
                 row.id
             );
+        }
+        InboxStatus::Parked
+            if row.outcome.as_deref().is_some_and(crate::reconcile::decide::is_held) =>
+        {
+            println!(
+                "the payment failed: the notice to the customer is held for \
+                 policy.failure_notice_delay, and goes out then unless order {order} is paid \
+                 meanwhile (set failure_notice_delay = \"0s\" under [policy] to see it at once)"
+            )
         }
         InboxStatus::Parked => println!(
             "order {order} was not found in the shop (yet): the row is retried for \

@@ -200,7 +200,7 @@ fn write<P, T: Planner<P>>(
                 status.as_str()
             ])?;
         }
-        Write::Decided { status, note, payment_key, source, actions, payment } => {
+        Write::Decided { status, until, note, payment_key, source, actions, payment } => {
             let mut out = Vec::with_capacity(actions.len());
             for action in actions {
                 let written = insert_action(tx, &action, &source, row, now)?;
@@ -217,6 +217,10 @@ fn write<P, T: Planner<P>>(
                 save_payment(tx, &source, payment_key, &state, row.id, now)?;
             }
             set_status(tx, row, status, Some(&note), None, now, Some(payment_key))?;
+            if let Some(until) = until {
+                tx.prepare_cached("UPDATE inbox SET next_attempt_at = ?2 WHERE id = ?1")?
+                    .execute(params![row.id, until])?;
+            }
             return Ok(out);
         }
     }
