@@ -176,6 +176,10 @@ pub struct Action {
     pub customer_email: Option<String>,
     /// Unique per logical action: the outbox refuses a second row with it.
     pub idempotency_key: String,
+    /// The key this action was written under before keys named the object it is about (a
+    /// review keyed by its event, now by its refund, dispute or payment): an outbox that holds
+    /// it already has this action.
+    pub earlier_key: Option<String>,
     /// Decided in shadow mode (`policy.mode = "shadow"`): recorded for comparison, never
     /// carried out. Its key is the live key with [`SHADOW_KEY_PREFIX`] in front.
     pub shadow: bool,
@@ -189,6 +193,9 @@ impl Action {
     pub fn into_shadow(mut self) -> Action {
         if !self.shadow {
             self.idempotency_key.insert_str(0, SHADOW_KEY_PREFIX);
+            if let Some(earlier) = &mut self.earlier_key {
+                earlier.insert_str(0, SHADOW_KEY_PREFIX);
+            }
             self.shadow = true;
         }
         self

@@ -304,6 +304,11 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
                 "refunded" => (Kind::Refunded, "amount_refunded"),
                 _ => (Kind::Ignored, "amount"),
             };
+            if kind == Kind::Refunded {
+                // The refund this event is about (the newest first), as refund.created names
+                // it: the two make one review.
+                n.object_id = str_at(&obj["refunds"]["data"][0], &["id"]);
+            }
             n.kind = kind;
             n.amount = amount(obj, field)
                 .filter(|a| !matches!(a, Ok(m) if m.minor == 0 && field == "amount_captured"))

@@ -117,8 +117,17 @@ pub fn decide(f: Facts<'_>, policy: &Policy) -> Decision {
                 Some(detail) => format!("{what} ({detail})"),
                 None => what.to_owned(),
             };
-            let key = format!("review:{}:{}:{}", n.kind.as_str(), n.provider, n.event_id);
-            d.with(vec![d.review(reason.clone(), key, n.amount)], None, &reason)
+            // Keyed by the refund or dispute it is about, under the provider's family: a refund
+            // made in Stripe's dashboard comes as charge.refunded and refund.created, a PayPal
+            // refund as a webhook and an IPN message; one review.
+            let earlier = format!("review:{}:{}:{}", n.kind.as_str(), n.provider, n.event_id);
+            let key = match &n.object_id {
+                Some(object) => {
+                    format!("review:{}:{}:{object}", n.kind.as_str(), n.provider.family())
+                }
+                None => earlier.clone(),
+            };
+            d.with(vec![d.review_of(reason.clone(), key, earlier, n.amount)], None, &reason)
         }
         Kind::Succeeded | Kind::Authorized | Kind::Pending | Kind::Failed | Kind::Canceled => {
             payment_event(f, d, policy)
@@ -146,8 +155,14 @@ fn payment_event(f: Facts<'_>, d: Draft<'_>, policy: &Policy) -> Decision {
                 n.merchant_reference.as_deref().unwrap_or("-"),
                 n.payment_id.as_deref().unwrap_or("-")
             );
-            let key = format!("review:unmatched:{}:{}", n.provider, n.event_id);
-            return d.with(vec![d.review(reason.clone(), key, n.amount)], None, &reason);
+            // One review per payment, however many of its notifications find no order.
+            let earlier = format!("review:unmatched:{}:{}", n.provider, n.event_id);
+            let key = format!("review:unmatched:{}", d.payment_key());
+            return d.with(
+                vec![d.review_of(reason.clone(), key, earlier, n.amount)],
+                None,
+                &reason,
+            );
         }
         return Decision {
             outcome: Outcome::Park,
@@ -493,6 +508,7 @@ impl<'a> Draft<'a> {
             template,
             customer_email: self.email.clone(),
             idempotency_key: key,
+            earlier_key: None,
             shadow: false,
         }
     }
@@ -518,6 +534,21 @@ impl<'a> Draft<'a> {
 
     fn review(&self, reason: String, key: String, amount: Option<Money>) -> Action {
         self.action(ActionKind::Review, amount, &reason, None, key)
+    }
+
+    /// A review about one object (a refund, a dispute, a payment), keyed by it, so that the
+    /// several events a provider sends about it make one review; `earlier` is the key such a
+    /// review had when it was keyed by its event.
+    fn review_of(
+        &self,
+        reason: String,
+        key: String,
+        earlier: String,
+        amount: Option<Money>,
+    ) -> Action {
+        let mut action = self.review(reason, key, amount);
+        action.earlier_key = Some(earlier).filter(|e| *e != action.idempotency_key);
+        action
     }
 
     fn with(&self, actions: Vec<Action>, payment: Option<PaymentState>, note: &str) -> Decision {

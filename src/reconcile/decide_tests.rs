@@ -488,6 +488,51 @@ fn keys_are_deterministic_and_name_the_order_or_payment() {
 }
 
 #[test]
+fn reviews_are_keyed_by_the_refund_dispute_or_payment_they_are_about() {
+    let review = |kind: Kind, provider, event: &str, object: Option<&str>, order: Option<Order>| {
+        let mut n = note(kind, Some(usd(10000)));
+        n.provider = provider;
+        n.event_id = event.into();
+        n.object_id = object.map(str::to_owned);
+        let mut c = Case::new("review", n, order);
+        c.unmatched_expired = true;
+        let a = c.run().actions.pop().expect("a review");
+        (a.idempotency_key, a.earlier_key)
+    };
+    use crate::provider::ProviderKind::{Paypal, PaypalIpn, Stripe};
+    let paid = || Some(order(OrderStatus::Paid, 10000));
+    // Two events about one refund: one key; the key each had before is kept for old stores.
+    let (a, earlier_a) = review(Kind::Refunded, Stripe, "evt_a", Some("re_1"), paid());
+    let (b, _) = review(Kind::Refunded, Stripe, "evt_b", Some("re_1"), paid());
+    assert_eq!(
+        (a.as_str(), b.as_str()),
+        ("review:refunded:stripe:re_1", "review:refunded:stripe:re_1")
+    );
+    assert_eq!(earlier_a.as_deref(), Some("review:refunded:stripe:evt_a"));
+    // A PayPal refund by webhook and by IPN: one review.
+    let (web, _) = review(Kind::Refunded, Paypal, "WH-1", Some("R1"), paid());
+    let (ipn, _) = review(Kind::Refunded, PaypalIpn, "ipn-1", Some("R1"), paid());
+    assert_eq!(web, ipn);
+    // Another refund of the same payment, or the refund failing: a review of its own.
+    assert_ne!(review(Kind::Refunded, Stripe, "evt_c", Some("re_2"), paid()).0, a);
+    assert_ne!(review(Kind::RefundFailed, Stripe, "evt_d", Some("re_1"), paid()).0, a);
+    // A dispute by its id; without an object, by the event as before.
+    assert_eq!(
+        review(Kind::Disputed, Stripe, "evt_e", Some("dp_1"), paid()).0,
+        "review:disputed:stripe:dp_1"
+    );
+    let (by_event, earlier) = review(Kind::Disputed, Stripe, "evt_f", None, paid());
+    assert_eq!((by_event.as_str(), earlier), ("review:disputed:stripe:evt_f", None));
+    // An unmatched payment by the payment, whichever of its events.
+    let (u1, _) = review(Kind::Pending, Stripe, "evt_g", None, None);
+    let (u2, _) = review(Kind::Succeeded, Stripe, "evt_h", None, None);
+    assert_eq!(
+        (u1.as_str(), u2.as_str()),
+        ("review:unmatched:stripe:pi_1", "review:unmatched:stripe:pi_1")
+    );
+}
+
+#[test]
 fn a_held_failure_records_the_payment_and_a_later_success_means_no_notice() {
     let mut held = Case::new(
         "held",

@@ -341,6 +341,85 @@ async fn refunds_and_disputes_go_to_review_and_other_types_are_ignored() {
     d.stop().await;
 }
 
+/// A refund made in Stripe's dashboard comes as charge.refunded and refund.created: one
+/// review, keyed by the refund, whichever comes first. A store whose review was written under
+/// the key reviews had when they were keyed by their event emits none again on a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_review_per_refund_whichever_event_comes_first() {
+    for (first, second) in [
+        ("charge.refunded.json", "refund.created.json"),
+        ("refund.created.json", "charge.refunded.json"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let shop = Shop::create(dir.path());
+        shop.add(1001, "pending", "100.00", "USD");
+        let d = start(dir.path(), &shop, "").await;
+        for f in ["payment_intent.succeeded.json", first, second] {
+            send(&d, &crate::harness::fixture(f)).await;
+            d.settle().await;
+        }
+        let kinds: Vec<String> = d.actions().into_iter().map(|a| a.0).collect();
+        assert_eq!(kinds, ["fulfil", "notify_customer", "review"], "{first} first");
+        let conn = d.read();
+        let key: String = conn
+            .query_row("SELECT idempotency_key FROM outbox WHERE kind = 'review'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(key, "review:refunded:stripe:re_3PqR1001TestAbCdEf0Rf1");
+        d.stop().await;
+
+        // As a store written before would hold it: the review under its event's key.
+        let db = dir.path().join("inbox.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let event: String = conn
+            .query_row("SELECT event_id FROM outbox WHERE kind = 'review'", [], |r| r.get(0))
+            .unwrap();
+        conn.execute(
+            "UPDATE outbox SET idempotency_key = ?1 WHERE kind = 'review'",
+            [format!("review:refunded:stripe:{event}")],
+        )
+        .unwrap();
+        let id: i64 = conn
+            .query_row("SELECT id FROM inbox WHERE dedup_key = ?1", [&event], |r| r.get(0))
+            .unwrap();
+        let config = dir.path().join("replay.toml");
+        std::fs::write(&config, harness::config_text_with(&db, "", "", &shop_config(&shop, "")))
+            .unwrap();
+        let out = crate::cli::run(
+            crate::cli::bin().args(["inbox", "replay", &id.to_string(), "--config"]).arg(&config),
+            b"",
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let reviews: i64 = conn
+            .query_row("SELECT count(*) FROM outbox WHERE kind = 'review'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(reviews, 1, "replayed under the new key: {}", out.stdout);
+    }
+}
+
+/// A payment whose order is never found makes one review, however many of its notifications
+/// arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_review_per_unmatched_payment() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let d = start(dir.path(), &shop, "[policy]\nunmatched_retry_for = \"1s\"").await;
+    send(&d, &pi_event("evt_u1", "processing", "pi_u", "7777", 500, "usd")).await;
+    send(&d, &pi_event("evt_u2", "succeeded", "pi_u", "7777", 500, "usd")).await;
+    d.wait_for("both rows decided", |c| {
+        c.query_row("SELECT count(*) FROM inbox WHERE status = 'done'", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            == 2
+    })
+    .await;
+    let keys: Vec<String> = {
+        let conn = d.read();
+        let mut stmt = conn.prepare("SELECT idempotency_key FROM outbox").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(keys, ["review:unmatched:stripe:pi_u"]);
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_shop_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();

@@ -305,6 +305,15 @@ fn insert_action(
     if spent {
         return Ok(false);
     }
+    if let Some(earlier) = &a.earlier_key {
+        // Written before under the key it had then: the same action.
+        let known = tx
+            .prepare_cached("SELECT 1 FROM outbox WHERE idempotency_key = ?1")?
+            .exists([earlier])?;
+        if known {
+            return Ok(false);
+        }
+    }
     let changed = tx.prepare_cached(INSERT_ACTION)?.execute(params![
         a.kind.as_str(),
         a.order_id,
@@ -389,6 +398,7 @@ mod tests {
             reason: "payment received".into(),
             template: None,
             customer_email: None,
+            earlier_key: None,
             idempotency_key: key.into(),
             shadow: false,
         };
