@@ -208,3 +208,10 @@ INSERT INTO endpoint_activity (endpoint, last_stored_at)
     SELECT endpoint, max(last_received_at) FROM inbox GROUP BY endpoint;
 -- Deliveries that gave up, per sink, counted without reading the delivered ones.
 CREATE INDEX deliveries_dead ON deliveries (sink) WHERE state = 'dead';
+
+-- migration: 14
+-- Payments left open: pending, or authorized and not captured, for longer than the policy
+-- allows get one review per status. open_reviewed records the status that was reviewed; the
+-- index holds only open payments, so the periodic check reads a handful of rows.
+ALTER TABLE payments ADD COLUMN open_reviewed TEXT;
+CREATE INDEX payments_open ON payments (updated_at) WHERE status = 'pending' OR status = 'authorized';

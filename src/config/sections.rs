@@ -68,6 +68,8 @@ pub(super) struct RawPolicy {
     fulfil_on: Option<FulfilOn>,
     unmatched_retry_for: Option<String>,
     failure_notice_delay: Option<String>,
+    pending_review_after: Option<String>,
+    authorization_review_after: Option<String>,
     mode: Option<DecisionMode>,
 }
 
@@ -236,6 +238,16 @@ pub(super) fn policy(p: RawPolicy, r: &Resolver<'_>) -> Result<Policy, ConfigErr
     if hold.is_some_and(|h| h > Duration::from_secs(24 * 3600)) {
         return Err(r.invalid("policy.failure_notice_delay", "must be at most 24h"));
     }
+    let open = |key: &str, text: Option<&str>| -> Result<Option<Duration>, ConfigError> {
+        let d = r.duration(key, text)?;
+        if d.is_some_and(|d| d.is_zero() || d > Duration::from_secs(90 * 24 * 3600)) {
+            return Err(r.invalid(key, "must be more than 0s and at most 90d"));
+        }
+        Ok(d)
+    };
+    let pending_after = open("policy.pending_review_after", p.pending_review_after.as_deref())?;
+    let auth_after =
+        open("policy.authorization_review_after", p.authorization_review_after.as_deref())?;
     Ok(Policy {
         on_underpaid: p.on_underpaid.unwrap_or(d.on_underpaid),
         on_overpaid: p.on_overpaid.unwrap_or(d.on_overpaid),
@@ -244,6 +256,8 @@ pub(super) fn policy(p: RawPolicy, r: &Resolver<'_>) -> Result<Policy, ConfigErr
         fulfil_on: p.fulfil_on.unwrap_or(d.fulfil_on),
         unmatched_retry_for: unmatched.unwrap_or(d.unmatched_retry_for),
         failure_notice_delay: hold.unwrap_or(d.failure_notice_delay),
+        pending_review_after: pending_after.unwrap_or(d.pending_review_after),
+        authorization_review_after: auth_after.unwrap_or(d.authorization_review_after),
         mode: p.mode.unwrap_or(d.mode),
     })
 }

@@ -10,11 +10,11 @@ use super::decide::{decide, Decision, Facts, Outcome};
 use super::policy::{DecisionMode, Policy, WorkerConfig};
 use super::prepare::Prepared;
 use crate::deliver::Routes;
-use crate::domain::{Action, ActionKind, InboxStatus};
+use crate::domain::{Action, ActionKind, InboxStatus, PaymentStatus};
 use crate::provider::ProviderKind;
 use crate::shop::ShopError;
 use crate::store::batch::{FactsQuery, Plan, Source, StoredFacts, Write};
-use crate::store::{Claimed, Planner};
+use crate::store::{Claimed, OpenPayment, Planner};
 
 /// What the planner hands back for a decided row: the outcome and why. Its actions and the
 /// payment's new state went into the plan (see [`crate::store::batch::Applied`] for which
@@ -217,6 +217,56 @@ impl Decider {
     }
 }
 
+/// The review of a payment left open: pending for longer than `policy.pending_review_after`,
+/// or authorized and not captured for longer than `policy.authorization_review_after`, since
+/// its last notification. `None` while it is within its time. One per payment and status.
+pub fn open_payment_review(p: &OpenPayment, policy: &Policy, now: i64) -> Option<Action> {
+    let (after, key, what) = match p.status {
+        PaymentStatus::Pending => (
+            policy.pending_review_after,
+            "policy.pending_review_after",
+            "is still pending, with no final notification: look it up in the provider's \
+             dashboard (a bank transfer or voucher that was never paid, or a lost webhook)",
+        ),
+        PaymentStatus::Authorized => (
+            policy.authorization_review_after,
+            "policy.authorization_review_after",
+            "was authorized and never captured: capture it before the authorization lapses, \
+             or cancel the order",
+        ),
+        _ => return None,
+    };
+    let open_for = now.saturating_sub(p.since_ms);
+    if open_for < i64::try_from(after.as_millis()).unwrap_or(i64::MAX) {
+        return None;
+    }
+    let age = crate::time::format_duration(std::time::Duration::from_secs(
+        u64::try_from(open_for / 1000).unwrap_or(0),
+    ));
+    let action = Action {
+        kind: ActionKind::Review,
+        order_id: p.order_id.clone(),
+        amount: None,
+        reason: format!(
+            "payment {}:{} {what} ({age} since its last notification; {key} {})",
+            p.provider,
+            p.payment_id,
+            crate::time::format_duration(after)
+        ),
+        template: None,
+        customer_email: None,
+        idempotency_key: format!(
+            "review:open:{}:{}:{}",
+            p.status.as_str(),
+            p.provider,
+            p.payment_id
+        ),
+        earlier_key: None,
+        shadow: false,
+    };
+    Some(if policy.mode == DecisionMode::Shadow { action.into_shadow() } else { action })
+}
+
 /// Milliseconds before a failed row is tried again. A counted failure backs off
 /// exponentially from `retry_base` (its `attempts`th try); an outage (not counted) waits half
 /// the time the row has been failing, so a long outage is not hammered. Both within
@@ -274,6 +324,33 @@ mod tests {
         assert_eq!(retry_delay(3, false, 0, &c), 1_000, "never below the base");
         assert_eq!(retry_delay(3, false, 60_000, &c), 30_000);
         assert_eq!(retry_delay(3, false, 3_600_000, &c), 300_000, "never above the maximum");
+    }
+
+    #[test]
+    fn a_payment_left_open_is_reviewed_once_its_time_has_passed() {
+        let p = |status| OpenPayment {
+            provider: ProviderKind::Stripe,
+            payment_id: "pi_1".into(),
+            status,
+            order_id: Some("1001".into()),
+            since_ms: 0,
+            inbox_id: 1,
+            event_id: "evt_1".into(),
+            endpoint: "stripe".into(),
+        };
+        let policy = Policy::default();
+        let day = 24 * 3600 * 1000;
+        assert_eq!(open_payment_review(&p(PaymentStatus::Pending), &policy, 7 * day - 1), None);
+        let review = open_payment_review(&p(PaymentStatus::Pending), &policy, 7 * day).unwrap();
+        assert_eq!(review.idempotency_key, "review:open:pending:stripe:pi_1");
+        assert_eq!(review.order_id.as_deref(), Some("1001"));
+        assert_eq!(open_payment_review(&p(PaymentStatus::Authorized), &policy, 6 * day - 1), None);
+        let auth = open_payment_review(&p(PaymentStatus::Authorized), &policy, 6 * day).unwrap();
+        assert_eq!(auth.idempotency_key, "review:open:authorized:stripe:pi_1");
+        assert_eq!(open_payment_review(&p(PaymentStatus::Failed), &policy, 100 * day), None);
+        let shadow = Policy { mode: DecisionMode::Shadow, ..policy };
+        let review = open_payment_review(&p(PaymentStatus::Pending), &shadow, 7 * day).unwrap();
+        assert!(review.shadow && review.idempotency_key.starts_with("shadow:review:open:"));
     }
 
     #[test]

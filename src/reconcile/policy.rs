@@ -21,6 +21,12 @@ pub struct Policy {
     /// How long after a failed or cancelled payment its notice to the customer waits, in case
     /// the customer pays another way meanwhile (zero: at once).
     pub failure_notice_delay: Duration,
+    /// A payment still pending (processing) this long after its last notification gets a
+    /// review.
+    pub pending_review_after: Duration,
+    /// A payment authorized and not captured this long after its last notification gets a
+    /// review (before most card authorizations lapse).
+    pub authorization_review_after: Duration,
     /// Live (actions are for carrying out) or shadow (decided and recorded, never carried out).
     pub mode: DecisionMode,
 }
@@ -114,6 +120,8 @@ impl Default for Policy {
             fulfil_on: FulfilOn::Captured,
             unmatched_retry_for: Duration::from_secs(30 * 60),
             failure_notice_delay: Duration::from_secs(10 * 60),
+            pending_review_after: Duration::from_secs(7 * 24 * 3600),
+            authorization_review_after: Duration::from_secs(6 * 24 * 3600),
             mode: DecisionMode::Live,
         }
     }

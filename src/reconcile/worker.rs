@@ -37,7 +37,7 @@ use super::decide::Outcome;
 use super::policy::{Policy, WorkerConfig};
 use super::prepare::Prepared;
 use crate::deliver::Routes;
-use crate::domain::Action;
+use crate::domain::{Action, ActionKind};
 use crate::endpoint::Endpoints;
 use crate::metrics::Metrics;
 use crate::shop::{OrderSource, ShopConfig};
@@ -45,6 +45,8 @@ use crate::store::{Applied, Claimed, Mode, Store, StoreError};
 
 /// Longest sleep with nothing due: a safety net for rows written by other processes.
 const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// The most payments left open reviewed in one check.
+const OPEN_CHECK_BATCH: usize = 500;
 /// Wait before reconnecting to an unreachable shop database.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -181,8 +183,9 @@ impl Worker {
         }
         tracing::info!(driver = %self.shop.driver.as_str(), "reconciliation worker started");
         let mut source = Arc::new(source);
+        let mut open_checked: Option<tokio::time::Instant> = None;
         loop {
-            let wait = match self.work_through(&source, &shutdown).await {
+            let mut wait = match self.work_through(&source, &shutdown).await {
                 Ok(_) if shutdown.is_cancelled() => break,
                 Ok(_) => self.next_due().await.unwrap_or(IDLE_WAKE),
                 Err(e) => {
@@ -190,6 +193,14 @@ impl Worker {
                     self.config().retry_base
                 }
             };
+            let every = self.open_check_every();
+            if open_checked.is_none_or(|at| at.elapsed() >= every) {
+                if let Err(e) = self.review_open_payments().await {
+                    tracing::error!(error = %crate::error::error_chain(&e), "check of payments left open failed; trying again later");
+                }
+                open_checked = Some(tokio::time::Instant::now());
+            }
+            wait = wait.min(every);
             tokio::select! {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(wait.min(IDLE_WAKE)) => {}
@@ -298,6 +309,52 @@ impl Worker {
             });
             (verdict, applied.actions)
         }))
+    }
+
+    /// How often payments left open are looked for: a quarter of the shorter of the two
+    /// policy times, within 1 s and 10 minutes.
+    fn open_check_every(&self) -> Duration {
+        let policy = &self.decider.policy;
+        (policy.pending_review_after.min(policy.authorization_review_after) / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(600))
+    }
+
+    /// Writes a review for each payment left open longer than the policy allows (once per
+    /// payment and status); returns how many were written.
+    pub async fn review_open_payments(&self) -> Result<usize, StoreError> {
+        let policy = self.decider.policy;
+        let now = crate::time::now_ms();
+        let shortest = policy.pending_review_after.min(policy.authorization_review_after);
+        let before = now.saturating_sub(i64::try_from(shortest.as_millis()).unwrap_or(i64::MAX));
+        let open = self.store.open_payments(before, OPEN_CHECK_BATCH).await?;
+        let reviews: Vec<_> = open
+            .into_iter()
+            .filter_map(|p| {
+                let review = super::apply::open_payment_review(&p, &policy, now)?;
+                Some((p, review))
+            })
+            .collect();
+        if reviews.is_empty() {
+            return Ok(0);
+        }
+        let sinks = self.decider.sinks.of(ActionKind::Review).to_vec();
+        let reasons: Vec<(String, Option<String>)> =
+            reviews.iter().map(|(_, a)| (a.reason.clone(), a.order_id.clone())).collect();
+        let written = self.store.review_open(reviews, sinks).await?;
+        let mut count = 0;
+        for ((reason, order), written) in reasons.into_iter().zip(written) {
+            if written {
+                count += 1;
+                self.metrics.action(ActionKind::Review.as_str());
+                tracing::info!(order = order.as_deref().unwrap_or("-"), "review: {reason}");
+            }
+        }
+        if count > 0 {
+            if let Some(w) = &self.written {
+                w.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+        Ok(count)
     }
 
     /// When the next parked row or lease falls due, from now.

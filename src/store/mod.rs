@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::batch::{Applied, Mode, Planner};
 pub use self::rows::{
     Attempt, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Failure, FailureRecord, InboxRow,
-    InboxSummary, ListFilter, NewRow, OrderPayments, OutboxFilter, OutboxRow, Owed, PaymentSummary,
-    SinkCounts, SinkGauges, StoreGauges, Stored, FAILURE_BODY_PREFIX,
+    InboxSummary, ListFilter, NewRow, OpenPayment, OrderPayments, OutboxFilter, OutboxRow, Owed,
+    PaymentSummary, SinkCounts, SinkGauges, StoreGauges, Stored, FAILURE_BODY_PREFIX,
 };
 use crate::provider::ProviderKind;
 
@@ -440,6 +440,34 @@ impl Store {
     pub async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.deliveries(filter).await,
+        }
+    }
+
+    /// Payments left open since before `before_ms` and not reviewed for their status yet.
+    pub async fn open_payments(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OpenPayment>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| sqlite::read::open_payments(c, before_ms, limit)).await
+            }
+        }
+    }
+
+    /// Writes the reviews of payments left open (each only if its payment has not changed
+    /// since it was read), delivered to `sinks`; which were written.
+    pub async fn review_open(
+        &self,
+        reviews: Vec<(OpenPayment, crate::domain::Action)>,
+        sinks: Vec<Arc<str>>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let now = crate::time::now_ms();
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.write_with(move |c| sqlite::batch::review_open(c, &reviews, &sinks, now)).await
+            }
         }
     }
 

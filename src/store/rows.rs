@@ -390,3 +390,25 @@ pub struct SinkGauges {
     /// When the oldest action still owed (not dead) was written (unix ms).
     pub oldest_owed_ms: Option<i64>,
 }
+
+/// A payment still open (pending, or authorized and not captured) and not yet reviewed for
+/// its status: what the check for payments left open reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPayment {
+    /// Its provider.
+    pub provider: ProviderKind,
+    /// The provider's id for it.
+    pub payment_id: String,
+    /// `Pending` or `Authorized`.
+    pub status: crate::domain::PaymentStatus,
+    /// The order it was matched to.
+    pub order_id: Option<String>,
+    /// When its last notification was decided (unix ms).
+    pub since_ms: i64,
+    /// That notification's inbox row, its provider id, and its endpoint.
+    pub inbox_id: i64,
+    /// The provider's id of that notification.
+    pub event_id: String,
+    /// The endpoint it arrived on.
+    pub endpoint: String,
+}

@@ -396,6 +396,50 @@ async fn one_review_per_refund_whichever_event_comes_first() {
     }
 }
 
+/// A payment left pending past policy.pending_review_after, and one authorized and never
+/// captured past policy.authorization_review_after, get one review each, however often the
+/// check runs; a pending payment that succeeds in time gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_left_open_get_one_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    for id in 15..=17 {
+        shop.add(id, "pending", "12.00", "USD");
+    }
+    let policy = "[policy]\npending_review_after = \"2s\"\nauthorization_review_after = \"3s\"";
+    let d = start(dir.path(), &shop, policy).await;
+    send(&d, &pi_event("evt_o15", "processing", "pi_15", "15", 1200, "usd")).await;
+    send(&d, &pi_event("evt_o16", "amount_capturable_updated", "pi_16", "16", 1200, "usd")).await;
+    send(&d, &pi_event("evt_o17", "processing", "pi_17", "17", 1200, "usd")).await;
+    send(&d, &pi_event("evt_s17", "succeeded", "pi_17", "17", 1200, "usd")).await;
+    let reviews = |c: &rusqlite::Connection| -> Vec<(String, String)> {
+        let mut stmt = c
+            .prepare(
+                "SELECT idempotency_key, order_id FROM outbox WHERE kind = 'review' ORDER BY id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    d.wait_for("two reviews", |c| reviews(c).len() == 2).await;
+    // Several more checks: nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        reviews(&d.read()),
+        [
+            ("review:open:pending:stripe:pi_15".to_owned(), "15".to_owned()),
+            ("review:open:authorized:stripe:pi_16".to_owned(), "16".to_owned()),
+        ]
+    );
+    let reason: String = d
+        .read()
+        .query_row("SELECT reason FROM outbox WHERE order_id = '16' AND kind = 'review'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(reason.contains("never captured"), "{reason}");
+    d.stop().await;
+}
+
 /// A payment whose order is never found makes one review, however many of its notifications
 /// arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::queue;
 use crate::domain::{Action, InboxStatus, PaymentState, PaymentStatus, SHADOW_KEY_PREFIX};
 use crate::store::batch::{FactsQuery, Source, StoredFacts, Write};
-use crate::store::{Applied, Claimed, Mode, Planner};
+use crate::store::{Applied, Claimed, Mode, OpenPayment, Planner};
 
 /// Plans and writes `rows` in one transaction.
 pub fn decide<P, T: Planner<P>>(
@@ -203,7 +203,7 @@ fn write<P, T: Planner<P>>(
         Write::Decided { status, until, note, payment_key, source, actions, payment } => {
             let mut out = Vec::with_capacity(actions.len());
             for action in actions {
-                let written = insert_action(tx, &action, &source, row, now)?;
+                let written = insert_action(tx, &action, &source, (row.id, &row.endpoint), now)?;
                 if written && !action.shadow {
                     let sinks = planner.sinks(action.kind);
                     if !sinks.is_empty() {
@@ -225,6 +225,42 @@ fn write<P, T: Planner<P>>(
         }
     }
     Ok(Vec::new())
+}
+
+/// Writes the reviews of payments left open, each only if its payment is still as it was
+/// read (same status, no notification since), and marks each payment reviewed for its
+/// status. Which were written.
+pub fn review_open(
+    conn: &mut Connection,
+    reviews: &[(OpenPayment, Action)],
+    sinks: &[std::sync::Arc<str>],
+    now: i64,
+) -> rusqlite::Result<Vec<bool>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(reviews.len());
+    for (p, action) in reviews {
+        let marked = tx
+            .prepare_cached(
+                "UPDATE payments SET open_reviewed = status WHERE provider = ?1 AND payment_id = ?2 \
+                 AND status = ?3 AND updated_at = ?4",
+            )?
+            .execute(params![p.provider.as_str(), p.payment_id, p.status.as_str(), p.since_ms])?;
+        if marked == 0 {
+            // A notification about it arrived meanwhile: it is no longer the payment we read.
+            out.push(false);
+            continue;
+        }
+        let source =
+            Source { provider: p.provider, payment_id: Some(&p.payment_id), event_id: &p.event_id };
+        let written = insert_action(&tx, action, &source, (p.inbox_id, &p.endpoint), now)?;
+        if written && !action.shadow && !sinks.is_empty() {
+            let id = tx.last_insert_rowid();
+            super::deliver::add(&tx, id, action.order_id.as_deref(), sinks, now)?;
+        }
+        out.push(written);
+    }
+    tx.commit()?;
+    Ok(out)
 }
 
 /// A row's final status; `first_tried_at` is kept if an earlier attempt set it.
@@ -293,9 +329,10 @@ fn insert_action(
     tx: &Connection,
     a: &Action,
     source: &Source<'_>,
-    row: &Claimed,
+    row: (i64, &str),
     now: i64,
 ) -> rusqlite::Result<bool> {
+    let (inbox_id, endpoint) = row;
     let spent = tx
         .prepare_cached(
             "SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = ?1 \
@@ -325,10 +362,10 @@ fn insert_action(
         a.template,
         a.customer_email,
         a.idempotency_key,
-        row.id,
+        inbox_id,
         source.event_id,
         now,
-        row.endpoint,
+        endpoint,
         a.shadow,
     ])?;
     Ok(changed == 1)
@@ -402,7 +439,8 @@ mod tests {
             idempotency_key: key.into(),
             shadow: false,
         };
-        let write = |a: &Action| insert_action(&conn, a, &source, &row, 1).unwrap();
+        let write =
+            |a: &Action| insert_action(&conn, a, &source, (row.id, &row.endpoint), 1).unwrap();
         assert!(write(&action("fulfil:order:1001").into_shadow()));
         assert!(!write(&action("fulfil:order:1001")), "the shadow decision went live");
         assert!(write(&action("fulfil:order:1002")));

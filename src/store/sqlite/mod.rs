@@ -197,6 +197,14 @@ impl Sqlite {
         self.on_work(move |c| f(c)).await.map_err(|e| StoreError::Read(std::sync::Arc::new(e)))
     }
 
+    /// A write on the work connection, for the store's handle.
+    pub(super) async fn write_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write(f).await
+    }
+
     /// A write on the work connection.
     async fn write<T: Send + 'static>(
         &self,

@@ -346,3 +346,47 @@ pub fn gauges(conn: &Connection, now_ms: i64) -> rusqlite::Result<crate::store::
     sinks.sort_by(|a, b| a.sink.cmp(&b.sink));
     Ok(crate::store::StoreGauges { inbox, oldest_due_ms, last_stored, sinks })
 }
+
+/// Open payments (pending, or authorized) whose last notification was decided before
+/// `before_ms` and that were not reviewed for their status yet, oldest first.
+pub fn open_payments(
+    conn: &Connection,
+    before_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<crate::store::OpenPayment>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.provider, p.payment_id, p.status, p.order_id, p.updated_at, p.last_inbox_id, \
+         i.dedup_key, i.endpoint FROM payments p INDEXED BY payments_open \
+         JOIN inbox i ON i.id = p.last_inbox_id \
+         WHERE (p.status = 'pending' OR p.status = 'authorized') AND p.updated_at < ?1 \
+         AND (p.open_reviewed IS NULL OR p.open_reviewed <> p.status) \
+         ORDER BY p.updated_at LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![before_ms, limit as i64], |r| {
+        let provider: String = r.get(0)?;
+        let status: String = r.get(2)?;
+        Ok((provider, status, r.get(1)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (provider, status, payment_id, order_id, since_ms, inbox_id, event_id, endpoint) = row?;
+        // A provider or status this build does not know is left alone.
+        let (Some(provider), Some(status)) = (
+            crate::provider::ProviderKind::from_name(&provider),
+            crate::domain::PaymentStatus::parse(&status),
+        ) else {
+            continue;
+        };
+        out.push(crate::store::OpenPayment {
+            provider,
+            payment_id,
+            status,
+            order_id,
+            since_ms,
+            inbox_id,
+            event_id,
+            endpoint,
+        });
+    }
+    Ok(out)
+}
