@@ -49,14 +49,45 @@ pub struct PruneArgs {
 
 /// Arguments of `inbox replay`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selection").multiple(true).required(true)
+    .args(["ids", "status", "provider", "endpoint", "order", "since", "until"])))]
 pub struct ReplayArgs {
-    /// The inbox row id.
-    id: i64,
+    /// Inbox row ids.
+    ids: Vec<i64>,
+    /// Rows with this status (dead, parked, done, …).
+    #[arg(long, value_name = "S")]
+    status: Option<InboxStatus>,
+    /// Rows from this provider.
+    #[arg(long, value_name = "P")]
+    provider: Option<String>,
+    /// Rows that arrived on this endpoint.
+    #[arg(long, value_name = "E")]
+    endpoint: Option<String>,
+    /// Rows about a payment matched to this order.
+    #[arg(long, value_name = "O")]
+    order: Option<String>,
+    /// Rows first delivered at or after this time (RFC 3339, or a duration ago: 7d).
+    #[arg(long, value_name = "T", value_parser = instant)]
+    since: Option<i64>,
+    /// Rows first delivered before this time (RFC 3339, or a duration ago).
+    #[arg(long, value_name = "T", value_parser = instant)]
+    until: Option<i64>,
     #[command(flatten)]
     config: super::ConfigOrDemo,
-    /// Print what would be emitted; change nothing.
+    /// Print what would change; write nothing, and ask no provider to confirm anything.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// A time on the command line: RFC 3339 (`2026-12-01T00:00:00Z`) or a duration ago (`7d`),
+/// as unix ms.
+fn instant(text: &str) -> Result<i64, String> {
+    if let Some(ms) = crate::time::parse_rfc3339(text) {
+        return Ok(ms);
+    }
+    crate::time::parse_duration(text)
+        .map(|ago| crate::time::now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
+        .ok_or_else(|| format!("\"{text}\" is neither an RFC 3339 time nor a duration such as 7d"))
 }
 
 /// Arguments of `inbox list`.
@@ -140,48 +171,164 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rows taken from the store per query of a bulk replay.
+const REPLAY_PAGE: usize = 500;
+
 fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    use std::collections::HashSet;
+    use std::io::IsTerminal;
+
     use crate::reconcile::worker::Worker;
     use crate::shop::OrderSource;
     let config = args.config.load()?;
     let shop = config.shop.clone().context("replay needs a [shop] section to find the order")?;
+    let selection = crate::store::ReplaySelection {
+        ids: args.ids.clone(),
+        status: args.status,
+        provider: args.provider.clone(),
+        endpoint: args.endpoint.clone(),
+        order: args.order.clone(),
+        since_ms: args.since,
+        until_ms: args.until,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let store = Store::open_tool(&config.store)?;
         let source = OrderSource::connect(&shop).await?;
         let endpoints = std::sync::Arc::new(crate::endpoint::Endpoints::new(&config.endpoints)?);
         // What a replay writes is delivered like any action: with a delivery for each sink.
-        let worker = Worker::new(store, endpoints, shop, config.policy, config.worker)
+        let worker = Worker::new(store.clone(), endpoints, shop, config.policy, config.worker)
             .delivering_to(
                 crate::deliver::Routes::new(&config.sinks),
                 tokio::sync::watch::channel(0).0,
             );
-        let (verdict, actions) = worker
-            .replay(&source, args.id, args.dry_run)
-            .await
-            .context("replay failed")?
-            .with_context(|| format!("no inbox row with id {}", args.id))?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "decision: {}: {}", verdict.outcome, verdict.note)?;
-        for (a, fresh) in &actions {
-            let state = match (args.dry_run, *fresh) {
-                (true, true) => "would emit",
-                (true, false) | (false, false) => "already in the outbox",
-                (false, true) => "emitted",
-            };
-            let amount = a.amount.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
-            writeln!(
-                out,
-                "  {state}: {} {amount} ({}) key {}",
-                a.kind.as_str(),
-                a.reason,
-                a.idempotency_key
-            )?;
+        let progress = std::io::stderr().is_terminal();
+        let (mut rows, mut context, mut added, mut dropped, mut undecided) = (0, 0, 0, 0, 0);
+        let mut shown = 0;
+        let mut done: HashSet<i64> = HashSet::new();
+        let mut after = 0;
+        loop {
+            let page = store.select(selection.clone(), after, REPLAY_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = *last;
+            for id in page {
+                if done.contains(&id) {
+                    continue;
+                }
+                // The whole payment, in order: each row is decided on what the ones before it
+                // tell, so a selected row is decided with the rows of its payment. If the
+                // daemon decides a new row of the payment meanwhile, read them again.
+                let mut tries = 0;
+                let (group, results) = loop {
+                    let (group, reset) = store.payment_group(id).await?;
+                    match worker
+                        .rerun(&source, &group, reset, args.dry_run)
+                        .await
+                        .context("replay failed")?
+                    {
+                        Some(results) => break (group, results),
+                        None if tries < 5 => tries += 1,
+                        None => anyhow::bail!(
+                            "row {id}'s payment keeps getting new notifications; replay it later"
+                        ),
+                    }
+                };
+                let chosen: HashSet<i64> = store
+                    .select(
+                        crate::store::ReplaySelection { ids: group.clone(), ..selection.clone() },
+                        0,
+                        group.len(),
+                    )
+                    .await?
+                    .into_iter()
+                    .collect();
+                for r in results {
+                    done.insert(r.id);
+                    rows += 1;
+                    let also = if chosen.contains(&r.id) {
+                        ""
+                    } else {
+                        context += 1;
+                        " [same payment]"
+                    };
+                    let summary = store.show(r.id).await?.map(|row| row.summary);
+                    let what = summary
+                        .map(|s| {
+                            format!(
+                                "{} {} ({})",
+                                s.provider,
+                                s.dedup_key,
+                                s.event_type.as_deref().unwrap_or("-")
+                            )
+                        })
+                        .unwrap_or_default();
+                    match &r.verdict {
+                        Some(v) => writeln!(out, "row {} {what}{also}: {}: {}", r.id, v.outcome, v.note)?,
+                        None => {
+                            undecided += 1;
+                            writeln!(
+                                out,
+                                "row {} {what}{also}: not decided (see its status and last error: inbox show {})",
+                                r.id, r.id
+                            )?
+                        }
+                    }
+                    for a in &r.added {
+                        added += 1;
+                        let amount = a.amount.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+                        writeln!(
+                            out,
+                            "  + {} {amount} ({}) key {}",
+                            a.kind.as_str(),
+                            a.reason,
+                            a.idempotency_key
+                        )?;
+                    }
+                    for o in &r.dropped {
+                        dropped += 1;
+                        let amount = match (&o.amount, &o.currency) {
+                            (Some(a), Some(c)) => format!("{a} {c}"),
+                            _ => "-".into(),
+                        };
+                        writeln!(
+                            out,
+                            "  - {} {amount} ({}) key {}, action {}",
+                            o.kind.as_str(),
+                            o.reason,
+                            o.idempotency_key,
+                            o.id
+                        )?;
+                    }
+                }
+                if progress && rows - shown >= 200 {
+                    shown = rows;
+                    eprint!("\rreplayed {rows} rows…");
+                }
+            }
         }
-        if actions.is_empty() {
-            writeln!(out, "  no actions")?;
+        if progress && rows > 0 {
+            eprintln!();
         }
+        let context_note = if context > 0 {
+            format!(" ({context} of them for their payment's sake: [same payment])")
+        } else {
+            String::new()
+        };
+        let (emit, drop_note) = if args.dry_run {
+            ("would emit", "dry run: nothing was written")
+        } else {
+            ("emitted", "actions no longer emitted stay in the outbox, which is append-only")
+        };
+        writeln!(
+            out,
+            "replayed {rows} rows{context_note}: {added} actions {emit} (+), {dropped} no longer \
+             emitted (-), {undecided} not decided; {drop_note}"
+        )?;
         source.close().await;
+        if rows == 0 {
+            anyhow::bail!(super::UsageError("no inbox row matches the selection".into()));
+        }
         Ok(())
     })
 }

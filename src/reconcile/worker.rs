@@ -33,15 +33,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply::Decider;
 use super::apply::Verdict;
-use super::decide::Outcome;
-use super::policy::{Policy, WorkerConfig};
+use super::policy::{DecisionMode, Policy, WorkerConfig};
 use super::prepare::Prepared;
 use crate::deliver::Routes;
 use crate::domain::{Action, ActionKind};
 use crate::endpoint::Endpoints;
 use crate::metrics::Metrics;
 use crate::shop::{OrderSource, ShopConfig};
-use crate::store::{Applied, Claimed, Mode, Store, StoreError};
+use crate::store::{Applied, Claimed, Store, StoreError};
 
 /// Longest sleep with nothing due: a safety net for rows written by other processes.
 const IDLE_WAKE: Duration = Duration::from_secs(30);
@@ -249,7 +248,7 @@ impl Worker {
                     Some((rows, prepared)) => {
                         let count = rows.len();
                         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                        let out = store.decide_batch(rows, prepared, Mode::Worker, decider).await?;
+                        let out = store.decide_batch(rows, prepared, decider).await?;
                         log_decisions(&ids, &out);
                         count_decisions(&metrics, &out);
                         (count, out.iter().map(Applied::written).sum())
@@ -287,28 +286,56 @@ impl Worker {
         Ok(stats)
     }
 
-    /// Re-runs the decision for one row through the current code. With `dry_run` nothing is
-    /// written; otherwise the row is processed as the worker would, and (being idempotent)
-    /// emits only what was not emitted before. Returns the verdict and the plan's actions,
-    /// each with whether it was (or, dry, would be) written now.
-    pub async fn replay(
+    /// Decides one payment's rows (`ids`, in order) again through the current code and the
+    /// shop's current data, as if the payment had never been seen (`reset`: its stored state
+    /// is set aside), each row on what the rows before it tell. For each row: its verdict,
+    /// the actions it emits that are not in the outbox (`added`), and the actions in the outbox
+    /// from it that the current code no longer emits (`dropped`). With `dry_run` nothing is
+    /// kept and no provider is asked to confirm anything; otherwise the rows are decided again
+    /// for real and only the added actions are written (the outbox is append-only). `None` if
+    /// the payment gained a row meanwhile (the daemon decided a new notification): nothing
+    /// was changed; read its rows again and retry.
+    pub async fn rerun(
         &self,
         source: &OrderSource,
-        id: i64,
+        ids: &[i64],
+        reset: Option<(String, String)>,
         dry_run: bool,
-    ) -> Result<Option<(Verdict, Vec<(Action, bool)>)>, StoreError> {
-        let Some(row) = self.store.claim_one(id).await? else { return Ok(None) };
-        let prepared = self.prepare(source, std::slice::from_ref(&row), !dry_run).await;
-        let mode = if dry_run { Mode::DryRun } else { Mode::Replay };
-        let mut out =
-            self.store.decide_batch(vec![row], prepared, mode, self.decider.clone()).await?;
-        Ok(out.pop().map(|applied| {
-            let verdict = applied.decision.unwrap_or_else(|| Verdict {
-                outcome: Outcome::Park,
-                note: "not decided: see the row's status and last error (inbox show)".into(),
-            });
-            (verdict, applied.actions)
-        }))
+    ) -> Result<Option<Vec<Rerun>>, StoreError> {
+        let mut rows = Vec::with_capacity(ids.len());
+        let mut before = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = self.store.claim_one(*id).await? {
+                before.push(self.store.actions_of(row.id).await?);
+                rows.push(row);
+            }
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let prepared = self.prepare(source, &rows, !dry_run).await;
+        let Some(applied) =
+            self.store.rerun(rows, prepared, reset, dry_run, self.decider.clone()).await?
+        else {
+            return Ok(None);
+        };
+        let shadow = self.decider.policy.mode == DecisionMode::Shadow;
+        let mut out = Vec::with_capacity(ids.len());
+        for ((id, applied), before) in ids.into_iter().zip(applied).zip(before) {
+            let planned: HashSet<&str> = applied
+                .actions
+                .iter()
+                .flat_map(|(a, _)| {
+                    std::iter::once(a.idempotency_key.as_str()).chain(a.earlier_key.as_deref())
+                })
+                .collect();
+            let dropped = before
+                .into_iter()
+                .filter(|o| o.shadow == shadow && !planned.contains(o.idempotency_key.as_str()))
+                .collect();
+            let added =
+                applied.actions.into_iter().filter(|(_, now)| *now).map(|(a, _)| a).collect();
+            out.push(Rerun { id, verdict: applied.decision, added, dropped });
+        }
+        Ok(Some(out))
     }
 
     /// How often payments left open are looked for: a quarter of the shorter of the two
@@ -362,6 +389,20 @@ impl Worker {
         let due = self.store.next_due().await.ok().flatten()?;
         Some(Duration::from_millis(u64::try_from(due - crate::time::now_ms()).unwrap_or(0).max(1)))
     }
+}
+
+/// One row decided again by [`Worker::rerun`].
+#[derive(Debug, Clone)]
+pub struct Rerun {
+    /// The inbox row.
+    pub id: i64,
+    /// Its decision; `None` if it was not decided (its provider was not asked to confirm it,
+    /// or it cannot be read: its status says which).
+    pub verdict: Option<Verdict>,
+    /// Actions it emits that were not in the outbox (written, unless a dry run).
+    pub added: Vec<Action>,
+    /// Actions in the outbox from it that the current code no longer emits.
+    pub dropped: Vec<crate::store::OutboxRow>,
 }
 
 /// One INFO line per decided row, after its commit: the row, the outcome, and the actions
@@ -477,10 +518,8 @@ mod tests {
         let prepared = worker.prepare(&source, &claimed, true).await;
         // Meanwhile another writer decides the row.
         other.execute("UPDATE inbox SET status = 'done', outcome = 'by replay'", []).unwrap();
-        let out = store
-            .decide_batch(claimed.clone(), prepared, Mode::Worker, worker.decider.clone())
-            .await
-            .unwrap();
+        let out =
+            store.decide_batch(claimed.clone(), prepared, worker.decider.clone()).await.unwrap();
         assert!(out[0].decision.is_none() && out[0].actions.is_empty(), "nothing decided: {out:?}");
         let (status, outcome, actions) = other
             .query_row(
@@ -494,10 +533,7 @@ mod tests {
         // Unchanged, the same claim is decided: the order is paid and both actions written.
         other.execute("UPDATE inbox SET status = 'pending', outcome = NULL", []).unwrap();
         let prepared = worker.prepare(&source, &claimed, true).await;
-        let out = store
-            .decide_batch(claimed, prepared, Mode::Worker, worker.decider.clone())
-            .await
-            .unwrap();
+        let out = store.decide_batch(claimed, prepared, worker.decider.clone()).await.unwrap();
         assert_eq!(out[0].written(), 2, "fulfil and its notice: {out:?}");
         source.close().await;
     }

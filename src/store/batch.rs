@@ -12,18 +12,6 @@ use crate::provider::ProviderKind;
 
 use super::Claimed;
 
-/// Who is applying a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The worker, on rows it claimed: a row whose status or attempts changed since it was
-    /// read (someone else decided it) is skipped.
-    Worker,
-    /// `inbox replay`: one row, whatever its status.
-    Replay,
-    /// `inbox replay --dry-run`: plan, write nothing.
-    DryRun,
-}
-
 /// What a row's plan needs read from the store first.
 #[derive(Debug, Clone, Copy)]
 pub struct FactsQuery<'a> {

@@ -37,11 +37,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::batch::{Applied, Mode, Planner};
+pub use self::batch::{Applied, Planner};
 pub use self::rows::{
     Attempt, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Failure, FailureRecord, InboxRow,
     InboxSummary, ListFilter, NewRow, OpenPayment, OrderPayments, OutboxFilter, OutboxRow, Owed,
-    PaymentSummary, SinkCounts, SinkGauges, StoreGauges, Stored, FAILURE_BODY_PREFIX,
+    PaymentSummary, ReplaySelection, SinkCounts, SinkGauges, StoreGauges, Stored,
+    FAILURE_BODY_PREFIX,
 };
 use crate::provider::ProviderKind;
 
@@ -246,7 +247,6 @@ impl Store {
         &self,
         rows: Vec<Claimed>,
         prepared: Vec<P>,
-        mode: Mode,
         planner: Arc<T>,
     ) -> Result<Vec<Applied<T::Decision>>, StoreError>
     where
@@ -254,7 +254,7 @@ impl Store {
         T: Planner<P>,
     {
         match &self.backend {
-            Backend::Sqlite(s) => s.decide_batch(rows, prepared, mode, planner).await,
+            Backend::Sqlite(s) => s.decide_batch(rows, prepared, planner).await,
         }
     }
 
@@ -440,6 +440,68 @@ impl Store {
     pub async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.deliveries(filter).await,
+        }
+    }
+
+    /// The ids of the rows a bulk replay selects, above `after`, in order, at most `limit`.
+    pub async fn select(
+        &self,
+        selection: ReplaySelection,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| sqlite::read::select(c, &selection, after, limit)).await
+            }
+        }
+    }
+
+    /// Every row of the payment row `id` was decided under (just `id` if none), in order, with
+    /// that payment (`provider`, payment key).
+    pub async fn payment_group(
+        &self,
+        id: i64,
+    ) -> Result<(Vec<i64>, Option<(String, String)>), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| {
+                    Ok(match sqlite::read::payment_of_row(c, id)? {
+                        Some((provider, key)) => {
+                            let ids = sqlite::read::rows_of_payment(c, &provider, &key)?;
+                            (ids, Some((provider, key)))
+                        }
+                        None => (vec![id], None),
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Decides `rows` (one payment's, in order) again as if the payment had never been seen
+    /// (see [`sqlite::batch::rerun`]); with `dry_run` nothing is kept. `None` if the payment
+    /// has other rows by now.
+    pub async fn rerun<P, T>(
+        &self,
+        rows: Vec<Claimed>,
+        prepared: Vec<P>,
+        reset: Option<(String, String)>,
+        dry_run: bool,
+        planner: Arc<T>,
+    ) -> Result<Option<Vec<Applied<T::Decision>>>, StoreError>
+    where
+        P: Send + 'static,
+        T: Planner<P>,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.write_with(move |c| {
+                    let reset = reset.as_ref().map(|(p, k)| (p.as_str(), k.as_str()));
+                    sqlite::batch::rerun(c, &rows, &prepared, reset, dry_run, &*planner)
+                })
+                .await
+            }
         }
     }
 

@@ -412,3 +412,22 @@ pub struct OpenPayment {
     /// The endpoint it arrived on.
     pub endpoint: String,
 }
+
+/// Which inbox rows a bulk replay takes (every condition given must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplaySelection {
+    /// These rows (none: any).
+    pub ids: Vec<i64>,
+    /// With this status.
+    pub status: Option<InboxStatus>,
+    /// From this provider.
+    pub provider: Option<String>,
+    /// Arrived on this endpoint.
+    pub endpoint: Option<String>,
+    /// About a payment matched to this order.
+    pub order: Option<String>,
+    /// First delivered at or after this (unix ms).
+    pub since_ms: Option<i64>,
+    /// First delivered before this (unix ms).
+    pub until_ms: Option<i64>,
+}

@@ -390,10 +390,16 @@ async fn check_config_outbox_and_replay_commands() {
     let tail = run(bin().args(["outbox", "tail", "--config", &cfg_s]), b"");
     assert!(tail.stdout.contains("order_confirmed"), "{}", tail.stdout);
 
-    // Replaying the processed row emits nothing new, dry or not.
+    // Replaying the processed row changes nothing: its actions are planned again, and are
+    // already in the outbox.
     let out = run(bin().args(["inbox", "replay", "1", "--dry-run", "--config", &cfg_s]), b"");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout.contains("payment already recorded"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("row 1 stripe "), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("replayed 1 rows: 0 actions would emit (+), 0 no longer emitted (-)"),
+        "{}",
+        out.stdout
+    );
     // A second payment for the same order, replayed dry, shows the refund it would emit
     // and writes nothing.
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -405,20 +411,21 @@ async fn check_config_outbox_and_replay_commands() {
     )
     .unwrap();
     let out = run(bin().args(["inbox", "replay", "2", "--dry-run", "--config", &cfg_s]), b"");
-    assert!(out.stdout.contains("would emit: refund 100.00 USD"), "{}", out.stdout);
+    assert!(out.stdout.contains("  + refund 100.00 USD"), "{}", out.stdout);
     let n: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2, "a dry run writes nothing");
     let out = run(bin().args(["inbox", "replay", "2", "--config", &cfg_s]), b"");
-    assert!(out.stdout.contains("emitted: refund 100.00 USD"), "{}", out.stdout);
+    assert!(out.stdout.contains("  + refund 100.00 USD"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 actions emitted (+)"), "{}", out.stdout);
     let status: String =
         conn.query_row("SELECT status FROM inbox WHERE id = 2", [], |r| r.get(0)).unwrap();
     assert_eq!(status, "done");
     let out = run(bin().args(["inbox", "replay", "2", "--config", &cfg_s]), b"");
-    assert!(
-        out.stdout.contains("already in the outbox") || out.stdout.contains("no actions"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("0 actions emitted (+)"), "{}", out.stdout);
+    // No row matches: exit 2.
+    let out = run(bin().args(["inbox", "replay", "99", "--config", &cfg_s]), b"");
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+    assert!(out.stderr.contains("no inbox row matches the selection"), "{}", out.stderr);
     let n: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 4, "the refund and its notice, once");
 }

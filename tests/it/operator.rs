@@ -410,7 +410,7 @@ async fn command_outputs_use_words_not_type_names() {
         "{check}"
     );
     let replay = ok(&["inbox", "replay", "1", "--dry-run", "--config"], &c);
-    assert!(replay.starts_with("decision: done: "), "{replay}");
+    assert!(replay.starts_with("row 1 stripe "), "{replay}");
     let show = ok(&["inbox", "show", "1", "--config"], &c);
     let show = &show[..show.find("headers:").unwrap()];
     let outputs = [

@@ -366,34 +366,120 @@ async fn one_review_per_refund_whichever_event_comes_first() {
             .unwrap();
         assert_eq!(key, "review:refunded:stripe:re_3PqR1001TestAbCdEf0Rf1");
         d.stop().await;
+    }
 
-        // As a store written before would hold it: the review under its event's key.
-        let db = dir.path().join("inbox.db");
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let event: String = conn
-            .query_row("SELECT event_id FROM outbox WHERE kind = 'review'", [], |r| r.get(0))
-            .unwrap();
-        conn.execute(
-            "UPDATE outbox SET idempotency_key = ?1 WHERE kind = 'review'",
-            [format!("review:refunded:stripe:{event}")],
-        )
+    // A store written before holds its review under the event's key: a replay of its rows
+    // writes none again.
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let d = start(dir.path(), &shop, "").await;
+    for f in ["payment_intent.succeeded.json", "charge.refunded.json"] {
+        send(&d, &crate::harness::fixture(f)).await;
+        d.settle().await;
+    }
+    d.stop().await;
+    let db = dir.path().join("inbox.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE outbox SET idempotency_key = 'review:refunded:stripe:' || event_id WHERE kind = 'review'",
+        [],
+    )
+    .unwrap();
+    let config = dir.path().join("replay.toml");
+    std::fs::write(&config, harness::config_text_with(&db, "", "", &shop_config(&shop, "")))
         .unwrap();
-        let id: i64 = conn
-            .query_row("SELECT id FROM inbox WHERE dedup_key = ?1", [&event], |r| r.get(0))
-            .unwrap();
-        let config = dir.path().join("replay.toml");
-        std::fs::write(&config, harness::config_text_with(&db, "", "", &shop_config(&shop, "")))
-            .unwrap();
+    let out = crate::cli::run(
+        crate::cli::bin()
+            .args(["inbox", "replay", "--provider", "stripe", "--config"])
+            .arg(&config),
+        b"",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("replayed 2 rows: 0 actions emitted (+), 0 no longer emitted (-)"),
+        "{}",
+        out.stdout
+    );
+    let reviews: i64 = conn
+        .query_row("SELECT count(*) FROM outbox WHERE kind = 'review'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reviews, 1, "{}", out.stdout);
+}
+
+/// After a policy change, a bulk replay shows per row what the current code would emit that
+/// is not in the outbox (+) and what it would no longer emit (-), writes nothing in a dry run,
+/// and writes only the + actions for real. The selection narrows by order and by time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_shows_and_writes_what_a_new_policy_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1101, "pending", "100.00", "USD");
+    shop.add(1102, "pending", "100.00", "USD");
+    let d = start(dir.path(), &shop, "[policy]\non_underpaid = \"review\"").await;
+    send(&d, &pi_event("evt_b1", "succeeded", "pi_b1", "1101", 6000, "usd")).await;
+    send(&d, &pi_event("evt_b2", "succeeded", "pi_b2", "1102", 10000, "usd")).await;
+    d.settle().await;
+    let kinds = |d: &Daemon| d.actions().into_iter().map(|a| a.0).collect::<Vec<_>>();
+    assert_eq!(kinds(&d), ["review", "fulfil", "notify_customer"]);
+    d.stop().await;
+
+    // The shop decides underpayments are refunded after all.
+    let db = dir.path().join("inbox.db");
+    let config = dir.path().join("new.toml");
+    let policy = "[policy]\non_underpaid = \"refund\"";
+    std::fs::write(&config, harness::config_text_with(&db, "", "", &shop_config(&shop, policy)))
+        .unwrap();
+    let replay = |args: &[&str]| {
         let out = crate::cli::run(
-            crate::cli::bin().args(["inbox", "replay", &id.to_string(), "--config"]).arg(&config),
+            crate::cli::bin().args(["inbox", "replay"]).args(args).arg("--config").arg(&config),
             b"",
         );
         assert_eq!(out.code, Some(0), "{}", out.stderr);
-        let reviews: i64 = conn
-            .query_row("SELECT count(*) FROM outbox WHERE kind = 'review'", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(reviews, 1, "replayed under the new key: {}", out.stdout);
-    }
+        out.stdout
+    };
+    let outbox = || {
+        harness::sql(&db)
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let dry = replay(&["--provider", "stripe", "--dry-run"]);
+    let lines: Vec<&str> = dry.lines().collect();
+    assert!(lines[0].starts_with("row 1 stripe evt_b1 (payment_intent.succeeded): done"), "{dry}");
+    assert!(lines[1].starts_with("  + refund 60.00 USD"), "{dry}");
+    assert!(lines[2].starts_with("  + notify_customer 60.00 USD"), "{dry}");
+    assert!(
+        lines[3].starts_with("  - review 60.00 USD") && lines[3].ends_with("action 1"),
+        "{dry}"
+    );
+    assert!(lines[4].starts_with("row 2 stripe evt_b2"), "{dry}");
+    assert_eq!(
+        lines[5],
+        "replayed 2 rows: 2 actions would emit (+), 1 no longer emitted (-), 0 not decided; \
+         dry run: nothing was written"
+    );
+    assert_eq!(outbox(), 3, "a dry run writes nothing");
+
+    // Narrowed to the other order, or to a time before anything arrived: nothing changes.
+    let other = replay(&["--order", "1102", "--dry-run"]);
+    assert!(other.starts_with("row 2 ") && other.contains("replayed 1 rows: 0 actions"), "{other}");
+    let none = crate::cli::run(
+        crate::cli::bin()
+            .args(["inbox", "replay", "--until", "2000-01-01T00:00:00Z", "--dry-run", "--config"])
+            .arg(&config),
+        b"",
+    );
+    assert_eq!(none.code, Some(2), "{}", none.stdout);
+
+    // For real: the refund and its notice are written; the review stays (append-only).
+    let real = replay(&["--order", "1101"]);
+    assert!(
+        real.contains("replayed 1 rows: 2 actions emitted (+), 1 no longer emitted (-)"),
+        "{real}"
+    );
+    assert_eq!(outbox(), 5);
+    let again = replay(&["--provider", "stripe", "--since", "1h"]);
+    assert!(again.contains("replayed 2 rows: 0 actions emitted (+)"), "{again}");
 }
 
 /// A payment left pending past policy.pending_review_after, and one authorized and never

@@ -10,22 +10,21 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::queue;
 use crate::domain::{Action, InboxStatus, PaymentState, PaymentStatus, SHADOW_KEY_PREFIX};
 use crate::store::batch::{FactsQuery, Source, StoredFacts, Write};
-use crate::store::{Applied, Claimed, Mode, OpenPayment, Planner};
+use crate::store::{Applied, Claimed, OpenPayment, Planner};
 
 /// Plans and writes `rows` in one transaction.
 pub fn decide<P, T: Planner<P>>(
     conn: &mut Connection,
     rows: &[Claimed],
     prepared: &[P],
-    mode: Mode,
     planner: &T,
 ) -> rusqlite::Result<Vec<Applied<T::Decision>>> {
     let now = crate::time::now_ms();
-    match run(conn, rows, prepared, mode, planner, now, false) {
+    match run(conn, rows, prepared, planner, now, false) {
         Ok(out) => Ok(out),
         Err(e) => {
             tracing::debug!(error = %e, "batch failed; deciding it again row by row");
-            run(conn, rows, prepared, mode, planner, now, true)
+            run(conn, rows, prepared, planner, now, true)
         }
     }
 }
@@ -34,19 +33,17 @@ fn run<P, T: Planner<P>>(
     conn: &mut Connection,
     rows: &[Claimed],
     prepared: &[P],
-    mode: Mode,
     planner: &T,
     now: i64,
     isolate: bool,
 ) -> rusqlite::Result<Vec<Applied<T::Decision>>> {
     let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let ours = match mode {
-        Mode::Worker => Some(queue::unchanged(&tx, rows)?),
-        Mode::Replay | Mode::DryRun => None,
-    };
+    // Claimed rows whose status or attempts changed since they were read (someone else
+    // decided them) are skipped.
+    let ours = queue::unchanged(&tx, rows)?;
     let mut out = Vec::with_capacity(rows.len());
     for (row, prep) in rows.iter().zip(prepared) {
-        if ours.as_ref().is_some_and(|ours| !ours.contains(&row.id)) {
+        if !ours.contains(&row.id) {
             // Someone else (an `inbox replay`) decided it meanwhile: theirs stands.
             tracing::warn!(inbox_id = row.id, "row changed while being decided; skipped");
             out.push(Applied::nothing());
@@ -73,11 +70,7 @@ fn run<P, T: Planner<P>>(
         }
     }
     crate::failpoint::failpoint("worker_before_commit");
-    if mode == Mode::DryRun {
-        tx.rollback()?;
-    } else {
-        tx.commit()?;
-    }
+    tx.commit()?;
     Ok(out)
 }
 
@@ -225,6 +218,43 @@ fn write<P, T: Planner<P>>(
         }
     }
     Ok(Vec::new())
+}
+
+/// Decides `rows` again, in order, in one transaction, as if their payment had never been
+/// seen: its stored state (`reset`) is removed first, so each row is decided on what the rows
+/// before it in the group tell, by the current code. With `dry_run` the transaction is rolled
+/// back. An action whose key is already in the outbox is not written again (the outbox is
+/// append-only), so in a real run only what is new is written. `None`, with nothing changed,
+/// if the payment has rows other than `rows` by the time the transaction starts (the daemon
+/// decided a new one meanwhile): read them again and retry.
+pub fn rerun<P, T: Planner<P>>(
+    conn: &mut Connection,
+    rows: &[Claimed],
+    prepared: &[P],
+    reset: Option<(&str, &str)>,
+    dry_run: bool,
+    planner: &T,
+) -> rusqlite::Result<Option<Vec<Applied<T::Decision>>>> {
+    let now = crate::time::now_ms();
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if let Some((provider, payment_id)) = reset {
+        let now_rows = super::read::rows_of_payment(&tx, provider, payment_id)?;
+        if now_rows.len() != rows.len() || now_rows.iter().zip(rows).any(|(a, b)| *a != b.id) {
+            return Ok(None);
+        }
+        tx.prepare_cached("DELETE FROM payments WHERE provider = ?1 AND payment_id = ?2")?
+            .execute([provider, payment_id])?;
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for (row, prep) in rows.iter().zip(prepared) {
+        out.push(one(&tx, row, prep, planner, now)?);
+    }
+    if dry_run {
+        tx.rollback()?;
+    } else {
+        tx.commit()?;
+    }
+    Ok(Some(out))
 }
 
 /// Writes the reviews of payments left open, each only if its payment is still as it was

@@ -35,9 +35,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Applied, Claimed, FailureRecord, Mode, NewRow, Planner, StoreConfig, StoreError, Stored,
-};
+use super::{Applied, Claimed, FailureRecord, NewRow, Planner, StoreConfig, StoreError, Stored};
 use crate::provider::ProviderKind;
 
 /// Requests queued for the writer beyond this wait (backpressure on the handlers).
@@ -246,14 +244,13 @@ impl Sqlite {
         &self,
         rows: Vec<Claimed>,
         prepared: Vec<P>,
-        mode: Mode,
         planner: Arc<T>,
     ) -> Result<Vec<Applied<T::Decision>>, StoreError>
     where
         P: Send + 'static,
         T: Planner<P>,
     {
-        self.write(move |c| batch::decide(c, &rows, &prepared, mode, &*planner)).await
+        self.write(move |c| batch::decide(c, &rows, &prepared, &*planner)).await
     }
 
     pub(super) async fn prune(

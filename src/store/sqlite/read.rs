@@ -390,3 +390,69 @@ pub fn open_payments(
     }
     Ok(out)
 }
+
+/// The ids of the rows `selection` takes, above `after`, in order, at most `limit`.
+pub fn select(
+    conn: &Connection,
+    selection: &crate::store::ReplaySelection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<i64>> {
+    let mut sql = String::from("SELECT id FROM inbox WHERE id > ?");
+    let mut args: Vec<Value> = vec![Value::Integer(after)];
+    if !selection.ids.is_empty() {
+        let marks = vec!["?"; selection.ids.len()].join(", ");
+        sql.push_str(&format!(" AND id IN ({marks})"));
+        args.extend(selection.ids.iter().map(|id| Value::Integer(*id)));
+    }
+    let mut text = |clause: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            sql.push_str(clause);
+            args.push(Value::Text(v.clone()));
+        }
+    };
+    text(" AND status = ?", &selection.status.map(|s| s.as_str().to_owned()));
+    text(" AND provider = ?", &selection.provider);
+    text(" AND endpoint = ?", &selection.endpoint);
+    text(
+        " AND EXISTS (SELECT 1 FROM payments p WHERE p.provider = inbox.provider \
+         AND p.payment_id = inbox.payment_key AND p.order_id = ?)",
+        &selection.order,
+    );
+    if let Some(t) = selection.since_ms {
+        sql.push_str(" AND received_at >= ?");
+        args.push(Value::Integer(t));
+    }
+    if let Some(t) = selection.until_ms {
+        sql.push_str(" AND received_at < ?");
+        args.push(Value::Integer(t));
+    }
+    sql.push_str(" ORDER BY id LIMIT ?");
+    args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let mut stmt = conn.prepare(&sql)?;
+    let ids = stmt.query_map(params_from_iter(args), |r| r.get(0))?;
+    ids.collect()
+}
+
+/// The payment a row was decided under (`provider`, payment key), if any.
+pub fn payment_of_row(conn: &Connection, id: i64) -> rusqlite::Result<Option<(String, String)>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(
+        "SELECT provider, payment_key FROM inbox WHERE id = ?1 AND payment_key IS NOT NULL",
+    )?
+    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
+/// Every row of one payment, in arrival order.
+pub fn rows_of_payment(
+    conn: &Connection,
+    provider: &str,
+    payment_key: &str,
+) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM inbox WHERE provider = ?1 AND payment_key = ?2 ORDER BY id",
+    )?;
+    let ids = stmt.query_map([provider, payment_key], |r| r.get(0))?;
+    ids.collect()
+}
