@@ -136,6 +136,8 @@ pub struct Metrics {
     sinks: Mutex<Vec<String>>,
     /// The configured endpoints and their `silent_after`, for the admin page.
     endpoints: Mutex<Vec<(String, Option<std::time::Duration>)>>,
+    /// One scrape at a time: each sets the store's gauges afresh, then encodes them.
+    rendering: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -166,6 +168,7 @@ impl Metrics {
             shop_lookup_errors: Counter::default(),
             sinks: Mutex::new(Vec::new()),
             endpoints: Mutex::new(Vec::new()),
+            rendering: Mutex::new(()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -325,6 +328,7 @@ impl Metrics {
     /// be read: the store gauges are left out, and `reconciled_store_ready` is 0), `ready`
     /// whether the store takes notifications.
     pub fn render(&self, gauges: Option<&StoreGauges>, ready: bool) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|p| p.into_inner());
         self.store_ready.set(i64::from(ready));
         self.inbox_rows.clear();
         self.oldest_due.clear();
