@@ -11,10 +11,6 @@ use crate::harness::{self, pi_event, shop_config, Daemon, Shop, SECRET};
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 async fn status(admin: SocketAddr, path: &str, token: Option<&str>) -> (StatusCode, Value) {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> =
@@ -30,17 +26,8 @@ async fn start(dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
          [messages]\npaid = \"Thank you: your order is on its way.\"\n"
     );
     let d = Daemon::start_with(dir, "", "", &shop_config(shop, &extra)).await;
-    listening(admin).await;
+    harness::accepting(admin).await;
     d
-}
-
-/// Waits until the daemon, which binds the admin listener as it starts, accepts on it.
-async fn listening(admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(Instant::now() < deadline, "the admin listener never came up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Each state the confirmation page can show, from the payments the daemon decided, with the
@@ -53,7 +40,7 @@ async fn the_payment_status_of_each_order_follows_its_payments() {
     for id in 1001..=1006 {
         shop.add(id, "pending", "100.00", "USD");
     }
-    let admin = free_port();
+    let admin = harness::free_addr();
     let d = start(dir.path(), &shop, admin).await;
     for (event, action, pi, order, amount, currency) in [
         ("evt_paid", "succeeded", "pi_1", "1001", 10000, "usd"),
@@ -112,7 +99,7 @@ async fn a_long_poll_answers_when_the_payment_is_decided() {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
-    let admin = free_port();
+    let admin = harness::free_addr();
     let d = start(dir.path(), &shop, admin).await;
     let started = Instant::now();
     let poll =
@@ -194,14 +181,14 @@ async fn a_pull_sink_leases_acks_and_nacks() {
     for id in 1001..=1003 {
         shop.add(id, "pending", "100.00", "USD");
     }
-    let admin = free_port();
+    let admin = harness::free_addr();
     let extra = format!(
         "[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
          [[sink]]\nname = \"backoffice\"\nkind = \"pull\"\ntoken = \"{PULL_TOKEN}\"\nlease_secs = 1\n\
          retry_base = \"200ms\"\nretry_max = \"200ms\"\n"
     );
     let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
-    listening(admin).await;
+    harness::accepting(admin).await;
     let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
     assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
     d.settle().await;
@@ -283,14 +270,14 @@ async fn a_dead_pull_delivery_acked_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
-    let admin = free_port();
+    let admin = harness::free_addr();
     let extra = format!(
         "[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
          [[sink]]\nname = \"backoffice\"\nkind = \"pull\"\ntoken = \"{PULL_TOKEN}\"\n\
          actions = [\"fulfil\"]\ngive_up_after = \"1ms\"\n"
     );
     let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
-    listening(admin).await;
+    harness::accepting(admin).await;
     let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
     assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
     d.settle().await;

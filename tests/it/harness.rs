@@ -160,6 +160,20 @@ pub fn listening(
     }
 }
 
+/// A free loopback address, for a listener the daemon binds itself (`[admin] listen`).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Waits (bounded) until something accepts on `addr`: a listener the daemon binds as it starts.
+pub async fn accepting(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing came to listen on {addr}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// POSTs `body` to the Stripe endpoint of a daemon at `addr`, signed with [`SECRET`].
 pub async fn post_signed(addr: SocketAddr, body: Vec<u8>) -> (StatusCode, String) {
     let sig = signed(SECRET, &body);

@@ -19,14 +19,10 @@ fn writable(db: &Path) -> rusqlite::Connection {
     conn
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 /// A second Stripe endpoint, `quiet`, that sets `silent_after`; a sink nobody listens on
 /// (its deliveries fail and wait an hour).
 fn extra(admin: SocketAddr) -> String {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = harness::free_addr();
     format!(
         "[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
          [[endpoint]]\nname = \"quiet\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\nsilent_after = \"1h\"\n\
@@ -41,11 +37,7 @@ async fn start(dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
     // A short busy timeout: a store held locked from outside fails its probe quickly.
     let store = "busy_timeout_ms = 300";
     let d = Daemon::start_with(dir, "", store, &shop_config(shop, &extra(admin))).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the admin listener never came up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    harness::accepting(admin).await;
     d
 }
 
@@ -70,7 +62,7 @@ async fn metrics_count_known_traffic() {
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
     shop.add(1002, "pending", "100.00", "USD");
-    let admin = free_port();
+    let admin = harness::free_addr();
     let before = harness::now();
     let d = start(dir.path(), &shop, admin).await;
     let first = pi_event("evt_m1", "succeeded", "pi_m1", "1001", 10000, "usd");
@@ -153,7 +145,7 @@ async fn the_last_stored_timestamp_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
-    let admin = free_port();
+    let admin = harness::free_addr();
     let d = start(dir.path(), &shop, admin).await;
     let body = pi_event("evt_r1", "succeeded", "pi_r1", "1001", 10000, "usd");
     assert_eq!(
@@ -188,7 +180,7 @@ async fn the_last_stored_timestamp_survives_a_restart() {
 async fn a_store_that_cannot_commit_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
-    let admin = free_port();
+    let admin = harness::free_addr();
     let d = start(dir.path(), &shop, admin).await;
     assert_eq!(sample(&scrape(admin).await, "reconciled_store_ready"), Some(1.0));
     // Take the write lock from outside and hold it: the probe's commit cannot get through.
@@ -208,7 +200,7 @@ async fn check_reports_each_problem_with_nagios_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
-    let admin = free_port();
+    let admin = harness::free_addr();
     let d = start(dir.path(), &shop, admin).await;
     let body = pi_event("evt_c1", "succeeded", "pi_c1", "1001", 10000, "usd");
     let sig = harness::signed(SECRET, &body);

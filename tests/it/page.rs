@@ -6,7 +6,6 @@
 //! it when run as root). Without one the tests say so and pass, except under CI, where they
 //! fail.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -79,10 +78,9 @@ async fn the_admin_page_shows_what_needs_a_person_and_never_runs_markup() {
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
     shop.add(1002, "pending", "100.00", "USD");
-    let admin: SocketAddr =
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let admin = harness::free_addr();
     // A sink nobody listens on: its deliveries stay owed.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = harness::free_addr();
     let extra = format!(
         "[policy]\non_currency_mismatch = \"review\"\n\
          [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
@@ -90,6 +88,7 @@ async fn the_admin_page_shows_what_needs_a_person_and_never_runs_markup() {
          secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nretry_base = \"1h\"\n"
     );
     let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
+    harness::accepting(admin).await;
     // A payment in the wrong currency (a review), whose event id carries markup; a good one.
     let planted = pi_event(PLANTED, "succeeded", "pi_p1", "1001", 10000, "eur");
     assert_eq!(d.post_stripe(SECRET, &planted).await.0, StatusCode::OK);
@@ -200,15 +199,10 @@ async fn the_admin_page_shows_what_needs_a_person_and_never_runs_markup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_page_is_served_with_a_strict_content_security_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let admin: SocketAddr =
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let admin = harness::free_addr();
     let extra = format!("[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n");
     let d = Daemon::start_with(dir.path(), "", "", &extra).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the admin listener never came up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    harness::accepting(admin).await;
     let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
