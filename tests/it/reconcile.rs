@@ -215,6 +215,16 @@ async fn a_failure_notice_waits_for_its_delay() {
             == "parked"
     })
     .await;
+    // inbox show says when the held notice goes out.
+    let db = dir.path().join("inbox.db");
+    let show =
+        crate::cli::run(crate::cli::bin().args(["inbox", "show", "4", "--db"]).arg(&db), b"");
+    assert!(show.stdout.contains("evt_f14"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("notice:") && show.stdout.contains("policy.failure_notice_delay"),
+        "{}",
+        show.stdout
+    );
     d.stop().await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let d = start(dir.path(), &shop, policy).await;
