@@ -75,6 +75,12 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     humantime::parse_duration(text).ok()
 }
 
+/// How long before `now_ms` the instant `at_ms` was, to the second (`12m 3s`); zero if later.
+pub fn format_age(now_ms: i64, at_ms: i64) -> String {
+    let secs = u64::try_from(now_ms.saturating_sub(at_ms) / 1000).unwrap_or(0);
+    format_duration(Duration::from_secs(secs))
+}
+
 /// A duration as the config writes it (`5s`, `1h`, `3days`).
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()

@@ -127,6 +127,8 @@ struct Admin {
     pulls: Vec<(SinkConfig, [u8; 32])>,
     /// Served at `/metrics`.
     metrics: Arc<Metrics>,
+    /// The admin page's basic auth: `admin` with the token.
+    page_auth: crate::http::trust::ExpectedAuth,
 }
 
 /// The most actions one pull hands out.
@@ -171,6 +173,7 @@ pub async fn serve(
         shop,
         source: tokio::sync::Mutex::new(None),
         token_digest: sha2::Sha256::digest(config.token.expose()).into(),
+        page_auth: crate::http::trust::ExpectedAuth::basic("admin", config.token.expose()),
         messages: config.messages,
         decided,
         pulls,

@@ -15,8 +15,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use sha2::Digest;
-use subtle::ConstantTimeEq;
 
 use super::Admin;
 use crate::domain::{ActionKind, InboxStatus};
@@ -48,7 +46,9 @@ pub(super) async fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<F
     if path == "/admin/admin.css" {
         return respond(StatusCode::OK, "text/css; charset=utf-8", CSS.to_owned());
     }
-    if !signed_in(req, &admin.token_digest) {
+    // Basic auth (`admin`, the token) so a browser can sign in, or the Bearer token.
+    let basic = admin.page_auth.matches(req.headers().get(hyper::header::AUTHORIZATION));
+    if !basic && !super::authorized(req, &admin.token_digest) {
         let mut resp = plain(StatusCode::UNAUTHORIZED, "sign in as admin with the admin token\n");
         resp.headers_mut().insert(
             hyper::header::WWW_AUTHENTICATE,
@@ -74,30 +74,6 @@ pub(super) async fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<F
             plain(StatusCode::SERVICE_UNAVAILABLE, "the store cannot be read now; retry later\n")
         }
     }
-}
-
-/// Basic auth as `admin` with the token, or the Bearer token; compared by SHA-256 digests in
-/// constant time.
-fn signed_in(req: &Request<Incoming>, digest: &[u8; 32]) -> bool {
-    use base64::Engine;
-    let Some(value) = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let token = if let Some(bearer) = value.strip_prefix("Bearer ") {
-        bearer.trim().as_bytes().to_vec()
-    } else if let Some(basic) = value.strip_prefix("Basic ") {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
-            return false;
-        };
-        match decoded.strip_prefix(b"admin:") {
-            Some(password) => password.to_vec(),
-            None => return false,
-        }
-    } else {
-        return false;
-    };
-    bool::from(sha2::Sha256::digest(&token).as_slice().ct_eq(digest))
 }
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -145,8 +121,7 @@ fn head(title: &str) -> String {
 }
 
 fn ago(now_ms: i64, at_ms: i64) -> String {
-    let secs = u64::try_from(now_ms.saturating_sub(at_ms) / 1000).unwrap_or(0);
-    format!("{} ago", crate::time::format_duration(std::time::Duration::from_secs(secs)))
+    format!("{} ago", crate::time::format_age(now_ms, at_ms))
 }
 
 /// A table with `headers`, or a line saying `empty`.

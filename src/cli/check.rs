@@ -77,10 +77,7 @@ pub fn problems(
 ) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut add = |severity, text: String| out.push(Problem { severity, text });
-    let age = |ms: i64| {
-        let secs = u64::try_from(now_ms.saturating_sub(ms) / 1000).unwrap_or(0);
-        crate::time::format_duration(Duration::from_secs(secs))
-    };
+    let age = |ms: i64| crate::time::format_age(now_ms, ms);
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     if let Some(due) = gauges.oldest_due_ms {
         if now_ms - due > millis(limits.backlog_after) {
@@ -201,10 +198,7 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let (gauges, failures) = match read {
         Ok(r) => r,
         Err(e) => {
-            let mut message = e.to_string();
-            for cause in e.chain().skip(1) {
-                message.push_str(&format!(": {cause}"));
-            }
+            let message = crate::error::error_chain(e.as_ref());
             writeln!(out, "CRITICAL: cannot read the store: {message}")?;
             return Err(super::ExitStatus(2).into());
         }

@@ -252,7 +252,11 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
                         context += 1;
                         " [same payment]"
                     };
-                    let summary = store.show(r.id).await?.map(|row| row.summary);
+                    let summary = store
+                        .list(ListFilter { after: Some(r.id - 1), limit: Some(1), ..Default::default() })
+                        .await?
+                        .pop()
+                        .filter(|s| s.id == r.id);
                     let what = summary
                         .map(|s| {
                             format!(

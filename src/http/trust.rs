@@ -56,14 +56,20 @@ impl ExpectedAuth {
     /// From an endpoint's trust options.
     pub fn for_trust(trust: &Trust) -> Option<ExpectedAuth> {
         let b = trust.basic_auth.as_ref()?;
-        let mut credentials = b.user.as_bytes().to_vec();
-        credentials.push(b':');
-        credentials.extend_from_slice(b.password.expose());
-        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-        Some(ExpectedAuth(encoded.into_bytes()))
+        Some(ExpectedAuth::basic(&b.user, b.password.expose()))
     }
 
-    fn matches(&self, header: Option<&HeaderValue>) -> bool {
+    /// For `user` with `password`.
+    pub fn basic(user: &str, password: &[u8]) -> ExpectedAuth {
+        let mut credentials = user.as_bytes().to_vec();
+        credentials.push(b':');
+        credentials.extend_from_slice(password);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        ExpectedAuth(encoded.into_bytes())
+    }
+
+    /// Whether `header` (`Authorization`) carries these credentials, compared in constant time.
+    pub fn matches(&self, header: Option<&HeaderValue>) -> bool {
         let Some(value) = header.map(HeaderValue::as_bytes) else { return false };
         let Some(split) = value.iter().position(|b| *b == b' ') else { return false };
         let (scheme, token) = (&value[..split], value[split..].trim_ascii());

@@ -240,9 +240,7 @@ pub fn open_payment_review(p: &OpenPayment, policy: &Policy, now: i64) -> Option
     if open_for < i64::try_from(after.as_millis()).unwrap_or(i64::MAX) {
         return None;
     }
-    let age = crate::time::format_duration(std::time::Duration::from_secs(
-        u64::try_from(open_for / 1000).unwrap_or(0),
-    ));
+    let age = crate::time::format_age(now, p.since_ms);
     let action = Action {
         kind: ActionKind::Review,
         order_id: p.order_id.clone(),

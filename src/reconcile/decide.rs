@@ -91,8 +91,11 @@ pub mod template {
 
 /// Whether a row's outcome note says its failure notice is held (an [`Outcome::Hold`]).
 pub fn is_held(note: &str) -> bool {
-    note.contains("policy.failure_notice_delay")
+    note.contains(HELD_MARK)
 }
+
+/// What a held row's note names, and [`is_held`] looks for.
+const HELD_MARK: &str = "policy.failure_notice_delay";
 
 /// Decides what a notification means for its order.
 pub fn decide(f: Facts<'_>, policy: &Policy) -> Decision {
@@ -249,8 +252,8 @@ fn payment_event(f: Facts<'_>, d: Draft<'_>, policy: &Policy) -> Decision {
                     actions: vec![],
                     payment: next,
                     note: format!(
-                        "payment {}: the customer is told after policy.failure_notice_delay, \
-                         unless the order is paid meanwhile",
+                        "payment {}: the customer is told after {HELD_MARK}, unless the order \
+                         is paid meanwhile",
                         n.kind.as_str()
                     ),
                 };

@@ -270,9 +270,7 @@ impl Worker {
             stats.claimed += count;
             stats.actions += actions;
             if count > 0 {
-                if let Some(w) = &self.written {
-                    w.send_modify(|n| *n = n.wrapping_add(1));
-                }
+                self.announce_written();
             }
             if shutdown.is_cancelled() {
                 // What was claimed and prepared is still due: the next run takes it.
@@ -338,6 +336,13 @@ impl Worker {
         Ok(Some(out))
     }
 
+    /// Wakes the sinks' dispatchers and the admin API's long polls: actions were written.
+    fn announce_written(&self) {
+        if let Some(w) = &self.written {
+            w.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
     /// How often payments left open are looked for: a quarter of the shorter of the two
     /// policy times, within 1 s and 10 minutes.
     fn open_check_every(&self) -> Duration {
@@ -377,9 +382,7 @@ impl Worker {
             }
         }
         if count > 0 {
-            if let Some(w) = &self.written {
-                w.send_modify(|n| *n = n.wrapping_add(1));
-            }
+            self.announce_written();
         }
         Ok(count)
     }

@@ -164,6 +164,8 @@ async fn the_last_stored_timestamp_survives_a_restart() {
     d.stop().await;
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A new address: the old one may have gone to another test meanwhile.
+    let admin = harness::free_addr();
     let d = start(dir.path(), &shop, admin).await;
     let text = scrape(admin).await;
     assert_eq!(sample(&text, series), Some(before), "{text}");
