@@ -44,9 +44,9 @@ fn config(dir: &Path, shop: &str) -> Config {
 }
 
 /// Fills the inbox directly (the benchmark measures the worker, not ingestion).
-fn fill_inbox(config: &Config, n: u64) {
+async fn fill_inbox(config: &Config, n: u64) {
     // Created and migrated as the daemon does, then filled with plain SQL.
-    drop(Store::open_tool(&config.store).unwrap());
+    drop(Store::open_tool(&config.store).await.unwrap());
     let mut conn = Connection::open(&config.store.path).unwrap();
     let tx = conn.transaction().unwrap();
     {
@@ -78,7 +78,7 @@ fn fill_inbox(config: &Config, n: u64) {
 async fn drain(config: &Config, n: u64, label: &str) -> f64 {
     let shop = config.shop.clone().unwrap();
     let source = OrderSource::connect(&shop).await.expect("shop reachable");
-    let store = Store::open_tool(&config.store).unwrap();
+    let store = Store::open_tool(&config.store).await.unwrap();
     let endpoints =
         std::sync::Arc::new(reconciled::endpoint::Endpoints::new(&config.endpoints).unwrap());
     let worker = Worker::new(store, endpoints, shop, config.policy, config.worker).delivering_to(
@@ -135,7 +135,7 @@ async fn sqlite_throughput(n: u64, sink: bool) -> f64 {
             shop_path.display()
         ),
     );
-    fill_inbox(&config, n);
+    fill_inbox(&config, n).await;
     let label = if config.sinks.is_empty() { "SQLite shop" } else { "SQLite shop, one HTTP sink" };
     drain(&config, n, label).await
 }
@@ -168,7 +168,7 @@ async fn mariadb_throughput(n: u64) {
             "[shop]\ndriver = \"mysql\"\nurl = \"{base}/reconciled_bench\"\nquery = \"SELECT id AS order_id, status, total AS amount, currency, email AS customer_email, transaction_id AS psp_reference FROM orders WHERE id = :reference OR transaction_id = :psp_reference\""
         ),
     );
-    fill_inbox(&config, n);
+    fill_inbox(&config, n).await;
     drain(&config, n, "MariaDB shop").await;
 }
 

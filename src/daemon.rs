@@ -24,12 +24,14 @@ pub async fn run(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     let endpoints = Arc::new(Endpoints::new(&config.endpoints)?);
-    let store = Store::open(&config.store)?;
+    let store = Store::open(&config.store).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(store.commit_seconds()));
     configure_metrics(&metrics, config);
     let wake = Arc::new(tokio::sync::Notify::new());
     let (worker_updates, updates) = mpsc::channel(4);
     let (written, written_rx) = tokio::sync::watch::channel(0u64);
+    // On a store several daemons share, what the others store and write wakes this one too.
+    store.listen(wake.clone(), written.clone(), shutdown.clone());
     let worker = match &config.shop {
         Some(shop) => {
             let worker = reconcile::worker::Worker::new(
@@ -97,7 +99,7 @@ pub async fn run(
         metrics,
     ));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, store = %config.store.path.display(), endpoints = config.endpoints.len(), "listening on http://{addr}");
+        tracing::info!(%addr, store = %Store::location(&config.store), endpoints = config.endpoints.len(), "listening on http://{addr}");
         on_ready(addr);
         systemd::ready(addr);
     }

@@ -190,7 +190,7 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<()> {
         }
     };
     let read = super::block_on(async {
-        let store = Store::open_reader(&config.store.path)?;
+        let store = Store::open_configured_reader(&config.store).await?;
         let gauges = store.gauges().await?;
         let failures = store.failures(FAILURES_READ).await?;
         Ok((gauges, failures))

@@ -21,8 +21,10 @@ pub struct FailuresArgs {
 }
 
 pub(super) fn run(args: &FailuresArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
-    let rows = super::block_on(async { Ok(store.failures(args.limit).await?) })?;
+    let rows = super::block_on(async {
+        let store = args.store.open().await?;
+        Ok(store.failures(args.limit).await?)
+    })?;
     let mut out = std::io::stdout().lock();
     for f in &rows {
         if args.json {

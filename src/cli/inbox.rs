@@ -152,12 +152,11 @@ pub(super) fn run(cmd: InboxCommand) -> anyhow::Result<()> {
 
 fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&args.config)?;
-    let store = &config.store;
-    if !store.path.exists() {
-        anyhow::bail!("no such store: {}", store.path.display());
+    if config.store.url.is_none() && !config.store.path.exists() {
+        anyhow::bail!("no such store: {}", config.store.path.display());
     }
-    let store = Store::open_tool(store)?;
     let (cutoff, n) = super::block_on(async {
+        let store = Store::open_tool(&config.store).await?;
         store.prune(config.store.retention_days, args.dry_run).await.context("pruning")
     })?;
     let before = format_utc(cutoff);
@@ -193,7 +192,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let store = Store::open_tool(&config.store)?;
+        let store = Store::open_tool(&config.store).await?;
         let source = OrderSource::connect(&shop).await?;
         let endpoints = std::sync::Arc::new(crate::endpoint::Endpoints::new(&config.endpoints)?);
         // What a replay writes is delivered like any action: with a delivery for each sink.
@@ -338,7 +337,6 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
     let filter = ListFilter {
         status: args.status,
         provider: args.provider.clone(),
@@ -346,8 +344,10 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
         limit: args.limit,
         last: args.last,
     };
-    let rows =
-        super::block_on(async { store.list(filter).await.context("cannot read the inbox") })?;
+    let rows = super::block_on(async {
+        let store = args.store.open().await?;
+        store.list(filter).await.context("cannot read the inbox")
+    })?;
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(out, "{}", header())?;
@@ -362,8 +362,8 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
 }
 
 fn tail(args: &TailArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
     super::block_on(async {
+        let store = args.store.open().await?;
         let read = |after: Option<i64>, last: Option<u64>| {
             let filter = ListFilter { after, last, limit: Some(1000), ..ListFilter::default() };
             let store = store.clone();
@@ -417,10 +417,11 @@ fn print_row(out: &mut impl Write, r: &InboxSummary, json: bool) -> anyhow::Resu
 }
 
 fn show(args: &ShowArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
-    let row =
-        super::block_on(async { store.show(args.id).await.context("cannot read the inbox") })?
-            .with_context(|| format!("no inbox row with id {}", args.id))?;
+    let row = super::block_on(async {
+        let store = args.store.open().await?;
+        store.show(args.id).await.context("cannot read the inbox")
+    })?
+    .with_context(|| format!("no inbox row with id {}", args.id))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let headers: serde_json::Value =

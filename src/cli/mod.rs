@@ -10,6 +10,7 @@ mod outbox;
 mod serve;
 mod sign;
 mod simulate;
+mod store;
 
 use std::path::PathBuf;
 
@@ -54,6 +55,9 @@ pub enum Command {
     /// with the endpoint's configuration; print it, or post it to the daemon and show the
     /// actions that followed. Refuses a configuration that looks live unless --i-know.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Move a store: copy a SQLite store into a new PostgreSQL one.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// A command line that asks for something impossible (an unknown endpoint, a bad amount, a
@@ -111,10 +115,13 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// Opens the store read-only.
-    fn open(&self) -> anyhow::Result<crate::store::Store> {
+    /// Opens the store to read it.
+    async fn open(&self) -> anyhow::Result<crate::store::Store> {
         let path = match (&self.config, &self.db, self.demo) {
-            (Some(c), _, _) => Config::load(c)?.store.path,
+            (Some(c), _, _) => {
+                let config = Config::load(c)?;
+                return Ok(crate::store::Store::open_configured_reader(&config.store).await?);
+            }
             (_, Some(db), _) => db.clone(),
             (_, _, true) => PathBuf::from(demo::STORE_PATH),
             _ => anyhow::bail!("say which store to read: --config FILE, --db PATH or --demo"),
@@ -144,6 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Failures(args) => failures::run(&args),
         Command::Sign(cmd) => sign::run(cmd),
         Command::Simulate(args) => simulate::run(*args),
+        Command::Store(cmd) => store::run(cmd),
     }
 }
 

@@ -116,8 +116,8 @@ pub struct TailArgs {
 pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
     match cmd {
         OutboxCommand::List(args) => {
-            let store = args.store.open()?;
             let rows = super::block_on(async {
+                let store = args.store.open().await?;
                 let rows = if args.undelivered {
                     owed_actions(&store, &args).await?
                 } else {
@@ -161,33 +161,31 @@ pub(super) fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
         OutboxCommand::Show(args) => show(&args),
         OutboxCommand::Status(args) => status(&args),
         OutboxCommand::Retry(args) => retry(&args),
-        OutboxCommand::Tail(args) => {
-            let store = args.store.open()?;
-            super::block_on(async {
-                let mut last = (store.outbox_last_id().await? - TAIL_ROWS).max(0);
-                let mut out = std::io::stdout().lock();
-                if !args.json {
-                    writeln!(out, "{}", header())?;
+        OutboxCommand::Tail(args) => super::block_on(async {
+            let store = args.store.open().await?;
+            let mut last = (store.outbox_last_id().await? - TAIL_ROWS).max(0);
+            let mut out = std::io::stdout().lock();
+            if !args.json {
+                writeln!(out, "{}", header())?;
+            }
+            loop {
+                let filter = OutboxFilter {
+                    after: Some(last),
+                    limit: Some(1000),
+                    shadow: args.shadow,
+                    ..OutboxFilter::default()
+                };
+                for row in store.outbox(filter).await? {
+                    print_row(&mut out, &row, args.json)?;
+                    last = row.id;
                 }
-                loop {
-                    let filter = OutboxFilter {
-                        after: Some(last),
-                        limit: Some(1000),
-                        shadow: args.shadow,
-                        ..OutboxFilter::default()
-                    };
-                    for row in store.outbox(filter).await? {
-                        print_row(&mut out, &row, args.json)?;
-                        last = row.id;
-                    }
-                    out.flush()?;
-                    if !args.follow {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(FOLLOW_INTERVAL).await;
+                out.flush()?;
+                if !args.follow {
+                    return Ok(());
                 }
-            })
-        }
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+            }
+        }),
     }
 }
 
@@ -227,8 +225,8 @@ fn summary(deliveries: &[DeliveryRow]) -> String {
 }
 
 fn show(args: &ShowArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
     let (action, deliveries, attempts) = super::block_on(async {
+        let store = args.store.open().await?;
         let action = store.action(args.id).await?;
         let filter = DeliveryFilter { action_id: Some(args.id), ..Default::default() };
         Ok((action, store.deliveries(filter).await?, store.attempts(args.id).await?))
@@ -275,8 +273,10 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
 }
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
-    let mut counts = super::block_on(async { Ok(store.sink_counts().await?) })?;
+    let mut counts = super::block_on(async {
+        let store = args.store.open().await?;
+        Ok(store.sink_counts().await?)
+    })?;
     // Configured sinks with nothing delivered yet are listed too.
     if let Some(path) = &args.store.config {
         for sink in crate::config::Config::load(path)?.sinks {
@@ -335,7 +335,7 @@ fn retry(args: &RetryArgs) -> anyhow::Result<()> {
         }
     }
     super::block_on(async {
-        let store = Store::open_tool(&config.store)?;
+        let store = Store::open_tool(&config.store).await?;
         let n = store.retry_deliveries(args.id, args.dead, args.sink.as_deref()).await?;
         store.close().await;
         println!(

@@ -28,6 +28,7 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     path: Option<PathBuf>,
+    url: Option<String>,
     busy_timeout_ms: Option<u64>,
     max_batch: Option<usize>,
     failures_kept: Option<u64>,
@@ -132,6 +133,31 @@ pub(super) fn server(s: RawServer, r: &Resolver<'_>) -> Result<ServerConfig, Con
 }
 
 pub(super) fn store(st: RawStore, r: &Resolver<'_>) -> Result<StoreConfig, ConfigError> {
+    let url = match (st.url, &st.path) {
+        (Some(_), Some(_)) => {
+            return Err(r.invalid(
+                "store.url",
+                "give either path (a SQLite file) or url (a PostgreSQL database), not both",
+            ))
+        }
+        (Some(url), None) => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(r.invalid(
+                    "store.url",
+                    "must be a postgres:// URL (a SQLite store is given with path)",
+                ));
+            }
+            let url = crate::secret::DbUrl::new(url);
+            if let Err(e) = url.expose().parse::<tokio_postgres::Config>() {
+                let message = crate::store::postgres::schema::scrub(&url, &e.to_string());
+                return Err(
+                    r.invalid("store.url", format!("not a valid PostgreSQL URL: {message}"))
+                );
+            }
+            Some(url)
+        }
+        (None, _) => None,
+    };
     let path = st.path.unwrap_or_else(|| PathBuf::from("reconciled.db"));
     if path.as_os_str().is_empty() {
         return Err(r.invalid("store.path", "must not be empty"));
@@ -150,6 +176,7 @@ pub(super) fn store(st: RawStore, r: &Resolver<'_>) -> Result<StoreConfig, Confi
     };
     Ok(StoreConfig {
         path: r.beside(&path),
+        url,
         busy_timeout: Duration::from_millis(r.bounded(
             "store.busy_timeout_ms",
             st.busy_timeout_ms,

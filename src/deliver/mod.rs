@@ -33,6 +33,10 @@ use crate::store::{Attempt, OutboxRow, Owed, Store};
 
 /// Deliveries a dispatcher takes at once.
 const BATCH: usize = 32;
+/// Deliveries taken at a time from a store several daemons share.
+const SHARED_BATCH: usize = 4;
+/// Added to the time a batch of deliveries may take before another daemon may take them.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(15);
 /// Longest sleep with nothing due: deliveries made due again by `outbox retry` (another
 /// process) go out within this.
 const IDLE_WAKE: Duration = Duration::from_secs(5);
@@ -249,7 +253,12 @@ impl Dispatcher {
     async fn pass(&self, shutdown: &CancellationToken) -> Result<(), crate::store::StoreError> {
         loop {
             let now = crate::time::now_ms();
-            let owed = self.store.owed(&self.sink.name, now, BATCH).await?;
+            // On a store several daemons share, what is taken is leased for as long as
+            // delivering it may take: a small batch, so that a daemon that dies mid-batch
+            // holds up little, not for long.
+            let batch = if self.store.is_shared() { SHARED_BATCH } else { BATCH };
+            let in_flight = self.sink.timeout * batch as u32 + IN_FLIGHT_MARGIN;
+            let owed = self.store.owed(&self.sink.name, now, batch, in_flight).await?;
             if owed.is_empty() {
                 return Ok(());
             }

@@ -224,6 +224,13 @@ async fn webhook(
         headers_json: accepted.headers_json,
         body_len: body.len(),
         body: crate::store::body::pack(&body),
+        // A store shared by several daemons orders each payment's rows from the moment they
+        // are stored; a body the worker cannot read has none (it is marked dead then).
+        payment_key: if state.store.is_shared() {
+            provider.parse(&body).ok().map(|n| n.payment_id.unwrap_or(n.event_id))
+        } else {
+            None
+        },
     };
     // Test-only and broken on purpose: acknowledge first, store a little later.
     #[cfg(feature = "test-ack-before-commit")]

@@ -498,7 +498,7 @@ mod tests {
             shop_path.display()
         );
         let config = Config::from_toml(&text, &dir.path().join("t.toml")).unwrap();
-        let store = Store::open_tool(&config.store).unwrap();
+        let store = Store::open_tool(&config.store).await.unwrap();
         // Another writer, on its own connection, as `inbox replay` would be.
         let other = rusqlite::Connection::open(&config.store.path).unwrap();
         let body = r#"{"id":"evt_1","object":"event","type":"payment_intent.succeeded","created":1795000000,"data":{"object":{"id":"pi_1","object":"payment_intent","amount":1999,"amount_received":1999,"currency":"usd","metadata":{"order_id":"7"},"status":"succeeded"}}}"#;

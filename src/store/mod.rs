@@ -27,6 +27,8 @@
 
 pub mod batch;
 pub mod body;
+pub mod copy;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
@@ -46,11 +48,13 @@ pub use self::rows::{
 };
 use crate::provider::ProviderKind;
 
-/// `[store]`: the SQLite inbox file and its writer.
+/// `[store]`: the SQLite inbox file and its writer, or a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// The database file (created if missing).
+    /// The database file (created if missing); unused with `url`.
     pub path: PathBuf,
+    /// A PostgreSQL store shared by several daemons (`postgres://…`), instead of the file.
+    pub url: Option<crate::secret::DbUrl>,
     /// Wait for another process's lock before failing the batch.
     pub busy_timeout: Duration,
     /// Most rows per group commit.
@@ -103,6 +107,24 @@ pub enum StoreError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// The PostgreSQL store could not be reached, checked or migrated.
+    #[error("store {url}: {message}")]
+    Connect {
+        /// The URL, its password redacted.
+        url: String,
+        /// What went wrong (never the password).
+        message: String,
+    },
+    /// The PostgreSQL store was migrated by a newer version of reconciled.
+    #[error("store {url}: schema version {found} is newer than this build knows ({known}); upgrade reconciled")]
+    TooNewDb {
+        /// The URL, its password redacted.
+        url: String,
+        /// Its schema version.
+        found: i32,
+        /// The newest version this build knows.
+        known: i32,
+    },
     /// A write or commit failed; nothing of it was stored.
     #[error("store write failed")]
     Write(#[source] BackendError),
@@ -127,25 +149,80 @@ pub struct Store {
 #[derive(Debug, Clone)]
 enum Backend {
     Sqlite(Arc<sqlite::Sqlite>),
+    Postgres(Arc<postgres::Postgres>),
 }
 
 impl Store {
     /// Opens (creating and migrating if needed) the store for the daemon: it takes
     /// notifications, decides them and prunes.
-    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        Ok(Store { backend: Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true)?)) })
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let backend = match &config.url {
+            Some(url) => Backend::Postgres(Arc::new(
+                postgres::Postgres::open(url, Some(config), true, true).await?,
+            )),
+            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true)?)),
+        };
+        Ok(Store { backend })
     }
 
     /// Opens (creating and migrating if needed) the store for a command that decides or
     /// prunes rows beside a running daemon (`inbox replay`, `inbox prune`): it takes no
     /// notifications.
-    pub fn open_tool(config: &StoreConfig) -> Result<Store, StoreError> {
-        Ok(Store { backend: Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, false)?)) })
+    pub async fn open_tool(config: &StoreConfig) -> Result<Store, StoreError> {
+        let backend = match &config.url {
+            Some(url) => Backend::Postgres(Arc::new(
+                postgres::Postgres::open(url, Some(config), false, true).await?,
+            )),
+            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, false)?)),
+        };
+        Ok(Store { backend })
     }
 
-    /// Opens an existing store read-only (listing, showing, following the outbox).
+    /// Opens the store `config` names to read it (listing, showing, following the outbox):
+    /// it must exist, and is not migrated.
+    pub async fn open_configured_reader(config: &StoreConfig) -> Result<Store, StoreError> {
+        match &config.url {
+            Some(url) => Ok(Store {
+                backend: Backend::Postgres(Arc::new(
+                    postgres::Postgres::open(url, None, false, false).await?,
+                )),
+            }),
+            None => Store::open_reader(&config.path),
+        }
+    }
+
+    /// Opens an existing SQLite store read-only (listing, showing, following the outbox).
     pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
         Ok(Store { backend: Backend::Sqlite(Arc::new(sqlite::Sqlite::open_reader(path)?)) })
+    }
+
+    /// Whether several daemons may share the store (PostgreSQL). Its rows carry their payment
+    /// key from the moment they are stored ([`NewRow::payment_key`]), so each payment's rows
+    /// are ordered across daemons, and deliveries are leased ([`Store::owed`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Where the store is, for messages (a URL's password redacted).
+    pub fn location(config: &StoreConfig) -> String {
+        match &config.url {
+            Some(url) => url.redacted(),
+            None => config.path.display().to_string(),
+        }
+    }
+
+    /// Wakes `inbox` when another daemon stores a notification and bumps `outbox` when one
+    /// writes actions, until `shutdown` (a store shared by several daemons; otherwise this
+    /// daemon's own wake-ups are all there is, and nothing is started).
+    pub fn listen(
+        &self,
+        inbox: Arc<tokio::sync::Notify>,
+        outbox: tokio::sync::watch::Sender<u64>,
+        shutdown: CancellationToken,
+    ) {
+        if let Backend::Postgres(s) = &self.backend {
+            tokio::spawn(postgres::Postgres::listen(s.url().clone(), inbox, outbox, shutdown));
+        }
     }
 
     // Taking notifications.
@@ -154,6 +231,7 @@ impl Store {
     pub async fn insert(&self, row: NewRow) -> Result<Stored, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.insert(row).await,
+            Backend::Postgres(s) => s.insert(row).await,
         }
     }
 
@@ -162,6 +240,7 @@ impl Store {
     pub fn record_failure(&self, failure: FailureRecord) {
         match &self.backend {
             Backend::Sqlite(s) => s.record_failure(failure),
+            Backend::Postgres(s) => s.record_failure(failure),
         }
     }
 
@@ -169,6 +248,7 @@ impl Store {
     pub async fn probe(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.probe().await,
+            Backend::Postgres(s) => s.probe().await,
         }
     }
 
@@ -176,6 +256,7 @@ impl Store {
     pub async fn died(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.died().await,
+            Backend::Postgres(s) => s.died().await,
         }
     }
 
@@ -183,6 +264,7 @@ impl Store {
     pub fn is_dead(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(s) => s.is_dead(),
+            Backend::Postgres(s) => s.is_dead(),
         }
     }
 
@@ -191,6 +273,7 @@ impl Store {
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
         }
     }
 
@@ -200,6 +283,7 @@ impl Store {
     pub async fn release_claims(&self) -> Result<usize, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.release_claims().await,
+            Backend::Postgres(s) => s.release_claims().await,
         }
     }
 
@@ -213,6 +297,7 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.claim(now, limit, taken).await,
+            Backend::Postgres(s) => s.claim(now, limit, taken).await,
         }
     }
 
@@ -220,6 +305,7 @@ impl Store {
     pub async fn claim_one(&self, id: i64) -> Result<Option<Claimed>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.claim_one(id).await,
+            Backend::Postgres(s) => s.claim_one(id).await,
         }
     }
 
@@ -231,6 +317,21 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.order_of_payment(provider, payment_id.to_owned()).await,
+            Backend::Postgres(s) => {
+                let (provider, id) = (provider.as_str(), payment_id.to_owned());
+                s.read(move |c| {
+                    Box::pin(async move {
+                        let r = c
+                            .query_opt(
+                                "SELECT order_id FROM payments WHERE provider = $1 AND payment_id = $2",
+                                &[&provider, &id],
+                            )
+                            .await?;
+                        Ok(r.and_then(|r| r.get::<_, Option<String>>(0)))
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -238,6 +339,21 @@ impl Store {
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.next_due().await,
+            Backend::Postgres(s) => {
+                s.read(|c| {
+                    Box::pin(async move {
+                        let r = c
+                            .query_one(
+                                "SELECT min(next_attempt_at) FROM inbox \
+                                 WHERE status IN ('pending', 'parked')",
+                                &[],
+                            )
+                            .await?;
+                        Ok(r.get(0))
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -255,6 +371,7 @@ impl Store {
     {
         match &self.backend {
             Backend::Sqlite(s) => s.decide_batch(rows, prepared, planner).await,
+            Backend::Postgres(s) => s.decide_batch(rows, prepared, planner).await,
         }
     }
 
@@ -269,6 +386,7 @@ impl Store {
     ) -> Result<(i64, u64), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.prune(retention_days, dry_run).await,
+            Backend::Postgres(s) => s.prune(retention_days, dry_run).await,
         }
     }
 
@@ -276,6 +394,7 @@ impl Store {
     pub async fn prune_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.prune_before(cutoff_ms).await,
+            Backend::Postgres(s) => s.prune_before(cutoff_ms).await,
         }
     }
 
@@ -283,6 +402,7 @@ impl Store {
     pub async fn run_pruner(self, retention_days: u64, shutdown: CancellationToken) {
         match self.backend {
             Backend::Sqlite(s) => sqlite::prune::run(s, retention_days, shutdown).await,
+            Backend::Postgres(s) => s.run_pruner(retention_days, shutdown).await,
         }
     }
 
@@ -293,6 +413,9 @@ impl Store {
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<InboxSummary>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::list(c, &filter)).await,
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::list(c, filter))).await
+            }
         }
     }
 
@@ -300,6 +423,13 @@ impl Store {
     pub async fn show(&self, id: i64) -> Result<Option<InboxRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::show(c, id)).await,
+            Backend::Postgres(s) => {
+                match s.read(move |c| Box::pin(postgres::read::show(c, id))).await? {
+                    None => Ok(None),
+                    Some(Ok(row)) => Ok(Some(row)),
+                    Some(Err(e)) => Err(StoreError::Read(Arc::new(e))),
+                }
+            }
         }
     }
 
@@ -314,6 +444,12 @@ impl Store {
             Backend::Sqlite(s) => {
                 s.read(move |c| sqlite::read::find(c, provider.as_str(), &key)).await
             }
+            Backend::Postgres(s) => {
+                s.read(move |c| {
+                    Box::pin(async move { postgres::read::find(c, provider.as_str(), &key).await })
+                })
+                .await
+            }
         }
     }
 
@@ -321,6 +457,9 @@ impl Store {
     pub async fn actions_of(&self, inbox_id: i64) -> Result<Vec<OutboxRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::actions_of(c, inbox_id)).await,
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::actions_of(c, inbox_id))).await
+            }
         }
     }
 
@@ -335,6 +474,14 @@ impl Store {
             Backend::Sqlite(s) => {
                 s.read(move |c| sqlite::read::paying_payment(c, provider.as_str(), &order)).await
             }
+            Backend::Postgres(s) => {
+                s.read(move |c| {
+                    Box::pin(async move {
+                        postgres::read::paying_payment(c, provider.as_str(), &order).await
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -342,6 +489,14 @@ impl Store {
     pub async fn count(&self) -> Result<i64, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(sqlite::read::count).await,
+            Backend::Postgres(s) => {
+                s.read(|c| {
+                    Box::pin(async move {
+                        Ok(c.query_one("SELECT count(*) FROM inbox", &[]).await?.get(0))
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -349,6 +504,9 @@ impl Store {
     pub async fn failures(&self, limit: u64) -> Result<Vec<Failure>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::failures(c, limit)).await,
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::failures(c, limit))).await
+            }
         }
     }
 
@@ -356,6 +514,9 @@ impl Store {
     pub async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<OutboxRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::outbox(c, &filter)).await,
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::outbox(c, filter))).await
+            }
         }
     }
 
@@ -363,6 +524,16 @@ impl Store {
     pub async fn outbox_last_id(&self) -> Result<i64, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(sqlite::read::outbox_last_id).await,
+            Backend::Postgres(s) => {
+                s.read(|c| {
+                    Box::pin(async move {
+                        Ok(c.query_one("SELECT coalesce(max(id), 0) FROM outbox", &[])
+                            .await?
+                            .get(0))
+                    })
+                })
+                .await
+            }
         }
     }
 
@@ -370,9 +541,18 @@ impl Store {
 
     /// The deliveries `sink` is owed and that are due at `now`, oldest first, at most `limit`,
     /// leaving out those held back behind an earlier delivery of the same order.
-    pub async fn owed(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Owed>, StoreError> {
+    /// A store shared by several daemons (PostgreSQL) leases what it returns for `in_flight`, so
+    /// that no other daemon delivers it meanwhile; one daemon's SQLite store needs no lease.
+    pub async fn owed(
+        &self,
+        sink: &str,
+        now: i64,
+        limit: usize,
+        in_flight: Duration,
+    ) -> Result<Vec<Owed>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.owed(sink.to_owned(), now, limit).await,
+            Backend::Postgres(s) => s.owed(sink.to_owned(), now, limit, in_flight).await,
         }
     }
 
@@ -386,6 +566,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_attempt(sink.to_owned(), action_id, attempt).await,
+            Backend::Postgres(s) => s.record_attempt(sink.to_owned(), action_id, attempt).await,
         }
     }
 
@@ -400,6 +581,7 @@ impl Store {
     ) -> Result<Vec<Owed>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.lease(sink.to_owned(), now, limit, until).await,
+            Backend::Postgres(s) => s.lease(sink.to_owned(), now, limit, until).await,
         }
     }
 
@@ -411,6 +593,7 @@ impl Store {
     ) -> Result<Option<(String, u32, i64)>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.delivery_state(sink.to_owned(), action_id).await,
+            Backend::Postgres(s) => s.delivery_state(sink.to_owned(), action_id).await,
         }
     }
 
@@ -419,6 +602,9 @@ impl Store {
         let order_id = order_id.to_owned();
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::order_payments(c, &order_id)).await,
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::order_payments(c, order_id))).await
+            }
         }
     }
 
@@ -426,6 +612,7 @@ impl Store {
     pub async fn action(&self, id: i64) -> Result<Option<OutboxRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::action(c, id)).await,
+            Backend::Postgres(s) => s.read(move |c| Box::pin(postgres::read::action(c, id))).await,
         }
     }
 
@@ -433,6 +620,7 @@ impl Store {
     pub async fn next_delivery(&self, sink: &str) -> Result<Option<i64>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.next_delivery(sink.to_owned()).await,
+            Backend::Postgres(s) => s.next_delivery(sink.to_owned()).await,
         }
     }
 
@@ -440,6 +628,7 @@ impl Store {
     pub async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.deliveries(filter).await,
+            Backend::Postgres(s) => s.deliveries(filter).await,
         }
     }
 
@@ -453,6 +642,9 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => {
                 s.read(move |c| sqlite::read::select(c, &selection, after, limit)).await
+            }
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::select(c, selection, after, limit))).await
             }
         }
     }
@@ -475,6 +667,9 @@ impl Store {
                     })
                 })
                 .await
+            }
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::payment_group(c, id))).await
             }
         }
     }
@@ -502,6 +697,7 @@ impl Store {
                 })
                 .await
             }
+            Backend::Postgres(s) => s.rerun(rows, prepared, reset, dry_run, planner).await,
         }
     }
 
@@ -514,6 +710,9 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => {
                 s.read(move |c| sqlite::read::open_payments(c, before_ms, limit)).await
+            }
+            Backend::Postgres(s) => {
+                s.read(move |c| Box::pin(postgres::read::open_payments(c, before_ms, limit))).await
             }
         }
     }
@@ -530,6 +729,7 @@ impl Store {
             Backend::Sqlite(s) => {
                 s.write_with(move |c| sqlite::batch::review_open(c, &reviews, &sinks, now)).await
             }
+            Backend::Postgres(s) => s.review_open(reviews, sinks, now).await,
         }
     }
 
@@ -538,6 +738,7 @@ impl Store {
         let now = crate::time::now_ms();
         match &self.backend {
             Backend::Sqlite(s) => s.read(move |c| sqlite::read::gauges(c, now)).await,
+            Backend::Postgres(s) => s.read(move |c| Box::pin(postgres::read::gauges(c, now))).await,
         }
     }
 
@@ -546,6 +747,7 @@ impl Store {
     pub fn commit_seconds(&self) -> Option<prometheus_client::metrics::histogram::Histogram> {
         match &self.backend {
             Backend::Sqlite(s) => s.commit_seconds(),
+            Backend::Postgres(s) => s.commit_seconds(),
         }
     }
 
@@ -553,6 +755,7 @@ impl Store {
     pub async fn sink_counts(&self) -> Result<Vec<SinkCounts>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(sqlite::read::sink_counts).await,
+            Backend::Postgres(s) => s.read(|c| Box::pin(postgres::read::sink_counts(c))).await,
         }
     }
 
@@ -560,6 +763,7 @@ impl Store {
     pub async fn attempts(&self, action_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.attempts(action_id).await,
+            Backend::Postgres(s) => s.attempts(action_id).await,
         }
     }
 
@@ -574,6 +778,9 @@ impl Store {
         let now = crate::time::now_ms();
         match &self.backend {
             Backend::Sqlite(s) => {
+                s.retry_deliveries(action_id, dead_only, sink.map(str::to_owned), now).await
+            }
+            Backend::Postgres(s) => {
                 s.retry_deliveries(action_id, dead_only, sink.map(str::to_owned), now).await
             }
         }

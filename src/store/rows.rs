@@ -30,6 +30,9 @@ pub struct NewRow {
     pub body: body::Packed,
     /// The raw body's length in bytes.
     pub body_len: usize,
+    /// Its payment (the payment id, or the event id when it names none), when the store
+    /// wants it at once ([`super::Store::is_shared`]); otherwise the worker sets it.
+    pub payment_key: Option<String>,
 }
 
 /// The outcome of storing a row.

@@ -227,13 +227,16 @@ where
 {
     let config = reconciled::store::StoreConfig {
         path: db.to_owned(),
+        url: None,
         busy_timeout: std::time::Duration::from_secs(5),
         max_batch: reconciled::config::DEFAULT_MAX_BATCH,
         failures_kept: reconciled::config::DEFAULT_FAILURES_KEPT,
         retention_days: reconciled::config::DEFAULT_RETENTION_DAYS,
         wal_max_mb: reconciled::config::DEFAULT_WAL_MAX_MB,
     };
-    on_own_runtime(move || f(reconciled::store::Store::open_tool(&config).expect("store opens")))
+    on_own_runtime(move || async move {
+        f(reconciled::store::Store::open_tool(&config).await.expect("store opens")).await
+    })
 }
 
 pub fn integrity(db: &Path) -> String {

@@ -21,6 +21,7 @@ mod reload;
 mod scripts;
 mod sdk;
 mod secrets;
+mod shared_store;
 mod shops;
 mod simulate;
 mod tls;

@@ -241,8 +241,12 @@ fn parse_amount(text: &str, code: &str) -> Result<Money, Usage> {
 
 /// The payment that our records say paid the order, read from the store (read-only).
 fn earlier_payment(config: &Config, kind: ProviderKind, order: &str) -> Option<String> {
-    let store = crate::store::Store::open_reader(&config.store.path).ok()?;
-    super::block_on(async { Ok(store.paying_payment(kind, order).await?) }).ok().flatten()
+    super::block_on(async {
+        let store = crate::store::Store::open_configured_reader(&config.store).await?;
+        Ok(store.paying_payment(kind, order).await?)
+    })
+    .ok()
+    .flatten()
 }
 
 /// Runs the endpoint's own verification on the request, as the daemon will, and returns the
@@ -343,7 +347,7 @@ async fn show_outcome(
     order: &str,
     wait: Duration,
 ) -> anyhow::Result<()> {
-    let store = crate::store::Store::open_reader(&config.store.path)?;
+    let store = crate::store::Store::open_configured_reader(&config.store).await?;
     let deadline = Instant::now() + wait;
     let row = loop {
         let row = store.find(kind, dedup_key).await?;

@@ -334,6 +334,7 @@ mod tests {
     fn config(path: PathBuf, wal_max_mb: u64) -> StoreConfig {
         StoreConfig {
             path,
+            url: None,
             busy_timeout: std::time::Duration::from_secs(5),
             max_batch: crate::config::DEFAULT_MAX_BATCH,
             failures_kept: 10,
@@ -349,7 +350,7 @@ mod tests {
     async fn a_sustained_burst_keeps_the_wal_file_near_its_limit_and_idle_gives_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inbox.db");
-        let store = Store::open(&config(path.clone(), 2)).unwrap();
+        let store = Store::open(&config(path.clone(), 2)).await.unwrap();
         let wal = dir.path().join("inbox.db-wal");
         let body = Bytes::from(vec![b'x'; 2600]);
         let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -370,6 +371,7 @@ mod tests {
                         // Stored raw, so that the WAL grows by the full 2,600 bytes a row.
                         body: body::Packed { bytes: body.clone(), encoding: None },
                         body_len: body.len(),
+                        payment_key: None,
                     };
                     assert_eq!(store.insert(row).await.unwrap().delivery_count, 1);
                     let len = std::fs::metadata(&wal).map_or(0, |m| m.len());

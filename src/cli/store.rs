@@ -1,0 +1,63 @@
+//! `reconciled store copy`: moves a SQLite store into a PostgreSQL one (see
+//! [`crate::store::copy`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::secret::DbUrl;
+
+/// `reconciled store …`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a SQLite store, everything in it, into a new PostgreSQL store, and compare the
+    /// counts. Stop the daemon first. The target must be empty.
+    Copy(CopyArgs),
+}
+
+/// `store copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The SQLite store (the file `[store] path` names).
+    #[arg(long, value_name = "PATH")]
+    from: PathBuf,
+    /// The PostgreSQL store: a `postgres://` URL, or a configuration file whose `[store] url`
+    /// names it (which keeps the password off the command line).
+    #[arg(long, value_name = "URL|FILE")]
+    to: String,
+}
+
+pub(super) fn run(cmd: StoreCommand) -> anyhow::Result<()> {
+    match cmd {
+        StoreCommand::Copy(args) => copy(&args),
+    }
+}
+
+fn copy(args: &CopyArgs) -> anyhow::Result<()> {
+    let to = if args.to.starts_with("postgres://") || args.to.starts_with("postgresql://") {
+        DbUrl::new(args.to.clone())
+    } else {
+        let config = crate::config::Config::load(std::path::Path::new(&args.to))?;
+        config.store.url.ok_or_else(|| {
+            super::UsageError(format!(
+                "{} has no [store] url: give the PostgreSQL store to copy into",
+                args.to
+            ))
+        })?
+    };
+    if !args.from.exists() {
+        return Err(super::UsageError(format!("no such store: {}", args.from.display())).into());
+    }
+    let copied = super::block_on(async {
+        let progress = |table: &str, rows: i64| eprintln!("copied {table}: {rows} rows");
+        Ok(crate::store::copy::sqlite_to_postgres(&args.from, &to, &progress).await?)
+    })?;
+    let total: i64 = copied.tables.iter().map(|(_, n)| n).sum();
+    println!(
+        "copied {total} rows from {} to {} ({}); counts match in every table",
+        args.from.display(),
+        to.redacted(),
+        copied.tables.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
