@@ -10,7 +10,10 @@ use hyper::StatusCode;
 use serde_json::Value;
 
 use crate::cli::{bin, run, write_config};
-use crate::harness::{self, config_text_with, pi_event, shop_config, Daemon, Shop, SECRET};
+use crate::harness::{
+    self, config_text_on, config_text_with, on_both_stores, pi_event, shop_config, Daemon, Shop,
+    SECRET,
+};
 use crate::process::ChildGuard;
 
 /// A Standard Webhooks secret (`whsec_` and base64 of 24 bytes).
@@ -69,10 +72,18 @@ fn sinks(port: u16, out: &Path, retry_max: &str, extra: &str) -> String {
 }
 
 /// Waits until every delivery is in `state` (and there are `n` of them).
-fn settle_deliveries(db: &Path, n: usize, state: &str) -> Vec<reconciled::store::DeliveryRow> {
+fn settle_deliveries(
+    store: &reconciled::store::StoreConfig,
+    n: usize,
+    state: &str,
+) -> Vec<reconciled::store::DeliveryRow> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let rows = harness::reading(db, |s| async move { s.deliveries(Default::default()).await })
+        let rows =
+            harness::reading_store(
+                store,
+                |s| async move { s.deliveries(Default::default()).await },
+            )
             .unwrap();
         if rows.len() == n && rows.iter().all(|d| d.state == state) {
             return rows;
@@ -80,190 +91,6 @@ fn settle_deliveries(db: &Path, n: usize, state: &str) -> Vec<reconciled::store:
         assert!(Instant::now() < deadline, "deliveries never all {state}: {rows:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Every action goes to every sink that takes it; each HTTP delivery verifies with the
-/// official library, carries the action exactly as `outbox list --json` prints it, and keeps
-/// its webhook-id across retries; one order's actions arrive in order even when the first
-/// needs a retry; the command gets only the kinds it takes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn actions_reach_every_sink_verified_in_order_and_once_delivered_stay_so() {
-    let Some(python) = crate::sdk::sdk_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&python, dir.path(), "fail-first");
-    let shop = Shop::create(dir.path());
-    shop.add(1001, "pending", "100.00", "USD");
-    shop.add(1002, "pending", "100.00", "USD");
-    let out = dir.path().join("mailer.out");
-    let extra = shop_config(&shop, &sinks(receiver.port, &out, "300ms", ""));
-    let d = Daemon::start_with(dir.path(), "", "", &extra).await;
-    for (event, pi, order, amount) in
-        [("evt_1", "pi_1", "1001", 10000), ("evt_2", "pi_2", "1002", 6000)]
-    {
-        let body = pi_event(event, "succeeded", pi, order, amount, "usd");
-        assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
-    }
-    d.settle().await;
-    // fulfil + notify for 1001, refund + notify for 1002: 4 to the shop, 2 to the mailer.
-    let states = settle_deliveries(&d.db, 6, "delivered");
-    assert!(states.iter().filter(|s| s.sink == "shop").all(|s| s.attempts == 2), "{states:?}");
-    assert!(states.iter().filter(|s| s.sink == "mailer").all(|s| s.attempts == 1), "{states:?}");
-    let db = d.db.clone();
-    d.stop().await;
-
-    let actions =
-        harness::reading(&db, |s| async move { s.outbox(Default::default()).await }).unwrap();
-    let got = receiver.received();
-    assert_eq!(got.len(), 8, "each of 4 actions failed once, then was delivered: {got:#?}");
-    assert!(got.iter().all(|r| r["verified"] == true), "a signature did not verify: {got:#?}");
-    for action in &actions {
-        let id = reconciled::deliver::webhook_id(&action.idempotency_key);
-        let mine: Vec<&Value> = got.iter().filter(|r| r["webhook_id"] == id.as_str()).collect();
-        assert_eq!(mine.len(), 2, "{id}: {got:#?}");
-        let data = serde_json::to_value(action).unwrap();
-        for r in &mine {
-            assert_eq!(r["body"]["data"], data);
-            assert_eq!(r["body"]["type"], format!("action.{}", action.kind.as_str()));
-        }
-        assert_eq!(
-            (mine[0]["status"].as_i64(), mine[1]["status"].as_i64()),
-            (Some(500), Some(204))
-        );
-    }
-    // Per order: the notice is first sent only after the fulfilment (or refund) was delivered.
-    for order in ["1001", "1002"] {
-        let of_order: Vec<&Value> =
-            got.iter().filter(|r| r["body"]["data"]["order_id"] == order).collect();
-        let kinds: Vec<(&str, i64)> = of_order
-            .iter()
-            .map(|r| (r["body"]["data"]["kind"].as_str().unwrap(), r["status"].as_i64().unwrap()))
-            .collect();
-        let first = if order == "1001" { "fulfil" } else { "refund" };
-        assert_eq!(
-            kinds,
-            [(first, 500), (first, 204), ("notify_customer", 500), ("notify_customer", 204)],
-            "order {order}"
-        );
-    }
-    let mailed = std::fs::read_to_string(&out).unwrap();
-    // Each run wrote the envelope, then the kind from its environment, on one line.
-    let runs: Vec<&str> = mailed.lines().collect();
-    assert_eq!(runs.len(), 2, "{mailed}");
-    assert!(runs.iter().all(|l| l.ends_with("} notify_customer")), "{mailed}");
-    assert_eq!(mailed.matches("\"type\":\"action.notify_customer\"").count(), 2, "{mailed}");
-    assert!(!mailed.contains("\"kind\":\"fulfil\""), "{mailed}");
-
-    // The command line shows the deliveries and their attempts.
-    let cfg = write_config(dir.path(), &config_text_with(&db, "", "", &extra));
-    let list = run(bin().args(["outbox", "list", "--config"]).arg(&cfg), b"");
-    assert!(list.stdout.contains("delivery: mailer delivered, shop delivered"), "{}", list.stdout);
-    let show = run(bin().args(["outbox", "show", "1", "--config"]).arg(&cfg), b"");
-    assert!(
-        show.stdout.contains("attempt 1 to shop") && show.stdout.contains("HTTP 500"),
-        "{}",
-        show.stdout
-    );
-    let owed = run(bin().args(["outbox", "list", "--undelivered", "--config"]).arg(&cfg), b"");
-    assert!(owed.stdout.contains("(no actions)"), "{}", owed.stdout);
-}
-
-/// A receiver that keeps failing: the backoff honours its `Retry-After`, the delivery turns
-/// `dead` after `give_up_after` and is listed as owed; `outbox retry --dead` sends it again
-/// once the receiver is back, with the same webhook-id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_sink_goes_dead_and_retry_brings_it_back() {
-    let Some(python) = crate::sdk::sdk_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&python, dir.path(), "retry-after 1");
-    let shop = Shop::create(dir.path());
-    shop.add(1001, "pending", "100.00", "USD");
-    let out = dir.path().join("mailer.out");
-    let sink = sinks(receiver.port, &out, "5s", "give_up_after = \"3s\"\nactions = [\"fulfil\"]");
-    let extra = shop_config(&shop, &sink);
-    let d = Daemon::start_with(dir.path(), "", "", &extra).await;
-    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
-    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
-    d.settle().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let rows = harness::reading(&d.db, |s| async move {
-            s.deliveries(reconciled::store::DeliveryFilter {
-                sink: Some("shop".into()),
-                ..Default::default()
-            })
-            .await
-        })
-        .unwrap();
-        if rows.iter().any(|r| r.state == "dead") {
-            break rows;
-        }
-        assert!(Instant::now() < deadline, "never dead: {rows:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // Retry-After: 1 stretched the 100 ms backoff to a second: about 3 tries in the 3 s
-    // before giving up, where the backoff alone would have made a dozen.
-    let tries = receiver.received().len();
-    assert!((2..=4).contains(&tries), "{tries} attempts in the 3 s before giving up: {dead:?}");
-    assert!(dead[0].last_error.as_deref().unwrap_or("").contains("503"), "{dead:?}");
-
-    let cfg = write_config(dir.path(), &config_text_with(&d.db, "", "", &extra));
-    let owed = run(
-        bin().args(["outbox", "list", "--undelivered", "--sink", "shop", "--config"]).arg(&cfg),
-        b"",
-    );
-    assert!(owed.stdout.contains("shop dead"), "{}", owed.stdout);
-    // For monitoring: outbox status exits 1 while a delivery is dead.
-    let status = run(bin().args(["outbox", "status", "--config"]).arg(&cfg), b"");
-    assert_eq!(status.code, Some(1), "{}", status.stdout);
-    let shop_line = status.stdout.lines().find(|l| l.starts_with("shop ")).unwrap_or_default();
-    let cells: Vec<&str> = shop_line.split_whitespace().collect();
-    assert_eq!(cells[..5], ["shop", "0", "0", "1", "0"], "{}", status.stdout);
-    assert!(status.stderr.contains("1 dead deliveries"), "{}", status.stderr);
-    receiver.set_mode("ok");
-    let retried = run(bin().args(["outbox", "retry", "--dead", "--config"]).arg(&cfg), b"");
-    assert_eq!(retried.code, Some(0), "{}", retried.stderr);
-    assert!(retried.stdout.starts_with("1 delivery is due again"), "{}", retried.stdout);
-    let states = settle_deliveries(&d.db, 2, "delivered");
-    assert!(states.iter().any(|s| s.sink == "shop"));
-    let got = receiver.received();
-    let ids: std::collections::HashSet<&str> =
-        got.iter().map(|r| r["webhook_id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 1, "one action, one webhook-id across every attempt: {got:#?}");
-    assert_eq!(got.last().unwrap()["status"], 204);
-    let status = run(bin().args(["outbox", "status", "--config"]).arg(&cfg), b"");
-    assert_eq!(status.code, Some(0), "{}{}", status.stdout, status.stderr);
-    d.stop().await;
-}
-
-/// Shadow actions are recorded for comparison and delivered to no sink.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_actions_are_delivered_nowhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::create(dir.path());
-    shop.add(1001, "pending", "100.00", "USD");
-    let out = dir.path().join("sink.out");
-    let sink = format!(
-        "[[sink]]\nname = \"all\"\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"cat >> '{}'\"]\n\
-         [policy]\nmode = \"shadow\"\n",
-        out.display()
-    );
-    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &sink)).await;
-    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
-    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
-    d.settle().await;
-    // Give a dispatcher that wrongly had something the time to send it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let db = d.db.clone();
-    d.stop().await;
-    let shadow = harness::reading(&db, |s| async move {
-        s.outbox(reconciled::store::OutboxFilter { shadow: true, ..Default::default() }).await
-    })
-    .unwrap();
-    assert_eq!(shadow.len(), 2, "the decision was recorded: {shadow:?}");
-    let deliveries =
-        harness::reading(&db, |s| async move { s.deliveries(Default::default()).await }).unwrap();
-    assert!(deliveries.is_empty(), "{deliveries:?}");
-    assert!(!out.exists(), "a shadow action was delivered");
 }
 
 /// The PHP receiver in `contrib/php/receiver.php`, run by PHP's own server, accepts every
@@ -310,7 +137,7 @@ async fn the_php_example_receiver_handles_each_action_once() {
         assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
     }
     d.settle().await;
-    settle_deliveries(&d.db, 4, "delivered");
+    settle_deliveries(&d.store, 4, "delivered");
     let db = d.db.clone();
     d.stop().await;
     let actions =
@@ -418,4 +245,188 @@ fn check_config_checks_the_sinks() {
         "{}",
         out.stderr
     );
+}
+
+// What needs nothing of SQLite runs against both stores.
+on_both_stores! {
+/// Every action goes to every sink that takes it; each HTTP delivery verifies with the
+/// official library, carries the action exactly as `outbox list --json` prints it, and keeps
+/// its webhook-id across retries; one order's actions arrive in order even when the first
+/// needs a retry; the command gets only the kinds it takes.
+async fn actions_reach_every_sink_verified_in_order_and_once_delivered_stay_so(store) {
+    let Some(python) = crate::sdk::sdk_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&python, dir.path(), "fail-first");
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    shop.add(1002, "pending", "100.00", "USD");
+    let out = dir.path().join("mailer.out");
+    let extra = shop_config(&shop, &sinks(receiver.port, &out, "300ms", ""));
+    let d = Daemon::start_on(&store, dir.path(), "", "", &extra).await;
+    for (event, pi, order, amount) in
+        [("evt_1", "pi_1", "1001", 10000), ("evt_2", "pi_2", "1002", 6000)]
+    {
+        let body = pi_event(event, "succeeded", pi, order, amount, "usd");
+        assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    }
+    d.settle().await;
+    // fulfil + notify for 1001, refund + notify for 1002: 4 to the shop, 2 to the mailer.
+    let states = settle_deliveries(&d.store, 6, "delivered");
+    assert!(states.iter().filter(|s| s.sink == "shop").all(|s| s.attempts == 2), "{states:?}");
+    assert!(states.iter().filter(|s| s.sink == "mailer").all(|s| s.attempts == 1), "{states:?}");
+    let (db, store_config) = (d.db.clone(), d.store.clone());
+    d.stop().await;
+
+    let actions =
+        harness::reading_store(&store_config, |s| async move { s.outbox(Default::default()).await }).unwrap();
+    let got = receiver.received();
+    assert_eq!(got.len(), 8, "each of 4 actions failed once, then was delivered: {got:#?}");
+    assert!(got.iter().all(|r| r["verified"] == true), "a signature did not verify: {got:#?}");
+    for action in &actions {
+        let id = reconciled::deliver::webhook_id(&action.idempotency_key);
+        let mine: Vec<&Value> = got.iter().filter(|r| r["webhook_id"] == id.as_str()).collect();
+        assert_eq!(mine.len(), 2, "{id}: {got:#?}");
+        let data = serde_json::to_value(action).unwrap();
+        for r in &mine {
+            assert_eq!(r["body"]["data"], data);
+            assert_eq!(r["body"]["type"], format!("action.{}", action.kind.as_str()));
+        }
+        assert_eq!(
+            (mine[0]["status"].as_i64(), mine[1]["status"].as_i64()),
+            (Some(500), Some(204))
+        );
+    }
+    // Per order: the notice is first sent only after the fulfilment (or refund) was delivered.
+    for order in ["1001", "1002"] {
+        let of_order: Vec<&Value> =
+            got.iter().filter(|r| r["body"]["data"]["order_id"] == order).collect();
+        let kinds: Vec<(&str, i64)> = of_order
+            .iter()
+            .map(|r| (r["body"]["data"]["kind"].as_str().unwrap(), r["status"].as_i64().unwrap()))
+            .collect();
+        let first = if order == "1001" { "fulfil" } else { "refund" };
+        assert_eq!(
+            kinds,
+            [(first, 500), (first, 204), ("notify_customer", 500), ("notify_customer", 204)],
+            "order {order}"
+        );
+    }
+    let mailed = std::fs::read_to_string(&out).unwrap();
+    // Each run wrote the envelope, then the kind from its environment, on one line.
+    let runs: Vec<&str> = mailed.lines().collect();
+    assert_eq!(runs.len(), 2, "{mailed}");
+    assert!(runs.iter().all(|l| l.ends_with("} notify_customer")), "{mailed}");
+    assert_eq!(mailed.matches("\"type\":\"action.notify_customer\"").count(), 2, "{mailed}");
+    assert!(!mailed.contains("\"kind\":\"fulfil\""), "{mailed}");
+
+    // The command line shows the deliveries and their attempts.
+    let cfg = write_config(dir.path(), &config_text_on(&store, &db, "", "", &extra));
+    let list = run(bin().args(["outbox", "list", "--config"]).arg(&cfg), b"");
+    assert!(list.stdout.contains("delivery: mailer delivered, shop delivered"), "{}", list.stdout);
+    let show = run(bin().args(["outbox", "show", "1", "--config"]).arg(&cfg), b"");
+    assert!(
+        show.stdout.contains("attempt 1 to shop") && show.stdout.contains("HTTP 500"),
+        "{}",
+        show.stdout
+    );
+    let owed = run(bin().args(["outbox", "list", "--undelivered", "--config"]).arg(&cfg), b"");
+    assert!(owed.stdout.contains("(no actions)"), "{}", owed.stdout);
+}
+
+/// A receiver that keeps failing: the backoff honours its `Retry-After`, the delivery turns
+/// `dead` after `give_up_after` and is listed as owed; `outbox retry --dead` sends it again
+/// once the receiver is back, with the same webhook-id.
+async fn a_failing_sink_goes_dead_and_retry_brings_it_back(store) {
+    let Some(python) = crate::sdk::sdk_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&python, dir.path(), "retry-after 1");
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let out = dir.path().join("mailer.out");
+    let sink = sinks(receiver.port, &out, "5s", "give_up_after = \"3s\"\nactions = [\"fulfil\"]");
+    let extra = shop_config(&shop, &sink);
+    let d = Daemon::start_on(&store, dir.path(), "", "", &extra).await;
+    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    d.settle().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let rows = harness::reading_store(&d.store, |s| async move {
+            s.deliveries(reconciled::store::DeliveryFilter {
+                sink: Some("shop".into()),
+                ..Default::default()
+            })
+            .await
+        })
+        .unwrap();
+        if rows.iter().any(|r| r.state == "dead") {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "never dead: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Retry-After: 1 stretched the 100 ms backoff to a second: about 3 tries in the 3 s
+    // before giving up, where the backoff alone would have made a dozen.
+    let tries = receiver.received().len();
+    assert!((2..=4).contains(&tries), "{tries} attempts in the 3 s before giving up: {dead:?}");
+    assert!(dead[0].last_error.as_deref().unwrap_or("").contains("503"), "{dead:?}");
+
+    let cfg = write_config(dir.path(), &config_text_on(&store, &d.db, "", "", &extra));
+    let owed = run(
+        bin().args(["outbox", "list", "--undelivered", "--sink", "shop", "--config"]).arg(&cfg),
+        b"",
+    );
+    assert!(owed.stdout.contains("shop dead"), "{}", owed.stdout);
+    // For monitoring: outbox status exits 1 while a delivery is dead.
+    let status = run(bin().args(["outbox", "status", "--config"]).arg(&cfg), b"");
+    assert_eq!(status.code, Some(1), "{}", status.stdout);
+    let shop_line = status.stdout.lines().find(|l| l.starts_with("shop ")).unwrap_or_default();
+    let cells: Vec<&str> = shop_line.split_whitespace().collect();
+    assert_eq!(cells[..5], ["shop", "0", "0", "1", "0"], "{}", status.stdout);
+    assert!(status.stderr.contains("1 dead deliveries"), "{}", status.stderr);
+    receiver.set_mode("ok");
+    let retried = run(bin().args(["outbox", "retry", "--dead", "--config"]).arg(&cfg), b"");
+    assert_eq!(retried.code, Some(0), "{}", retried.stderr);
+    assert!(retried.stdout.starts_with("1 delivery is due again"), "{}", retried.stdout);
+    let states = settle_deliveries(&d.store, 2, "delivered");
+    assert!(states.iter().any(|s| s.sink == "shop"));
+    let got = receiver.received();
+    let ids: std::collections::HashSet<&str> =
+        got.iter().map(|r| r["webhook_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one action, one webhook-id across every attempt: {got:#?}");
+    assert_eq!(got.last().unwrap()["status"], 204);
+    let status = run(bin().args(["outbox", "status", "--config"]).arg(&cfg), b"");
+    assert_eq!(status.code, Some(0), "{}{}", status.stdout, status.stderr);
+    d.stop().await;
+}
+
+/// Shadow actions are recorded for comparison and delivered to no sink.
+async fn shadow_actions_are_delivered_nowhere(store) {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let out = dir.path().join("sink.out");
+    let sink = format!(
+        "[[sink]]\nname = \"all\"\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"cat >> '{}'\"]\n\
+         [policy]\nmode = \"shadow\"\n",
+        out.display()
+    );
+    let d = Daemon::start_on(&store, dir.path(), "", "", &shop_config(&shop, &sink)).await;
+    let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
+    assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
+    d.settle().await;
+    // Give a dispatcher that wrongly had something the time to send it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let store_config = d.store.clone();
+    d.stop().await;
+    let shadow = harness::reading_store(&store_config, |s| async move {
+        s.outbox(reconciled::store::OutboxFilter { shadow: true, ..Default::default() }).await
+    })
+    .unwrap();
+    assert_eq!(shadow.len(), 2, "the decision was recorded: {shadow:?}");
+    let deliveries =
+        harness::reading_store(&store_config, |s| async move { s.deliveries(Default::default()).await }).unwrap();
+    assert!(deliveries.is_empty(), "{deliveries:?}");
+    assert!(!out.exists(), "a shadow action was delivered");
+}
 }

@@ -54,19 +54,140 @@ pub fn config_text(db: &Path, server: &str, store: &str) -> String {
 
 /// As [`config_text`], with more tables appended (`[shop]`, `[policy]`, `[worker]`).
 pub fn config_text_with(db: &Path, server: &str, store: &str, extra: &str) -> String {
+    config_text_on(&Backend::Sqlite, db, server, store, extra)
+}
+
+/// As [`config_text_with`], with the store on `backend` (a SQLite store is the file `db`).
+pub fn config_text_on(
+    backend: &Backend,
+    db: &Path,
+    server: &str,
+    store: &str,
+    extra: &str,
+) -> String {
+    let location = match backend {
+        Backend::Sqlite => format!("path = \"{}\"", db.display()),
+        Backend::Postgres(url) => format!("url = \"{url}\""),
+    };
     let base = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 5\n{server}\n\
-         [store]\npath = \"{}\"\n{store}\n\
-         [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\", \"{ROLLED}\"]\ntolerance_secs = 300\n",
-        db.display()
+         [store]\n{location}\n{store}\n\
+         [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\", \"{ROLLED}\"]\ntolerance_secs = 300\n"
     );
     format!("{base}\n{extra}")
 }
 
+/// Where a test daemon keeps its store.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A SQLite file in the test's directory.
+    Sqlite,
+    /// A PostgreSQL database of the test's own (see [`PgDb`]).
+    Postgres(String),
+}
+
+const POSTGRES_VAR: &str = "RECONCILED_TEST_POSTGRES_URL";
+
+/// A database of its own on the PostgreSQL test server, dropped when this is dropped.
+pub struct PgDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDb {
+    /// A new database for the test `test`; `None` (skip) without a server, except under CI.
+    pub async fn create(test: &str) -> Option<PgDb> {
+        let admin = match std::env::var(POSTGRES_VAR) {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("{POSTGRES_VAR} is not set, and CI must run the PostgreSQL store tests")
+            }
+            _ => {
+                eprintln!("skipped: {POSTGRES_VAR} is not set (source scripts/dbs.sh)");
+                return None;
+            }
+        };
+        let short: String = test.chars().take(40).collect();
+        let name = format!("rt_{short}_{}", std::process::id());
+        let client = pg_connect(&admin).await;
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
+        Some(PgDb { url: format!("{base}/{name}"), admin, name })
+    }
+
+    /// A connection to the test's database, for assertions in SQL.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        pg_connect(&self.url).await
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        on_own_runtime(move || async move {
+            let client = pg_connect(&admin).await;
+            let _ =
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        });
+    }
+}
+
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL reachable");
+    tokio::spawn(connection);
+    client
+}
+
+/// Generates each test twice, in a module `sqlite` and a module `postgres`: the same scenario
+/// against each store, the body given `$store: Backend` (the PostgreSQL one skipped without a
+/// server, except under CI).
+macro_rules! on_both_stores {
+    ($( $(#[$meta:meta])* async fn $name:ident($store:ident) $body:block )*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let $store = $crate::harness::Backend::Sqlite;
+                    $body
+                }
+            )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::harness::PgDb::create(stringify!($name)).await else {
+                        return;
+                    };
+                    let $store = $crate::harness::Backend::Postgres(db.url.clone());
+                    $body
+                    drop(db);
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_stores;
+
 /// A running daemon.
 pub struct Daemon {
     pub addr: SocketAddr,
+    /// The SQLite store's file (unused on PostgreSQL).
     pub db: PathBuf,
+    /// Its store, for reads through the store's API whatever the backend.
+    pub store: reconciled::store::StoreConfig,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -79,10 +200,24 @@ impl Daemon {
 
     /// Starts a daemon with extra configuration tables (a shop, a policy).
     pub async fn start_with(dir: &Path, server: &str, store: &str, extra: &str) -> Daemon {
+        Daemon::start_on(&Backend::Sqlite, dir, server, store, extra).await
+    }
+
+    /// As [`Daemon::start_with`], with the store on `backend`.
+    pub async fn start_on(
+        backend: &Backend,
+        dir: &Path,
+        server: &str,
+        store: &str,
+        extra: &str,
+    ) -> Daemon {
         let db = dir.join("inbox.db");
-        let config =
-            Config::from_toml(&config_text_with(&db, server, store, extra), &dir.join("test.toml"))
-                .expect("test config is valid");
+        let config = Config::from_toml(
+            &config_text_on(backend, &db, server, store, extra),
+            &dir.join("test.toml"),
+        )
+        .expect("test config is valid");
+        let store = config.store.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -95,7 +230,7 @@ impl Daemon {
                 .await
                 .expect("server runs");
         });
-        Daemon { addr, db, shutdown, task }
+        Daemon { addr, db, store, shutdown, task }
     }
 
     /// Stops the daemon and waits until its store is closed.
@@ -130,10 +265,12 @@ impl Daemon {
 
     /// `(dedup_key, delivery_count)` of every inbox row.
     pub fn rows(&self) -> Vec<(String, i64)> {
-        let conn = self.read();
-        let mut stmt =
-            conn.prepare("SELECT dedup_key, delivery_count FROM inbox ORDER BY id").unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+        self.inbox().into_iter().map(|r| (r.dedup_key, r.delivery_count)).collect()
+    }
+
+    /// Every inbox row, in order, read through the store's API.
+    pub fn inbox(&self) -> Vec<reconciled::store::InboxSummary> {
+        reading_store(&self.store, |s| async move { s.list(Default::default()).await }).unwrap()
     }
 }
 
@@ -191,6 +328,20 @@ pub fn sql(db: &Path) -> rusqlite::Connection {
 
 /// Runs `f` with the store's own read API on a store file, on a thread and a runtime of its
 /// own, so that synchronous and asynchronous tests alike can call it.
+/// As [`reading`], for the store a configuration names (a file, or a PostgreSQL database).
+pub fn reading_store<T, F, Fut>(store: &reconciled::store::StoreConfig, f: F) -> T
+where
+    F: FnOnce(reconciled::store::Store) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let store = store.clone();
+    on_own_runtime(move || async move {
+        let opened = reconciled::store::Store::open_configured_reader(&store).await;
+        f(opened.expect("store readable")).await
+    })
+}
+
 pub fn reading<T, F, Fut>(db: &Path, f: F) -> T
 where
     F: FnOnce(reconciled::store::Store) -> Fut + Send + 'static,
@@ -399,21 +550,32 @@ impl Daemon {
 
     /// Waits until no inbox row is pending or being processed.
     pub async fn settle(&self) {
-        self.wait_for("the worker to finish", |c| {
-            c.query_row(
-                "SELECT count(*) FROM inbox WHERE status IN ('pending', 'processing')",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-                == 0
+        self.until("the worker to finish", || {
+            self.inbox().iter().all(|r| !matches!(r.status.as_str(), "pending" | "processing"))
         })
         .await;
     }
 
+    /// Waits (bounded) until `check` holds; for checks through the store's API, on any backend.
+    pub async fn until(&self, what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if check() {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The status of the inbox row holding `dedup_key`.
+    pub fn status_of(&self, dedup_key: &str) -> Option<String> {
+        self.inbox().into_iter().find(|r| r.dedup_key == dedup_key).map(|r| r.status.to_string())
+    }
+
     /// `(kind, order_id, amount, template)` of every outbox row, in order.
     pub fn actions(&self) -> Vec<(String, String, String, String)> {
-        reading(&self.db, |s| async move { s.outbox(Default::default()).await })
+        reading_store(&self.store, |s| async move { s.outbox(Default::default()).await })
             .unwrap()
             .into_iter()
             .map(|r| {
@@ -427,10 +589,13 @@ impl Daemon {
             .collect()
     }
 
+    /// Every live action, in order, read through the store's API.
+    pub fn outbox(&self) -> Vec<reconciled::store::OutboxRow> {
+        reading_store(&self.store, |s| async move { s.outbox(Default::default()).await }).unwrap()
+    }
+
     /// The status of every inbox row, in order.
     pub fn statuses(&self) -> Vec<String> {
-        let conn = self.read();
-        let mut stmt = conn.prepare("SELECT status FROM inbox ORDER BY id").unwrap();
-        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        self.inbox().into_iter().map(|r| r.status.to_string()).collect()
     }
 }

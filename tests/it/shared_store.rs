@@ -11,60 +11,7 @@ use reconciled::config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{pi_event, shop_config, Shop, SECRET};
-
-const POSTGRES_VAR: &str = "RECONCILED_TEST_POSTGRES_URL";
-
-/// A database of its own on the test server, dropped at the end.
-pub struct PgDb {
-    pub url: String,
-    admin: String,
-    name: String,
-}
-
-impl PgDb {
-    pub async fn create(test: &str) -> Option<PgDb> {
-        let admin = match std::env::var(POSTGRES_VAR) {
-            Ok(url) if !url.trim().is_empty() => url,
-            _ if std::env::var_os("CI").is_some() => {
-                panic!("{POSTGRES_VAR} is not set, and CI must run the PostgreSQL store tests")
-            }
-            _ => {
-                eprintln!("skipped: {POSTGRES_VAR} is not set (source scripts/dbs.sh)");
-                return None;
-            }
-        };
-        let name = format!("reconciled_s_{test}_{}", std::process::id());
-        let client = connect(&admin).await;
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .unwrap();
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
-        Some(PgDb { url: format!("{base}/{name}"), admin, name })
-    }
-
-    /// A connection to the test's database, for assertions in SQL.
-    pub async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.url).await
-    }
-
-    pub async fn drop(self) {
-        let client = connect(&self.admin).await;
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .await
-            .unwrap();
-    }
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) =
-        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL reachable");
-    tokio::spawn(connection);
-    client
-}
+use crate::harness::{pi_event, shop_config, PgDb, Shop, SECRET};
 
 /// The configuration of one daemon on the shared store `url`, with the shop.
 fn config_text(url: &str, shop: &Shop, more: &str) -> String {
@@ -192,7 +139,7 @@ async fn two_daemons_share_one_store_and_decide_each_payment_once() {
     assert_eq!(actions.len() as i64, 2 * ORDERS, "{actions:?}");
     a.stop().await;
     b.stop().await;
-    db.drop().await;
+    drop(db);
 }
 
 /// Two payments of one order arriving at two daemons at the same moment: one pays the order,
@@ -247,7 +194,7 @@ async fn two_payments_of_one_order_on_two_daemons_give_one_fulfil_and_one_refund
     }
     a.stop().await;
     b.stop().await;
-    db.drop().await;
+    drop(db);
 }
 
 /// Daemons starting together on an empty database migrate it once; a store migrated by a
@@ -278,7 +225,7 @@ async fn daemons_starting_together_migrate_once_and_a_newer_schema_is_refused() 
     client.execute("INSERT INTO reconciled_schema VALUES ($1, 0)", &[&(latest + 1)]).await.unwrap();
     let err = reconciled::store::Store::open_tool(&config.store).await.unwrap_err();
     assert!(err.to_string().contains("newer than this build"), "{err}");
-    db.drop().await;
+    drop(db);
 }
 
 /// A session whose commits are not durable is refused at start, with the setting named; a
@@ -304,7 +251,7 @@ async fn a_store_that_would_lose_acknowledged_commits_is_refused() {
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("Sekr1t-pw"), "{shown}");
     assert!(shown.contains("<redacted>"), "{shown}");
-    db.drop().await;
+    drop(db);
 }
 
 /// The command line reads a shared store through the configuration, as it reads a file.
@@ -352,8 +299,20 @@ async fn the_command_line_reads_a_shared_store() {
     assert_eq!(kinds, ["fulfil", "notify_customer"]);
     let show = run(&["inbox", "show", "1"]);
     assert!(show.contains("evt_cli"), "{show}");
+    // A replay beside the running daemon decides the row again and adds nothing.
+    let replay = run(&["inbox", "replay", "--provider", "stripe"]);
+    assert!(
+        replay.contains("replayed 1 rows: 0 actions emitted (+), 0 no longer emitted (-)"),
+        "{replay}"
+    );
+    let prune = run(&["inbox", "prune", "--dry-run"]);
+    assert!(prune.contains("would prune 0 finished notifications"), "{prune}");
+    let check = run(&["check"]);
+    assert!(check.starts_with("OK"), "{check}");
+    let failures = run(&["failures"]);
+    assert!(!failures.contains("evt_cli"), "{failures}");
     daemon.stop().await;
-    db.drop().await;
+    drop(db);
 }
 
 /// A TCP proxy in front of the PostgreSQL server that the test can cut (every connection
@@ -453,7 +412,7 @@ async fn an_unreachable_database_answers_503_and_the_daemon_recovers_by_itself()
         assert_eq!(actions.get(&format!("fulfil:order:{i}")), Some(&1), "{actions:?}");
     }
     daemon.stop().await;
-    db.drop().await;
+    drop(db);
 }
 
 /// `store copy` moves a SQLite store into PostgreSQL with everything in it: the copied
@@ -529,5 +488,5 @@ async fn a_sqlite_store_copied_to_postgres_keeps_its_rows_and_its_dedup() {
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("is not empty"), "{err}");
-    db.drop().await;
+    drop(db);
 }
