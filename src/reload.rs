@@ -44,6 +44,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.max_connections", a.max_connections != b.max_connections),
         ("server.shutdown_grace_secs", a.shutdown_grace != b.shutdown_grace),
         ("store.path", s.path != t.path),
+        ("store.url", s.url != t.url),
         ("store.busy_timeout_ms", s.busy_timeout != t.busy_timeout),
         ("store.max_batch", s.max_batch != t.max_batch),
         ("store.failures_kept", s.failures_kept != t.failures_kept),

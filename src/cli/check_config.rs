@@ -256,17 +256,30 @@ fn summary(config: &Config) -> String {
         s.shutdown_grace.as_secs()
     );
     let st = &config.store;
-    let _ = writeln!(
-        out,
-        "store: {} (batch {}, busy timeout {} ms, {} failures kept, finished rows kept {} days, \
-         WAL restarted past {} MiB)",
-        st.path.display(),
-        st.max_batch,
-        st.busy_timeout.as_millis(),
-        st.failures_kept,
-        st.retention_days,
-        st.wal_max_mb
-    );
+    match &st.url {
+        // The URL's password is redacted by its Display.
+        Some(url) => {
+            let _ = writeln!(
+                out,
+                "store: PostgreSQL {url}, shared by any number of daemons (batch {}, {} failures \
+                 kept, finished rows kept {} days)",
+                st.max_batch, st.failures_kept, st.retention_days
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "store: {} (batch {}, busy timeout {} ms, {} failures kept, finished rows kept {} \
+                 days, WAL restarted past {} MiB)",
+                st.path.display(),
+                st.max_batch,
+                st.busy_timeout.as_millis(),
+                st.failures_kept,
+                st.retention_days,
+                st.wal_max_mb
+            );
+        }
+    }
     if let Some(shop) = &config.shop {
         let _ = writeln!(out, "shop: {} {}", shop.driver.as_str(), shop.url);
     }

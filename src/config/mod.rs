@@ -334,6 +334,28 @@ tolerance_secs = 120
     }
 
     #[test]
+    fn a_postgres_store_is_a_url_alone_and_its_password_never_shows() {
+        let endpoint =
+            "[[endpoint]]\nname = \"s\"\nprovider = \"stripe\"\nsecrets = [\"whsec_1\"]\n";
+        let with = |store: &str| parse(&format!("[store]\n{store}\n{endpoint}"));
+        let c = with("url = \"postgres://rec:Sup3r-secret@db:5432/rec\"").unwrap();
+        let url = c.store.url.as_ref().expect("a PostgreSQL store");
+        assert_eq!(url.expose(), "postgres://rec:Sup3r-secret@db:5432/rec");
+        let shown = format!("{c:?} {url}");
+        assert!(!shown.contains("Sup3r-secret") && shown.contains("<redacted>"), "{shown}");
+        let both = with("path = \"x.db\"\nurl = \"postgres://db/rec\"").unwrap_err().to_string();
+        assert!(both.contains("store.url") && both.contains("not both"), "{both}");
+        let mysql = with("url = \"mysql://db/rec\"").unwrap_err().to_string();
+        assert!(mysql.contains("must be a postgres:// URL"), "{mysql}");
+        let bad =
+            with("url = \"postgres://u:Sup3r-secret@db:notaport/rec\"").unwrap_err().to_string();
+        assert!(
+            bad.contains("not a valid PostgreSQL URL") && !bad.contains("Sup3r-secret"),
+            "{bad}"
+        );
+    }
+
+    #[test]
     fn relative_store_path_is_beside_the_config_file() {
         let c = Config::from_toml(GOOD, Path::new("/etc/reconciled/config.toml")).unwrap();
         assert_eq!(c.store.path, PathBuf::from("/etc/reconciled/x.db"));

@@ -147,16 +147,19 @@ pub async fn decide<P, T: Planner<P>>(
     lock_orders(client, rows, prepared, planner).await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut written = false;
+    let mut opened = false;
     for (row, prep) in rows.iter().zip(prepared) {
         if !ours.contains(&row.id) {
             tracing::warn!(inbox_id = row.id, "row changed while being decided; skipped");
             out.push(Applied::nothing());
             continue;
         }
-        client.batch_execute("SAVEPOINT row").await?;
-        match one(client, row, prep, planner, now).await {
+        // Each row in a savepoint of its own, opened (and the previous row's released) in
+        // the same round trip as the row's first reads.
+        let lead = if opened { "RELEASE SAVEPOINT row; SAVEPOINT row" } else { "SAVEPOINT row" };
+        opened = true;
+        match one(client, row, prep, planner, now, Some(lead)).await {
             Ok(result) => {
-                client.batch_execute("RELEASE SAVEPOINT row").await?;
                 written |= result.written() > 0;
                 out.push(result);
             }
@@ -186,10 +189,16 @@ async fn one<P, T: Planner<P>>(
     prep: &P,
     planner: &T,
     now: i64,
+    first: Option<&str>,
 ) -> PgResult<Applied<T::Decision>> {
     let facts = match planner.query(row, prep) {
-        Some(query) => Some(facts(client, row, &query).await?),
-        None => None,
+        Some(query) => Some(facts(client, row, &query, first).await?),
+        None => {
+            if let Some(sql) = first {
+                client.batch_execute(sql).await?;
+            }
+            None
+        }
     };
     let plan = planner.plan(row, prep, facts, now);
     if plan.confirmed {
@@ -200,58 +209,74 @@ async fn one<P, T: Planner<P>>(
     Ok(Applied { decision: plan.decision, actions, outcome })
 }
 
-async fn facts(client: &Client, row: &Claimed, q: &FactsQuery<'_>) -> PgResult<StoredFacts> {
+/// What the store holds about a row's payment and order: four reads sent together (after
+/// `first`, a statement to run before them) in one round trip.
+async fn facts(
+    client: &Client,
+    row: &Claimed,
+    q: &FactsQuery<'_>,
+    first: Option<&str>,
+) -> PgResult<StoredFacts> {
     let provider = q.provider.as_str();
-    let blocker = client
-        .query_opt(
+    let (blocker_q, payment_q, payers_q, refund_q) = futures_util::future::try_join4(
+        client.prepare_cached(
             "SELECT id, next_attempt_at FROM inbox WHERE provider = $1 AND payment_key = $2 \
              AND id < $3 AND status IN ('pending', 'processing') LIMIT 1",
-            &[&provider, &q.payment_key, &row.id],
-        )
-        .await?
-        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+        ),
+        client.prepare_cached(
+            "SELECT status, ever_succeeded, order_id, fulfilled FROM payments \
+             WHERE provider = $1 AND payment_id = $2",
+        ),
+        client.prepare_cached(
+            "SELECT provider, payment_id FROM payments WHERE order_id = $1 AND fulfilled \
+             AND status IN ('succeeded', 'authorized')",
+        ),
+        client.prepare_cached(
+            "SELECT 1 FROM outbox WHERE idempotency_key = $1 AND kind = 'refund' \
+             UNION ALL SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = $1",
+        ),
+    )
+    .await?;
+    // Sent in the order first polled: the leading statement, then the four reads.
+    let lead = async {
+        match first {
+            Some(sql) => client.batch_execute(sql).await,
+            None => Ok(()),
+        }
+    };
+    let payers = async {
+        match q.order_id {
+            Some(order_id) => client.query(&payers_q, &[&order_id]).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let own_refund = async {
+        match q.request_key {
+            Some(key) => client.query_opt(&refund_q, &[&key]).await.map(|r| r.is_some()),
+            None => Ok(false),
+        }
+    };
+    let (_, blocker, payment, payers, own_refund) = futures_util::future::try_join5(
+        lead,
+        client.query_opt(&blocker_q, &[&provider, &q.payment_key, &row.id]),
+        client.query_opt(&payment_q, &[&provider, &q.payment_key]),
+        payers,
+        own_refund,
+    )
+    .await?;
+    let blocker = blocker.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
     // Test-only and broken on purpose: an earlier unfinished row holds nothing up.
     let blocker = blocker.filter(|_| !cfg!(feature = "test-claim-unordered"));
     if blocker.is_some() {
         return Ok(StoredFacts { blocker, ..StoredFacts::default() });
     }
-    let payment = client
-        .query_opt(
-            "SELECT status, ever_succeeded, order_id, fulfilled FROM payments \
-             WHERE provider = $1 AND payment_id = $2",
-            &[&provider, &q.payment_key],
-        )
-        .await?
-        .map(|r| PaymentState {
-            status: PaymentStatus::parse(r.get(0)).unwrap_or(PaymentStatus::Pending),
-            ever_succeeded: r.get(1),
-            order_id: r.get(2),
-            fulfilled: r.get(3),
-        });
-    let payers = match q.order_id {
-        Some(order_id) => query(
-            client,
-            "SELECT provider, payment_id FROM payments WHERE order_id = $1 AND fulfilled \
-                 AND status IN ('succeeded', 'authorized')",
-            &[&order_id],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect(),
-        None => Vec::new(),
-    };
-    let own_refund = match q.request_key {
-        Some(key) => query_opt(
-            client,
-            "SELECT 1 FROM outbox WHERE idempotency_key = $1 AND kind = 'refund' \
-                 UNION ALL SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = $1",
-            &[&key],
-        )
-        .await?
-        .is_some(),
-        None => false,
-    };
+    let payment = payment.map(|r| PaymentState {
+        status: PaymentStatus::parse(r.get(0)).unwrap_or(PaymentStatus::Pending),
+        ever_succeeded: r.get(1),
+        order_id: r.get(2),
+        fulfilled: r.get(3),
+    });
+    let payers = payers.iter().map(|r| (r.get(0), r.get(1))).collect();
     Ok(StoredFacts { blocker, payment, payers, own_refund })
 }
 
@@ -326,34 +351,37 @@ async fn write<P, T: Planner<P>>(
             .await?;
         }
         Write::Decided { status, until, note, payment_key, source, actions, payment } => {
-            let mut out = Vec::with_capacity(actions.len());
-            for action in actions {
-                let id =
-                    insert_action(client, &action, &source, (row.id, &row.endpoint), now).await?;
-                if let (Some(id), false) = (id, action.shadow) {
-                    add_deliveries(
-                        client,
-                        id,
-                        action.order_id.as_deref(),
-                        planner.sinks(action.kind),
-                        now,
-                    )
-                    .await?;
+            // The actions, sent together (and so written in order, as sent).
+            let ids = futures_util::future::try_join_all(actions.iter().map(|action| {
+                let sinks = planner.sinks(action.kind);
+                insert_action(client, action, &source, (row.id, &row.endpoint), now, sinks)
+            }))
+            .await?;
+            let out: Vec<(Action, bool)> =
+                actions.into_iter().zip(ids).map(|(a, id)| (a, id.is_some())).collect();
+            // The payment's state and the row's status, sent together.
+            let payment = async {
+                match payment {
+                    Some(state) => {
+                        save_payment(client, &source, payment_key, &state, row.id, now).await
+                    }
+                    None => Ok(()),
                 }
-                out.push((action, id.is_some()));
-            }
-            if let Some(state) = payment {
-                save_payment(client, &source, payment_key, &state, row.id, now).await?;
-            }
-            set_status(client, row, status, Some(&note), None, now, Some(payment_key)).await?;
-            if let Some(until) = until {
-                exec(
-                    client,
-                    "UPDATE inbox SET next_attempt_at = $2 WHERE id = $1",
-                    &[&row.id, &until],
-                )
-                .await?;
-            }
+            };
+            let status = set_status(client, row, status, Some(&note), None, now, Some(payment_key));
+            let until = async {
+                match until {
+                    Some(until) => exec(
+                        client,
+                        "UPDATE inbox SET next_attempt_at = $2 WHERE id = $1",
+                        &[&row.id, &until],
+                    )
+                    .await
+                    .map(drop),
+                    None => Ok(()),
+                }
+            };
+            futures_util::future::try_join3(payment, status, until).await?;
             return Ok(out);
         }
     }
@@ -413,87 +441,59 @@ async fn save_payment(
     Ok(())
 }
 
-/// Writes an action unless its key is already in the outbox, was spent by a pruned refund,
-/// or (for a live action) the same action was decided in shadow mode, or it was written
-/// before under its earlier key. Its id if written.
+/// The action, unless its key is already in the outbox, was spent by a pruned refund, or (for a
+/// live action) the same action was decided in shadow mode, or it was written before under its
+/// earlier key; with a delivery to each of `sinks` (none for a shadow action). One statement.
+const INSERT_ACTION: &str = "WITH a AS ( \
+       INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, reason, \
+         template, customer_email, idempotency_key, inbox_id, event_id, created_at, endpoint, shadow) \
+       SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+       WHERE NOT EXISTS (SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = $10) \
+         AND NOT ($16 AND EXISTS (SELECT 1 FROM outbox WHERE idempotency_key = $17 || $10)) \
+         AND NOT EXISTS (SELECT 1 FROM outbox WHERE idempotency_key = $18) \
+       ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), \
+     d AS (INSERT INTO deliveries (action_id, sink, order_id, state, attempts, next_at, created_at) \
+       SELECT a.id, s, $2, 'pending', 0, $13, $13 FROM a CROSS JOIN unnest($19::text[]) AS s) \
+     SELECT id FROM a";
+
+/// Writes an action (see [`INSERT_ACTION`]); its id if written.
 async fn insert_action(
     client: &Client,
     a: &Action,
     source: &Source<'_>,
     row: (i64, &str),
     now: i64,
+    sinks: &[std::sync::Arc<str>],
 ) -> PgResult<Option<i64>> {
     let (inbox_id, endpoint) = row;
-    let spent = client
-        .query_opt(
-            "SELECT 1 FROM outbox_spent_keys WHERE idempotency_key = $1 \
-             UNION ALL SELECT 1 FROM outbox WHERE $2 AND idempotency_key = $3 || $1 LIMIT 1",
-            &[&a.idempotency_key, &!a.shadow, &SHADOW_KEY_PREFIX],
-        )
-        .await?
-        .is_some();
-    if spent {
-        return Ok(None);
-    }
-    if let Some(earlier) = &a.earlier_key {
-        let known =
-            query_opt(client, "SELECT 1 FROM outbox WHERE idempotency_key = $1", &[earlier])
-                .await?
-                .is_some();
-        if known {
-            return Ok(None);
-        }
-    }
-    let row = client
-        .query_opt(
-            "INSERT INTO outbox (kind, order_id, provider, payment_id, amount_minor, currency, \
-             reason, template, customer_email, idempotency_key, inbox_id, event_id, created_at, \
-             endpoint, shadow) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            &[
-                &a.kind.as_str(),
-                &a.order_id,
-                &source.provider.as_str(),
-                &source.payment_id,
-                &a.amount.map(|m| m.minor),
-                &a.amount.map(|m| m.currency.code().to_owned()),
-                &a.reason,
-                &a.template,
-                &a.customer_email,
-                &a.idempotency_key,
-                &inbox_id,
-                &source.event_id,
-                &now,
-                &endpoint,
-                &a.shadow,
-            ],
-        )
-        .await?;
+    let sinks: Vec<&str> = if a.shadow { Vec::new() } else { sinks.iter().map(|s| &**s).collect() };
+    let row = query_opt(
+        client,
+        INSERT_ACTION,
+        &[
+            &a.kind.as_str(),
+            &a.order_id,
+            &source.provider.as_str(),
+            &source.payment_id,
+            &a.amount.map(|m| m.minor),
+            &a.amount.map(|m| m.currency.code().to_owned()),
+            &a.reason,
+            &a.template,
+            &a.customer_email,
+            &a.idempotency_key,
+            &inbox_id,
+            &source.event_id,
+            &now,
+            &endpoint,
+            &a.shadow,
+            &!a.shadow,
+            &SHADOW_KEY_PREFIX,
+            &a.earlier_key,
+            &sinks,
+        ],
+    )
+    .await?;
     Ok(row.map(|r| r.get(0)))
-}
-
-/// A delivery of a new action to each sink it is routed to.
-async fn add_deliveries(
-    client: &Client,
-    action_id: i64,
-    order_id: Option<&str>,
-    sinks: &[std::sync::Arc<str>],
-    now: i64,
-) -> PgResult<()> {
-    if sinks.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = sinks.iter().map(|s| &**s).collect();
-    client
-        .execute(
-            "INSERT INTO deliveries (action_id, sink, order_id, state, attempts, next_at, created_at) \
-             SELECT $1, s, $2, 'pending', 0, $3, $3 FROM unnest($4::text[]) AS s \
-             ON CONFLICT DO NOTHING",
-            &[&action_id, &order_id, &now, &names],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Decides `rows` (one payment's) again, in order, in one transaction, as if the payment had
@@ -536,7 +536,7 @@ pub async fn rerun<P, T: Planner<P>>(
     }
     let mut out = Vec::with_capacity(rows.len());
     for (row, prep) in rows.iter().zip(prepared) {
-        out.push(one(client, row, prep, planner, now).await?);
+        out.push(one(client, row, prep, planner, now, None).await?);
     }
     client.batch_execute(if dry_run { "ROLLBACK" } else { "COMMIT" }).await?;
     Ok(Some(out))
@@ -566,10 +566,8 @@ pub async fn review_open(
         }
         let source =
             Source { provider: p.provider, payment_id: Some(&p.payment_id), event_id: &p.event_id };
-        let id = insert_action(client, action, &source, (p.inbox_id, &p.endpoint), now).await?;
-        if let (Some(id), false) = (id, action.shadow) {
-            add_deliveries(client, id, action.order_id.as_deref(), sinks, now).await?;
-        }
+        let id =
+            insert_action(client, action, &source, (p.inbox_id, &p.endpoint), now, sinks).await?;
         out.push(id.is_some());
     }
     exec(client, "SELECT pg_notify($1, '')", &[&super::OUTBOX_CHANNEL]).await?;
