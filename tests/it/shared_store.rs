@@ -490,3 +490,91 @@ async fn a_sqlite_store_copied_to_postgres_keeps_its_rows_and_its_dedup() {
     assert!(err.contains("is not empty"), "{err}");
     drop(db);
 }
+
+/// Pruning on the shared store: finished rows past retention go with their actions, a pruned
+/// refund's key is kept as spent, and a row still owed a delivery, a dead row and a recent
+/// row stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_the_shared_store_keeps_what_is_still_needed() {
+    let Some(db) = PgDb::create("prune").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let text = config_text(&db.url, &shop, "");
+    let path = dir.path().join("reconciled.toml");
+    std::fs::write(&path, &text).unwrap();
+    // The schema, as a daemon makes it.
+    let config = Config::from_toml(&text, &path).unwrap();
+    reconciled::store::Store::open_tool(&config.store).await.unwrap().close().await;
+    let client = db.client().await;
+    let day = 86_400_000i64;
+    let now = reconciled::time::now_ms();
+    for (id, status, age_days) in [
+        (1i64, "done", 100i64),
+        (2, "done", 100),
+        (3, "dead", 100),
+        (4, "done", 100),
+        (5, "done", 1),
+    ] {
+        let at = now - age_days * day;
+        client
+            .execute(
+                "INSERT INTO inbox (id, endpoint, provider, dedup_key, received_at, last_received_at, \
+                 remote_addr, headers, body, status, processed_at) \
+                 VALUES ($1, 'stripe', 'stripe', $2, $3, $3, '-', '{}', '\\x00', $4, $3)",
+                &[&id, &format!("evt_{id}"), &at, &status],
+            )
+            .await
+            .unwrap();
+    }
+    let old = now - 100 * day;
+    for (id, inbox, kind, key) in [
+        (1i64, 1i64, "refund", "refund:stripe:pi_1"),
+        (2, 2, "fulfil", "fulfil:order:2"),
+        (3, 4, "fulfil", "fulfil:order:4"),
+    ] {
+        client
+            .execute(
+                "INSERT INTO outbox (id, kind, provider, reason, idempotency_key, inbox_id, event_id, \
+                 created_at) VALUES ($1, $2, 'stripe', '-', $3, $4, 'evt', $5)",
+                &[&id, &kind, &key, &inbox, &old],
+            )
+            .await
+            .unwrap();
+    }
+    // Row 4's action is still owed to a sink.
+    client
+        .execute(
+            "INSERT INTO deliveries (action_id, sink, state, next_at, created_at) \
+             VALUES (3, 'shop', 'retrying', 0, $1)",
+            &[&old],
+        )
+        .await
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reconciled"))
+        .args(["inbox", "prune", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.starts_with("pruned 2 finished notifications"), "{said}");
+    let left: Vec<i64> = client
+        .query("SELECT id FROM inbox ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, [3, 4, 5], "dead, owed and recent rows stay");
+    let spent: Vec<String> = client
+        .query("SELECT idempotency_key FROM outbox_spent_keys", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(spent, ["refund:stripe:pi_1"], "a pruned refund's key stays spent");
+    let actions: i64 = client.query_one("SELECT count(*) FROM outbox", &[]).await.unwrap().get(0);
+    assert_eq!(actions, 1, "the pruned rows' actions went with them");
+    drop(db);
+}
