@@ -578,3 +578,59 @@ async fn pruning_the_shared_store_keeps_what_is_still_needed() {
     assert_eq!(actions, 1, "the pruned rows' actions went with them");
     drop(db);
 }
+
+/// A password in the store's URL never reaches a log line, even at `trace`, through traffic,
+/// the worker and a stop, nor the output of `check-config` or the read commands. (The test
+/// server trusts loopback, so the password is sent but not needed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_password_never_reaches_a_log_line() {
+    const PASSWORD: &str = "SEKRIT4store0007";
+    let Some(db) = PgDb::create("secret").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1, "pending", "10.00", "USD");
+    let scheme_end = db.url.find("://").unwrap() + 3;
+    let rest = &db.url[scheme_end..];
+    let (user, host) = match rest.split_once('@') {
+        Some((user, host)) => (user.split(':').next().unwrap(), host),
+        None => ("postgres", rest),
+    };
+    let url = format!("{}{user}:{PASSWORD}@{host}", &db.url[..scheme_end]);
+    let path = dir.path().join("reconciled.toml");
+    let addr = crate::harness::free_addr();
+    let text = config_text(&url, &shop, "").replace("127.0.0.1:0", &addr.to_string());
+    std::fs::write(&path, text).unwrap();
+    let bin = env!("CARGO_BIN_EXE_reconciled");
+    // Into a file: a trace fills a pipe nobody reads until the end.
+    let log = dir.path().join("daemon.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = crate::process::ChildGuard::spawn(
+        std::process::Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RECONCILED_LOG", "trace")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file),
+    )
+    .unwrap();
+    crate::harness::accepting(addr).await;
+    let body = pi_event("evt_s", "succeeded", "pi_s", "1", 1000, "usd");
+    assert_eq!(crate::harness::post_signed(addr, body.clone()).await.0, StatusCode::OK);
+    assert_eq!(crate::harness::post_signed(addr, body).await.0, StatusCode::OK);
+    settle(&db.client().await).await;
+    let (_, _) = crate::harness::request(addr, "GET", "/readyz", &[], bytes::Bytes::new()).await;
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success(), "the daemon stopped cleanly: {status}");
+    let mut shown = std::fs::read_to_string(&log).unwrap();
+    assert!(shown.contains("stored"), "the trace holds the traffic: {shown:.2000}");
+    for args in [&["check-config"][..], &["inbox", "list"], &["outbox", "list"], &["check"]] {
+        let out =
+            std::process::Command::new(bin).args(args).arg("--config").arg(&path).output().unwrap();
+        shown += &String::from_utf8_lossy(&out.stdout);
+        shown += &String::from_utf8_lossy(&out.stderr);
+    }
+    assert!(shown.contains("<redacted>"), "check-config shows the URL redacted");
+    assert!(!shown.contains(PASSWORD), "the password was shown:\n{shown}");
+    drop(db);
+}
