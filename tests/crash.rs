@@ -45,36 +45,13 @@ mod process;
 
 use process::ChildGuard;
 
+#[path = "support/crash.rs"]
+mod support;
+
+use support::{env_or, event, Rng};
+
 const SECRET: &str = "whsec_crash_harness_0123456789";
 const SENDERS: usize = 8;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A small deterministic generator (xorshift), so a seed repeats a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn event(id: &str, action: &str, order: u64) -> Vec<u8> {
-    let status = if action == "succeeded" { "succeeded" } else { "processing" };
-    let received = if action == "succeeded" { 1000 } else { 0 };
-    format!(
-        r#"{{"id":"{id}","object":"event","api_version":"2024-06-20","created":1795000000,"livemode":false,"type":"payment_intent.{action}","data":{{"object":{{"id":"pi_crash_{order}","object":"payment_intent","amount":1000,"amount_received":{received},"currency":"usd","metadata":{{"order_id":"{order}"}},"receipt_email":"buyer{order}@example.com","status":"{status}"}}}}}}"#
-    )
-    .into_bytes()
-}
 
 /// One notification to deliver.
 #[derive(Clone)]

@@ -50,35 +50,13 @@ mod process;
 
 use process::ChildGuard;
 
+#[path = "support/crash.rs"]
+mod support;
+
+use support::{env_or, event, Rng};
+
 const SECRET: &str = "whsec_crash_shared_0123456789";
 const SENDERS: usize = 8;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn event(id: &str, action: &str, order: u64) -> Vec<u8> {
-    let (status, received) =
-        if action == "succeeded" { ("succeeded", 1000) } else { ("processing", 0) };
-    format!(
-        r#"{{"id":"{id}","object":"event","api_version":"2024-06-20","created":1795000000,"livemode":false,"type":"payment_intent.{action}","data":{{"object":{{"id":"pi_crash_{order}","object":"payment_intent","amount":1000,"amount_received":{received},"currency":"usd","metadata":{{"order_id":"{order}"}},"receipt_email":"buyer{order}@example.com","status":"{status}"}}}}}}"#
-    )
-    .into_bytes()
-}
 
 /// A PostgreSQL server of the harness's own, in a directory it owns.
 struct Postgres {

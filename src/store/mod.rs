@@ -140,6 +140,34 @@ pub enum StoreError {
     WriterDied,
 }
 
+/// Held by a backend's ingest writer: cancels its token when dropped, unless the writer
+/// stopped because it was asked to, so a panicking writer is noticed and the daemon stops
+/// instead of answering 503 forever.
+pub(crate) struct DeathGuard {
+    token: CancellationToken,
+    clean: bool,
+}
+
+impl DeathGuard {
+    pub(crate) fn new(token: CancellationToken) -> DeathGuard {
+        DeathGuard { token, clean: false }
+    }
+
+    /// The writer ends; `asked` if it was asked to (then the drop cancels nothing).
+    pub(crate) fn finished(&mut self, asked: bool) {
+        self.clean = asked;
+    }
+}
+
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        if !self.clean {
+            tracing::error!("the store writer stopped unexpectedly");
+            self.token.cancel();
+        }
+    }
+}
+
 /// The handle to the store. Cheap to clone; every clone is the same store.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -141,7 +141,7 @@ impl Postgres {
                     failures_kept: config.failures_kept,
                     commit_seconds: commit_seconds.clone(),
                 };
-                let guard = writer::DeathGuard::new(died.clone());
+                let guard = super::DeathGuard::new(died.clone());
                 let task = tokio::spawn(writer::run(Some(client), rx, settings, guard));
                 Some(WriterHandle { tx, task: Mutex::new(Some(task)), died, commit_seconds })
             }

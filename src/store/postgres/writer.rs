@@ -13,11 +13,10 @@ use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use super::{locks, schema};
 use crate::secret::DbUrl;
-use crate::store::{FailureRecord, NewRow, StoreError, Stored};
+use crate::store::{DeathGuard, FailureRecord, NewRow, StoreError, Stored};
 
 /// A request to the writer.
 pub(super) enum Command {
@@ -33,27 +32,6 @@ pub(super) struct Settings {
     pub max_batch: usize,
     pub failures_kept: u64,
     pub commit_seconds: Histogram,
-}
-
-/// Cancels `token` if the writer ends without being asked to (a panic).
-pub(super) struct DeathGuard {
-    token: CancellationToken,
-    clean: bool,
-}
-
-impl DeathGuard {
-    pub(super) fn new(token: CancellationToken) -> DeathGuard {
-        DeathGuard { token, clean: false }
-    }
-}
-
-impl Drop for DeathGuard {
-    fn drop(&mut self) {
-        if !self.clean {
-            tracing::error!("the store writer stopped unexpectedly");
-            self.token.cancel();
-        }
-    }
 }
 
 type InsertWaiter = oneshot::Sender<Result<Stored, StoreError>>;
@@ -132,7 +110,7 @@ pub(super) async fn run(
         }
     }
     tracing::debug!("store writer stopped");
-    guard.clean = true;
+    guard.finished(true);
 }
 
 /// A connection failure, as the waiters' error source (already free of the password).

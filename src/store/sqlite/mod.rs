@@ -313,7 +313,7 @@ fn start_writer(config: &StoreConfig) -> Result<WriterHandle, StoreError> {
         commit_seconds: commit_seconds.clone(),
     };
     let died = CancellationToken::new();
-    let guard = writer::DeathGuard::new(died.clone());
+    let guard = super::DeathGuard::new(died.clone());
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer::run(conn, rx, settings, Some(checkpointer), guard))

@@ -10,7 +10,6 @@ use std::time::Instant;
 use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{CacheSize, Checkpointer};
 use super::Command;
@@ -53,34 +52,12 @@ const PROBE: &str = "INSERT INTO meta (key, value) VALUES ('ready_probe_at', ?1)
 type InsertWaiter = oneshot::Sender<Result<Stored, StoreError>>;
 type ProbeWaiter = oneshot::Sender<Result<(), StoreError>>;
 
-/// Cancels its token when dropped, unless the writer stopped because it was asked to: a
-/// panicking writer thread is noticed and the daemon stops instead of answering 503 forever.
-pub(crate) struct DeathGuard {
-    token: CancellationToken,
-    clean: bool,
-}
-
-impl DeathGuard {
-    pub(crate) fn new(token: CancellationToken) -> DeathGuard {
-        DeathGuard { token, clean: false }
-    }
-}
-
-impl Drop for DeathGuard {
-    fn drop(&mut self) {
-        if !self.clean {
-            tracing::error!("the store writer thread stopped unexpectedly");
-            self.token.cancel();
-        }
-    }
-}
-
 pub(crate) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
     mut settings: Settings,
     mut checkpointer: Option<Checkpointer>,
-    mut guard: DeathGuard,
+    mut guard: crate::store::DeathGuard,
 ) {
     let mut inserts: Vec<(NewRow, InsertWaiter)> = Vec::with_capacity(settings.max_batch);
     let mut failures: Vec<FailureRecord> = Vec::new();
@@ -171,7 +148,7 @@ pub(crate) fn run(
         tracing::warn!(error = %e, "final WAL checkpoint failed (the data is safe in the WAL)");
     }
     tracing::debug!("store writer stopped");
-    guard.clean = stopping;
+    guard.finished(stopping);
 }
 
 fn write_batch(
