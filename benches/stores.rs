@@ -157,11 +157,10 @@ async fn client(
     lat.lock().unwrap().extend(mine);
 }
 
-async fn stored_rows(kind: Kind, store: &str) -> u64 {
+async fn stored_rows(store: &str) -> u64 {
     let text = format!("[store]\n{store}\n[[endpoint]]\nname = \"s\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\n");
     let config = Config::from_toml(&text, Path::new("/nonexistent/bench.toml")).unwrap();
     let s = Store::open_configured_reader(&config.store).await.unwrap();
-    let _ = kind;
     s.count().await.unwrap() as u64
 }
 
@@ -214,7 +213,7 @@ async fn ingest(kind: Kind, admin: Option<&str>, round: u64) -> (f64, f64) {
     let elapsed = started.elapsed().as_secs_f64();
     drop(children);
     let acks = acks.load(Ordering::Relaxed);
-    let rows = stored_rows(kind, &store).await;
+    let rows = stored_rows(&store).await;
     assert_eq!(rows, acks, "{}: the store holds exactly the acknowledged rows", kind.label());
     if kind != Kind::Sqlite {
         drop_database(admin.unwrap(), &name).await;

@@ -29,6 +29,7 @@ pub mod batch;
 pub mod body;
 pub mod copy;
 pub mod postgres;
+pub(crate) mod queue;
 mod rows;
 pub mod sqlite;
 

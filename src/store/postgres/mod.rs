@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Object, Pool};
 use futures_util::StreamExt;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -57,8 +57,6 @@ pub(crate) const INBOX_CHANNEL: &str = "reconciled_inbox";
 /// `NOTIFY` channel: actions were written.
 pub(crate) const OUTBOX_CHANNEL: &str = "reconciled_outbox";
 
-/// Requests queued for the writer beyond this wait.
-const QUEUE_DEPTH: usize = 8192;
 /// Connections for claims, decisions and reads.
 const POOL_SIZE: usize = 8;
 /// A claim not decided within this is given up (its transaction rolled back).
@@ -73,7 +71,7 @@ struct Claim {
 /// The writer task, seen from the handlers.
 #[derive(Debug)]
 struct WriterHandle {
-    tx: mpsc::Sender<writer::Command>,
+    tx: super::queue::Queue,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     died: CancellationToken,
     commit_seconds: Histogram,
@@ -91,17 +89,6 @@ pub struct Postgres {
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Postgres").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for writer::Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            writer::Command::Insert(..) => "Insert",
-            writer::Command::Failure(_) => "Failure",
-            writer::Command::Probe(_) => "Probe",
-            writer::Command::Shutdown => "Shutdown",
-        })
     }
 }
 
@@ -132,7 +119,7 @@ impl Postgres {
         let pool = schema::pool(url, POOL_SIZE)?;
         let writer = match (ingest, config) {
             (true, Some(config)) => {
-                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                let (tx, rx) = super::queue::Queue::new();
                 let commit_seconds = crate::metrics::commit_histogram();
                 let died = CancellationToken::new();
                 let settings = writer::Settings {
@@ -158,26 +145,17 @@ impl Postgres {
     }
 
     pub(super) async fn insert(&self, row: NewRow) -> Result<Stored, StoreError> {
-        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        let (done, wait) = oneshot::channel();
-        writer.tx.send(writer::Command::Insert(row, done)).await.map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.writer.as_ref().ok_or(StoreError::Closed)?.tx.insert(row).await
     }
 
     pub(super) fn record_failure(&self, failure: FailureRecord) {
-        let Some(writer) = &self.writer else { return };
-        if writer.tx.capacity() < QUEUE_DEPTH / 2
-            || writer.tx.try_send(writer::Command::Failure(failure)).is_err()
-        {
-            tracing::debug!("verification failure not recorded: writer queue busy");
+        if let Some(writer) = &self.writer {
+            writer.tx.record_failure(failure);
         }
     }
 
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
-        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        let (done, wait) = oneshot::channel();
-        writer.tx.send(writer::Command::Probe(done)).await.map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.writer.as_ref().ok_or(StoreError::Closed)?.tx.probe().await
     }
 
     pub(super) async fn died(&self) {
@@ -197,7 +175,7 @@ impl Postgres {
 
     pub(super) async fn close(&self) {
         if let Some(writer) = &self.writer {
-            let _ = writer.tx.send(writer::Command::Shutdown).await;
+            writer.tx.shutdown().await;
             let task = writer.task.lock().map(|mut t| t.take()).unwrap_or(None);
             if let Some(task) = task {
                 let _ = task.await;

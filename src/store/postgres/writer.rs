@@ -16,15 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{locks, schema};
 use crate::secret::DbUrl;
+use crate::store::queue::Command;
 use crate::store::{DeathGuard, FailureRecord, NewRow, StoreError, Stored};
-
-/// A request to the writer.
-pub(super) enum Command {
-    Insert(NewRow, oneshot::Sender<Result<Stored, StoreError>>),
-    Failure(FailureRecord),
-    Probe(oneshot::Sender<Result<(), StoreError>>),
-    Shutdown,
-}
 
 /// What the writer needs to know.
 pub(super) struct Settings {
@@ -101,14 +94,7 @@ pub(super) async fn run(
             }
         }
     }
-    rx.close();
-    while let Ok(cmd) = rx.try_recv() {
-        match cmd {
-            Command::Insert(_, done) => drop(done.send(Err(StoreError::Closed))),
-            Command::Probe(done) => drop(done.send(Err(StoreError::Closed))),
-            Command::Failure(_) | Command::Shutdown => {}
-        }
-    }
+    crate::store::queue::refuse_queued(&mut rx);
     tracing::debug!("store writer stopped");
     guard.finished(true);
 }

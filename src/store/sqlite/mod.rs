@@ -32,38 +32,16 @@ use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Applied, Claimed, FailureRecord, NewRow, Planner, StoreConfig, StoreError, Stored};
 use crate::provider::ProviderKind;
 
-/// Requests queued for the writer beyond this wait (backpressure on the handlers).
-const QUEUE_DEPTH: usize = 8192;
-
-pub(crate) enum Command {
-    Insert(NewRow, oneshot::Sender<Result<Stored, StoreError>>),
-    Failure(FailureRecord),
-    Probe(oneshot::Sender<Result<(), StoreError>>),
-    Shutdown,
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Insert(..) => "Insert",
-            Command::Failure(_) => "Failure",
-            Command::Probe(_) => "Probe",
-            Command::Shutdown => "Shutdown",
-        })
-    }
-}
-
 /// The writer thread, seen from the handlers.
 #[derive(Debug)]
 struct WriterHandle {
     /// Queue to the writer thread.
-    tx: mpsc::Sender<Command>,
+    tx: crate::store::queue::Queue,
     /// The writer thread, joined once by [`Sqlite::close`].
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Cancelled if the writer thread ends without a `Shutdown` command.
@@ -122,26 +100,17 @@ impl Sqlite {
     }
 
     pub(super) async fn insert(&self, row: NewRow) -> Result<Stored, StoreError> {
-        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        let (done, wait) = oneshot::channel();
-        writer.tx.send(Command::Insert(row, done)).await.map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.writer.as_ref().ok_or(StoreError::Closed)?.tx.insert(row).await
     }
 
     pub(super) fn record_failure(&self, failure: FailureRecord) {
-        let Some(writer) = &self.writer else { return };
-        if writer.tx.capacity() < QUEUE_DEPTH / 2
-            || writer.tx.try_send(Command::Failure(failure)).is_err()
-        {
-            tracing::debug!("verification failure not recorded: writer queue busy");
+        if let Some(writer) = &self.writer {
+            writer.tx.record_failure(failure);
         }
     }
 
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
-        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        let (done, wait) = oneshot::channel();
-        writer.tx.send(Command::Probe(done)).await.map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.writer.as_ref().ok_or(StoreError::Closed)?.tx.probe().await
     }
 
     pub(super) async fn died(&self) {
@@ -161,7 +130,7 @@ impl Sqlite {
 
     pub(super) async fn close(&self) {
         let Some(writer) = &self.writer else { return };
-        let _ = writer.tx.send(Command::Shutdown).await;
+        writer.tx.shutdown().await;
         let thread = writer.thread.lock().map(|mut t| t.take()).unwrap_or(None);
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -304,7 +273,7 @@ fn start_writer(config: &StoreConfig) -> Result<WriterHandle, StoreError> {
         path: config.path.clone(),
         message: format!("cannot start checkpoint thread: {e}"),
     })?;
-    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let (tx, rx) = crate::store::queue::Queue::new();
     let commit_seconds = crate::metrics::commit_histogram();
     let settings = writer::Settings {
         max_batch: config.max_batch,

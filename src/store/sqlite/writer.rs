@@ -12,7 +12,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{CacheSize, Checkpointer};
-use super::Command;
+use crate::store::queue::Command;
 use crate::store::{FailureRecord, NewRow, StoreError, Stored};
 
 /// Writer settings taken from the store config.
@@ -133,14 +133,7 @@ pub(crate) fn run(
     }
 
     // Anything still queued after Shutdown is refused: its sender sees a closed store.
-    rx.close();
-    while let Ok(cmd) = rx.try_recv() {
-        match cmd {
-            Command::Insert(_, done) => drop(done.send(Err(StoreError::Closed))),
-            Command::Probe(done) => drop(done.send(Err(StoreError::Closed))),
-            Command::Failure(_) | Command::Shutdown => {}
-        }
-    }
+    crate::store::queue::refuse_queued(&mut rx);
     if let Some(c) = checkpointer {
         c.stop();
     }
