@@ -139,3 +139,10 @@ CREATE TABLE endpoint_activity (
     endpoint       text   PRIMARY KEY,
     last_stored_at bigint NOT NULL
 );
+
+-- migration: 2
+-- How each row came: posted by the provider (webhook), listed from its API (backfill), or its
+-- answer to an inquiry about a payment left open. A row fetched from the API is deduplicated
+-- like any other; it never raises the repeat count, which counts the provider's deliveries.
+ALTER TABLE inbox ADD COLUMN source text NOT NULL DEFAULT 'webhook'
+    CHECK (source IN ('webhook', 'backfill', 'inquiry'));

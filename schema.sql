@@ -215,3 +215,10 @@ CREATE INDEX deliveries_dead ON deliveries (sink) WHERE state = 'dead';
 -- index holds only open payments, so the periodic check reads a handful of rows.
 ALTER TABLE payments ADD COLUMN open_reviewed TEXT;
 CREATE INDEX payments_open ON payments (updated_at) WHERE status = 'pending' OR status = 'authorized';
+
+-- migration: 15
+-- How each row came: posted by the provider (webhook), listed from its API (backfill), or its
+-- answer to an inquiry about a payment left open. A row fetched from the API is deduplicated
+-- like any other; it never raises delivery_count, which counts the provider's deliveries.
+ALTER TABLE inbox ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'
+    CHECK (source IN ('webhook', 'backfill', 'inquiry'));

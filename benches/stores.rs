@@ -253,6 +253,7 @@ async fn worker(kind: Kind, admin: Option<&str>, n: u64, round: u64) -> f64 {
                 body_len: raw.len(),
                 body: reconciled::store::body::pack(&raw),
                 payment_key: s.is_shared().then(|| format!("pi_evt_{i}")),
+                source: reconciled::domain::Source::Webhook,
             };
             let s = s.clone();
             pending.push(tokio::spawn(async move { s.insert(row).await.unwrap() }));

@@ -28,6 +28,7 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Metrics::new(store.commit_seconds()));
     configure_metrics(&metrics, config);
     let wake = Arc::new(tokio::sync::Notify::new());
+    let backfills = start_backfills(config, &store, &wake, &shutdown)?;
     let (worker_updates, updates) = mpsc::channel(4);
     let (written, written_rx) = tokio::sync::watch::channel(0u64);
     // On a store several daemons share, what the others store and write wakes this one too.
@@ -135,12 +136,45 @@ pub async fn run(
         let _ = admin.await;
     }
     let _ = pruner.await;
+    for backfill in backfills {
+        let _ = backfill.await;
+    }
     if store.is_dead() {
         return Err(StoreError::WriterDied.into());
     }
     store.close().await;
     tracing::info!("store closed");
     Ok(())
+}
+
+/// Starts the backfill of each Stripe endpoint with `backfill_every` in its `[endpoint.api]`.
+fn start_backfills(
+    config: &Config,
+    store: &Store,
+    wake: &Arc<tokio::sync::Notify>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for endpoint in &config.endpoints {
+        let Some(api) = &endpoint.api else { continue };
+        let Some(every) = api.backfill_every else { continue };
+        let client = crate::ask::stripe::StripeApi::new(api)
+            .map_err(|e| anyhow::anyhow!("endpoint \"{}\": {e}", endpoint.name))?;
+        let backfill = crate::ask::backfill::Backfill {
+            api: Arc::new(client),
+            store: store.clone(),
+            endpoint: Arc::from(endpoint.name.as_str()),
+            dry_run: false,
+        };
+        tracing::info!(endpoint = %endpoint.name, every = %humantime::format_duration(every), "backfill from the Stripe API on");
+        tasks.push(tokio::spawn(crate::ask::backfill::run(
+            backfill,
+            every,
+            wake.clone(),
+            shutdown.clone(),
+        )));
+    }
+    Ok(tasks)
 }
 
 /// Checks each new configuration and applies the good ones; a bad one is refused with an

@@ -6,6 +6,43 @@ use serde::Serialize;
 
 use crate::money::Money;
 
+/// How an inbox row came: pushed by the provider, or fetched by asking it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The provider posted it to an endpoint.
+    Webhook,
+    /// Listed from the provider's API by a backfill (an event the webhook never brought).
+    Backfill,
+    /// The provider's answer to an inquiry about a payment left open.
+    Inquiry,
+}
+
+impl Source {
+    /// Every source.
+    pub const ALL: [Source; 3] = [Source::Webhook, Source::Backfill, Source::Inquiry];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+            Source::Backfill => "backfill",
+            Source::Inquiry => "inquiry",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(s: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|source| source.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Where an inbox row stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

@@ -22,6 +22,8 @@ pub struct Endpoint {
     /// With nothing stored for longer than this, the provider has gone silent (exported as a
     /// metric for the shipped alert; `reconciled check` reports it too).
     pub silent_after: Option<std::time::Duration>,
+    /// `[endpoint.api]`: the provider's API, asked when a webhook is missing or weak.
+    pub api: Option<crate::ask::ApiSettings>,
 }
 
 impl Endpoint {
@@ -52,7 +54,7 @@ impl Trust {
 
 /// The keys of an endpoint table that are not the provider's.
 const COMMON_KEYS: &[&str] =
-    &["name", "provider", "basic_auth", "allow_from", "trusted_proxies", "silent_after"];
+    &["name", "provider", "basic_auth", "allow_from", "trusted_proxies", "silent_after", "api"];
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +68,7 @@ struct RawCommon {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     silent_after: Option<String>,
+    api: Option<toml::Value>,
 }
 
 impl Endpoint {
@@ -148,9 +151,18 @@ impl Endpoint {
         if silent_after.is_some_and(|d| d < std::time::Duration::from_secs(60)) {
             return Err(r.invalid("silent_after", "must be at least 1m"));
         }
+        let api = match raw.api {
+            Some(value) => Some(crate::ask::ApiSettings::resolve(
+                kind,
+                &format!("{path}.api"),
+                value,
+                &r.nested("api"),
+            )?),
+            None => None,
+        };
         let r = r.with_trust(trust.is_set());
         let settings = Settings::resolve(kind, &path, table, &r)?;
-        Ok(Endpoint { name: raw.name, trust, settings, silent_after })
+        Ok(Endpoint { name: raw.name, trust, settings, silent_after, api })
     }
 }
 

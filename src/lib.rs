@@ -25,6 +25,7 @@
 //! - [`cli`]: one file per subcommand; `main.rs` only maps errors to exit codes.
 
 pub mod admin;
+pub mod ask;
 pub mod cli;
 pub mod config;
 pub mod daemon;

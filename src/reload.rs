@@ -53,10 +53,30 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[shop] (added or removed)", old.shop.is_some() != new.shop.is_some()),
         ("[admin] and [messages]", old.admin != new.admin),
         ("[[sink]]s of kind pull", pulls(old) != pulls(new)),
+        ("[endpoint.api] of an endpoint with backfill_every", backfills(old) != backfills(new)),
     ]
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))
     .collect()
+}
+
+/// The endpoints that backfill on a timer, and how (the key as a digest): the timers take
+/// their settings at start.
+fn backfills(config: &Config) -> Vec<(&str, String, Vec<u8>)> {
+    use sha2::Digest;
+    config
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let api = e.api.as_ref()?;
+            api.backfill_every?;
+            let key = match &api.credentials {
+                crate::ask::Credentials::Stripe { key } => key,
+                crate::ask::Credentials::Paypal { client_secret, .. } => client_secret,
+            };
+            Some((e.name.as_str(), api.describe(), sha2::Sha256::digest(key.expose()).to_vec()))
+        })
+        .collect()
 }
 
 /// The pull sinks: served by the admin listener, which takes its settings at start.

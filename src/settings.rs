@@ -63,6 +63,21 @@ impl<'a> Resolver<'a> {
         Resolver { prefix: prefix.into(), ..self.clone() }
     }
 
+    /// The same file, with keys named under `key` within this resolver's prefix
+    /// (`endpoint "stripe".api`).
+    pub fn nested(&self, key: &str) -> Resolver<'a> {
+        Resolver { prefix: self.key_name(key), ..self.clone() }
+    }
+
+    /// `key` as errors name it, under this resolver's prefix.
+    pub fn key_name(&self, key: &str) -> String {
+        match (self.prefix.is_empty(), key.is_empty()) {
+            (true, _) => key.to_owned(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}.{key}", self.prefix),
+        }
+    }
+
     /// The same, for an endpoint whose trust options are (or are not) set.
     pub fn with_trust(self, has_trust: bool) -> Resolver<'a> {
         Resolver { has_trust, ..self }
@@ -80,12 +95,11 @@ impl<'a> Resolver<'a> {
 
     /// The error for `key` (under this resolver's prefix).
     pub fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        let key = match (self.prefix.is_empty(), key.is_empty()) {
-            (true, _) => key.to_owned(),
-            (false, true) => self.prefix.clone(),
-            (false, false) => format!("{}.{key}", self.prefix),
-        };
-        ConfigError::Invalid { path: self.source.to_owned(), key, message: message.into() }
+        ConfigError::Invalid {
+            path: self.source.to_owned(),
+            key: self.key_name(key),
+            message: message.into(),
+        }
     }
 
     /// `value` (or `default`), refused when 0 or above `max`.

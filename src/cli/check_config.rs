@@ -308,6 +308,9 @@ fn summary(config: &Config) -> String {
             let nets: Vec<String> = e.trust.allow_from.iter().map(ToString::to_string).collect();
             hints.push(format!("allowed from {}", nets.join(" ")));
         }
+        if let Some(api) = &e.api {
+            hints.push(api.describe());
+        }
         let _ = writeln!(
             out,
             "endpoint {}: POST /webhooks/{}, provider {}; {}",

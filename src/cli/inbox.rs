@@ -104,6 +104,10 @@ pub struct ListArgs {
     /// Only rows from this provider.
     #[arg(long, value_name = "P")]
     provider: Option<String>,
+    /// Only rows that came this way: webhook, backfill (listed from the provider's API) or
+    /// inquiry (the provider's answer about a payment left open).
+    #[arg(long, value_name = "S")]
+    source: Option<crate::domain::Source>,
     /// Only rows with an id greater than this.
     #[arg(long, value_name = "ID")]
     after: Option<i64>,
@@ -340,6 +344,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
     let filter = ListFilter {
         status: args.status,
         provider: args.provider.clone(),
+        source: args.source,
         after: args.after,
         limit: args.limit,
         last: args.last,
@@ -392,8 +397,8 @@ fn tail(args: &TailArgs) -> anyhow::Result<()> {
 
 fn header() -> String {
     format!(
-        "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  TYPE",
-        "ID", "RECEIVED", "ENDPOINT", "STATUS", "DELIV", "EVENT"
+        "{:>6}  {:<20}  {:<10}  {:<8}  {:<8}  {:>5}  {:<34}  TYPE",
+        "ID", "RECEIVED", "ENDPOINT", "STATUS", "SOURCE", "DELIV", "EVENT"
     )
 }
 
@@ -404,11 +409,12 @@ fn print_row(out: &mut impl Write, r: &InboxSummary, json: bool) -> anyhow::Resu
     }
     writeln!(
         out,
-        "{:>6}  {:<20}  {:<10}  {:<8}  {:>5}  {:<34}  {}",
+        "{:>6}  {:<20}  {:<10}  {:<8}  {:<8}  {:>5}  {:<34}  {}",
         r.id,
         format_utc(r.received_at),
         r.endpoint,
         r.status,
+        r.source,
         r.delivery_count,
         r.dedup_key,
         r.event_type.as_deref().unwrap_or("-")
@@ -458,7 +464,13 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             None => writeln!(out, "verified:       not yet (the worker asks for {by})")?,
         }
     }
-    writeln!(out, "received:       {} from {}", format_utc(s.received_at), s.remote_addr)?;
+    writeln!(
+        out,
+        "received:       {} from {} ({})",
+        format_utc(s.received_at),
+        s.remote_addr,
+        s.source
+    )?;
     writeln!(
         out,
         "deliveries:     {} (last {})",

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+mod backfill;
 mod check;
 mod check_config;
 mod default_config;
@@ -55,6 +56,9 @@ pub enum Command {
     /// with the endpoint's configuration; print it, or post it to the daemon and show the
     /// actions that followed. Refuses a configuration that looks live unless --i-know.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Ask Stripe for the events an endpoint's webhook may have missed, and store them (an
+    /// event already stored adds nothing). Needs the endpoint's [endpoint.api] key.
+    Backfill(backfill::BackfillArgs),
     /// Move a store: copy a SQLite store into a new PostgreSQL one.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -152,6 +156,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(cmd) => sign::run(cmd),
         Command::Simulate(args) => simulate::run(*args),
         Command::Store(cmd) => store::run(cmd),
+        Command::Backfill(args) => backfill::run(&args),
     }
 }
 

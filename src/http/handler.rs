@@ -231,6 +231,7 @@ async fn webhook(
         } else {
             None
         },
+        source: crate::domain::Source::Webhook,
     };
     // Test-only and broken on purpose: acknowledge first, store a little later.
     #[cfg(feature = "test-ack-before-commit")]

@@ -229,6 +229,35 @@ pub fn accept(
     })
 }
 
+/// The event types a decision uses: what a backfill stores (others are counted and passed
+/// over). Every other type parses as [`Kind::Ignored`].
+pub const USED_TYPES: &[&str] = &[
+    "payment_intent.succeeded",
+    "payment_intent.processing",
+    "payment_intent.partially_funded",
+    "payment_intent.amount_capturable_updated",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+    "charge.succeeded",
+    "charge.captured",
+    "charge.pending",
+    "charge.failed",
+    "charge.expired",
+    "charge.refunded",
+    "charge.refund.updated",
+    "refund.created",
+    "refund.failed",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+    "source.chargeable",
+    "source.canceled",
+    "source.failed",
+];
+
 /// Reads a verified Stripe event into a canonical notification.
 ///
 /// Snapshot events carry the object as it was (`data.object`); thin events carry only a
@@ -268,7 +297,10 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
         "payment_intent" => {
             n.payment_id = id;
             n.merchant_reference = reference;
-            n.customer_email = str_at(obj, &["receipt_email"]);
+            // API versions before 2022-11-15 embed the charges, whose billing details may
+            // hold the email the PaymentIntent lacks; later ones name only `latest_charge`.
+            n.customer_email = str_at(obj, &["receipt_email"])
+                .or_else(|| str_at(&obj["charges"]["data"][0], &["billing_details", "email"]));
             let (kind, field) = match action {
                 "succeeded" => (Kind::Succeeded, "amount_received"),
                 "processing" | "partially_funded" => (Kind::Pending, "amount"),

@@ -235,6 +235,10 @@ fn every_listed_event_type_maps() {
         if kind != Kind::Ignored {
             assert_eq!(n.amount.unwrap().minor, 500, "{t}");
         }
+        // A backfill stores exactly the types that are not ignored (a refund update counts:
+        // a failed one is a refund failure).
+        let used = USED_TYPES.contains(&t);
+        assert_eq!(used, kind != Kind::Ignored || t == "charge.refund.updated", "{t}");
     }
     // A failed refund update is a refund failure.
     let body = br#"{"id":"evt_r","object":"event","type":"charge.refund.updated","data":{"object":{"id":"re_1","object":"refund","status":"failed","amount":5,"currency":"usd","charge":"ch_1"}}}"#;
@@ -243,6 +247,27 @@ fn every_listed_event_type_maps() {
     let body = br#"{"id":"evt_a","object":"event","type":"charge.succeeded","data":{"object":{"id":"ch_1","captured":false,"amount":700,"amount_captured":0,"currency":"usd","payment_intent":"pi_1"}}}"#;
     let n = parse(body).unwrap();
     assert_eq!((n.kind, n.amount.unwrap().minor), (Kind::Authorized, 700));
+}
+
+/// Events listed through the API come in the API version of their creation: the shapes of
+/// versions before 2022-11-15 (charges embedded in a PaymentIntent, a charge's refunds listed)
+/// and after (neither) are both read.
+#[test]
+fn old_and_new_api_versions_read_alike() {
+    let old = fixture("api-2020-08-27/payment_intent.succeeded.json");
+    let new = fixture("payment_intent.succeeded.json");
+    assert_eq!((old.kind, old.amount, &old.payment_id), (new.kind, new.amount, &new.payment_id));
+    assert_eq!(old.merchant_reference, new.merchant_reference);
+    // The old shape names the customer through its embedded charge.
+    assert_eq!(old.customer_email.as_deref(), Some("jane.doe@example.com"));
+    let listed = fixture("charge.refunded.json");
+    let bare = fixture("charge.refunded.no_refunds_list.json");
+    assert_eq!(
+        (bare.kind, bare.amount, &bare.payment_id),
+        (listed.kind, listed.amount, &listed.payment_id)
+    );
+    assert!(listed.object_id.is_some());
+    assert_eq!(bare.object_id, None, "no refund named without the list");
 }
 
 #[test]

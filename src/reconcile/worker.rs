@@ -42,8 +42,9 @@ use crate::metrics::Metrics;
 use crate::shop::{OrderSource, ShopConfig};
 use crate::store::{Applied, Claimed, Store, StoreError};
 
-/// Longest sleep with nothing due: a safety net for rows written by other processes.
-const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// Longest sleep with nothing due: how soon rows another process stored (a `reconciled
+/// backfill` beside a daemon on a SQLite store) are taken up.
+const IDLE_WAKE: Duration = Duration::from_secs(5);
 /// The most payments left open reviewed in one check.
 const OPEN_CHECK_BATCH: usize = 500;
 /// Wait before reconnecting to an unreachable shop database.

@@ -49,6 +49,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("processed_at", Col::Int),
             ("first_tried_at", Col::Int),
             ("verified_at", Col::Int),
+            ("source", Col::Text),
         ],
     ),
     (

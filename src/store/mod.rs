@@ -189,7 +189,20 @@ impl Store {
             Some(url) => Backend::Postgres(Arc::new(
                 postgres::Postgres::open(url, Some(config), true, true).await?,
             )),
-            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true)?)),
+            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true, true)?)),
+        };
+        Ok(Store { backend })
+    }
+
+    /// Opens (creating and migrating if needed) the store for a command that stores
+    /// notifications beside a running daemon (`backfill`): it takes notifications through the
+    /// same writer as the daemon's, decides nothing and holds no lock on the store.
+    pub async fn open_feeder(config: &StoreConfig) -> Result<Store, StoreError> {
+        let backend = match &config.url {
+            Some(url) => Backend::Postgres(Arc::new(
+                postgres::Postgres::open(url, Some(config), true, true).await?,
+            )),
+            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true, false)?)),
         };
         Ok(Store { backend })
     }
@@ -202,7 +215,7 @@ impl Store {
             Some(url) => Backend::Postgres(Arc::new(
                 postgres::Postgres::open(url, Some(config), false, true).await?,
             )),
-            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, false)?)),
+            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, false, false)?)),
         };
         Ok(Store { backend })
     }
@@ -303,6 +316,63 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
             Backend::Postgres(s) => s.close().await,
+        }
+    }
+
+    /// A small fact kept in the store (such as a backfill's cursor), if set.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| {
+                    use rusqlite::OptionalExtension;
+                    c.query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| r.get(0))
+                        .optional()
+                })
+                .await
+            }
+            Backend::Postgres(s) => {
+                s.read(move |c| {
+                    Box::pin(async move {
+                        let r =
+                            c.query_opt("SELECT value FROM meta WHERE key = $1", &[&key]).await?;
+                        Ok(r.map(|r| r.get(0)))
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Keeps a small fact in the store; resolves once it is committed.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.write_with(move |c| {
+                    c.execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [&key, &value],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+            Backend::Postgres(s) => {
+                s.write(move |c| {
+                    Box::pin(async move {
+                        c.execute(
+                            "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            &[&key, &value],
+                        )
+                        .await
+                        .map(drop)
+                    })
+                })
+                .await
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::body;
-use crate::domain::{ActionKind, InboxStatus};
+use crate::domain::{ActionKind, InboxStatus, Source};
 use crate::provider::ProviderKind;
 
 /// A verified notification to store.
@@ -33,6 +33,9 @@ pub struct NewRow {
     /// Its payment (the payment id, or the event id when it names none), when the store
     /// wants it at once ([`super::Store::is_shared`]); otherwise the worker sets it.
     pub payment_key: Option<String>,
+    /// How it came: a webhook, or asked of the provider's API. A row asked for is
+    /// deduplicated like any other, but a repeat of it never counts as a delivery.
+    pub source: Source,
 }
 
 /// The outcome of storing a row.
@@ -40,14 +43,16 @@ pub struct NewRow {
 pub struct Stored {
     /// The inbox row id.
     pub id: i64,
-    /// Deliveries seen so far, this one included; above 1 means a duplicate.
+    /// Deliveries seen so far, this one included when it is a webhook.
     pub delivery_count: i64,
+    /// Whether this made a new row (else the dedup key was stored already).
+    pub added: bool,
 }
 
 impl Stored {
-    /// Whether this delivery repeated one already stored.
+    /// Whether this repeated a notification already stored.
     pub fn is_duplicate(&self) -> bool {
-        self.delivery_count > 1
+        !self.added
     }
 }
 
@@ -119,6 +124,8 @@ pub struct InboxSummary {
     pub remote_addr: String,
     /// Deliveries seen.
     pub delivery_count: i64,
+    /// How it came (a webhook, a backfill, an inquiry).
+    pub source: Source,
     /// Where the row stands.
     pub status: InboxStatus,
     /// Body length in bytes.
@@ -175,6 +182,8 @@ pub struct ListFilter {
     pub status: Option<InboxStatus>,
     /// Only rows from this provider.
     pub provider: Option<String>,
+    /// Only rows that came this way (a webhook, a backfill, an inquiry).
+    pub source: Option<Source>,
     /// Only rows with an id above this.
     pub after: Option<i64>,
     /// At most this many rows.

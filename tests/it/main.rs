@@ -2,6 +2,7 @@
 
 mod adflex;
 mod admin;
+mod backfill;
 mod cli;
 mod deliver;
 mod failpoints;
@@ -16,6 +17,7 @@ mod operator;
 mod page;
 mod paypal;
 mod process;
+mod provider_api;
 mod reconcile;
 mod reload;
 mod scripts;

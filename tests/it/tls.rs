@@ -38,7 +38,8 @@ pub fn fixture_path(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/paypal").join(name).display().to_string()
 }
 
-fn acceptor() -> tokio_rustls::TlsAcceptor {
+/// A TLS acceptor serving the test-only certificate for 127.0.0.1.
+pub(crate) fn acceptor() -> tokio_rustls::TlsAcceptor {
     let pem = |name: &str| std::fs::read(fixture_path(name)).unwrap();
     let certs = rustls_pemfile::certs(&mut &pem("test-only-tls-127.0.0.1.pem")[..])
         .collect::<Result<Vec<_>, _>>()

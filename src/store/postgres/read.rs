@@ -4,7 +4,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use super::locks;
-use crate::domain::{ActionKind, InboxStatus};
+use crate::domain::{ActionKind, InboxStatus, Source};
 use crate::store::{
     body, Attempt, AttemptRow, DeliveryFilter, DeliveryRow, Failure, InboxRow, InboxSummary,
     ListFilter, OpenPayment, OrderPayments, OutboxFilter, OutboxRow, Owed, PaymentSummary,
@@ -19,7 +19,7 @@ const SUMMARY_COLUMNS: &str = "i.id, i.endpoint, i.provider, i.dedup_key, i.even
      coalesce(i.body_len, length(i.body))::bigint, i.outcome, i.attempts::bigint, i.last_error, \
      i.verified_at, \
      CASE WHEN i.status IN ('pending', 'parked') AND i.next_attempt_at > 0 THEN i.next_attempt_at END, \
-     i.first_tried_at";
+     i.first_tried_at, i.source";
 
 const INBOX: &str = "inbox i LEFT JOIN inbox_redeliveries r ON r.inbox_id = i.id";
 
@@ -43,6 +43,8 @@ fn summary(r: &Row) -> InboxSummary {
         verified_at: r.get(14),
         next_attempt_at: r.get(15),
         first_tried_at: r.get(16),
+        // The schema's CHECK allows nothing else.
+        source: Source::parse(r.get(17)).unwrap_or(Source::Webhook),
     }
 }
 
@@ -73,6 +75,9 @@ pub async fn list(c: &Client, filter: ListFilter) -> PgResult<Vec<InboxSummary>>
     }
     if let Some(v) = filter.provider {
         sql += &format!(" AND i.provider = {}", p.add(v));
+    }
+    if let Some(v) = filter.source {
+        sql += &format!(" AND i.source = {}", p.add(v.as_str()));
     }
     if let Some(a) = filter.after {
         sql += &format!(" AND i.id > {}", p.add(a));

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{locks, schema};
+use crate::domain::Source;
 use crate::secret::DbUrl;
 use crate::store::queue::Command;
 use crate::store::{DeathGuard, FailureRecord, NewRow, StoreError, Stored};
@@ -125,13 +126,13 @@ fn answer_error(
 }
 
 const INSERT: &str = "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
-     last_received_at, remote_addr, headers, body, body_encoding, body_len, payment_key) \
+     last_received_at, remote_addr, headers, body, body_encoding, body_len, payment_key, source) \
      SELECT endpoint, provider, dedup_key, event_type, received_at, received_at, remote_addr, \
-     headers, body, body_encoding, body_len, payment_key \
+     headers, body, body_encoding, body_len, payment_key, source \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
-          $7::text[], $8::bytea[], $9::text[], $10::int[], $11::text[]) WITH ORDINALITY \
+          $7::text[], $8::bytea[], $9::text[], $10::int[], $11::text[], $12::text[]) WITH ORDINALITY \
        AS t(endpoint, provider, dedup_key, event_type, received_at, remote_addr, headers, body, \
-            body_encoding, body_len, payment_key, n) \
+            body_encoding, body_len, payment_key, source, n) \
      ORDER BY n \
      ON CONFLICT (provider, dedup_key) DO NOTHING \
      RETURNING id, provider, dedup_key";
@@ -165,10 +166,13 @@ async fn write_batch(
     // One proposed row per (provider, dedup key): a statement may not touch a row twice.
     let mut first_of: HashMap<(&str, String), usize> = HashMap::new();
     let mut proposed: Vec<usize> = Vec::new();
-    // Per insert: the index of its proposed row, and how many copies came before it.
+    // Per insert: the index of its proposed row, and how many of its copies so far (this one
+    // included) were posted by the provider. Only those count as deliveries: a row asked of
+    // the provider's API (a backfill, an inquiry) is stored once and never counted again.
     let mut slot: Vec<(usize, i32)> = Vec::with_capacity(inserts.len());
-    let mut copies: Vec<i32> = Vec::new();
+    let mut posted: Vec<i32> = Vec::new();
     for (i, (row, _)) in inserts.iter().enumerate() {
+        let webhook = i32::from(row.source == Source::Webhook);
         // Test-only and broken on purpose: every delivery looks new.
         #[cfg(feature = "test-no-dedup")]
         let key = format!("{}#{}#{i}", row.dedup_key, crate::time::now_ms());
@@ -176,14 +180,14 @@ async fn write_batch(
         let key = row.dedup_key.clone();
         match first_of.get(&(row.provider.as_str(), key.clone())) {
             Some(&p) => {
-                slot.push((p, copies[p]));
-                copies[p] += 1;
+                posted[p] += webhook;
+                slot.push((p, posted[p]));
             }
             None => {
                 first_of.insert((row.provider.as_str(), key), proposed.len());
-                slot.push((proposed.len(), 0));
+                slot.push((proposed.len(), webhook));
                 proposed.push(i);
-                copies.push(1);
+                posted.push(webhook);
             }
         }
     }
@@ -213,6 +217,7 @@ async fn write_batch(
             rows.iter().map(|r| i32::try_from(r.body_len).unwrap_or(i32::MAX)).collect();
         let payment_key: Vec<Option<&str>> =
             rows.iter().map(|r| r.payment_key.as_deref()).collect();
+        let source: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
         let by_key: HashMap<(String, String), usize> = provider
             .iter()
             .zip(&keys)
@@ -234,6 +239,7 @@ async fn write_batch(
                     &encoding,
                     &body_len,
                     &payment_key,
+                    &source,
                 ],
             )
             .await?;
@@ -255,12 +261,14 @@ async fn write_batch(
                 }
             }
         }
-        // Repeats: every copy of an old row, and the copies after the first of a new one.
+        // Repeats: every posted copy of an old row, and the posted copies after the first of
+        // a new one.
+        let made_by_post = |p: usize| i32::from(new_row[p] && rows[p].source == Source::Webhook);
         let mut red_ids = Vec::new();
         let mut red_counts = Vec::new();
         let mut red_at = Vec::new();
         for p in 0..proposed.len() {
-            let extra = if new_row[p] { copies[p] - 1 } else { copies[p] };
+            let extra = posted[p] - made_by_post(p);
             if let (Some(id), true) = (ids[p], extra > 0) {
                 red_ids.push(id);
                 red_counts.push(extra);
@@ -273,9 +281,10 @@ async fn write_batch(
                 totals.insert(r.get(0), r.get(1));
             }
         }
-        // The endpoints that stored a new row, each once.
+        // The endpoints that stored a new row, each once. Only what the provider posted
+        // counts: a backfill must not hide a silent webhook.
         let mut activity: HashMap<&str, i64> = HashMap::new();
-        for p in (0..proposed.len()).filter(|&p| new_row[p]) {
+        for p in (0..proposed.len()).filter(|&p| new_row[p] && rows[p].source == Source::Webhook) {
             let at = activity.entry(endpoint[p]).or_insert(received[p]);
             *at = (*at).max(received[p]);
         }
@@ -291,15 +300,18 @@ async fn write_batch(
         crate::failpoint::failpoint("ingest_before_commit");
         tx.commit().await?;
         let mut out = Vec::with_capacity(inserts.len());
-        for (p, before) in slot {
+        for (n, (p, upto)) in slot.into_iter().enumerate() {
             let id = ids[p].unwrap_or_default();
+            let counted_upto = upto - made_by_post(p);
             let count = if new_row[p] {
-                1 + before
+                1 + counted_upto
             } else {
-                // The copies of this batch are the last `copies` of the total.
-                1 + totals.get(&id).copied().unwrap_or(copies[p]) - copies[p] + before + 1
+                // The repeats of this batch are the last ones of the total.
+                let batch = posted[p];
+                1 + totals.get(&id).copied().unwrap_or(batch) - batch + counted_upto
             };
-            out.push(Stored { id, delivery_count: i64::from(count) });
+            let added = new_row[p] && proposed[p] == n;
+            out.push(Stored { id, delivery_count: i64::from(count), added });
         }
         return Ok(out);
     }

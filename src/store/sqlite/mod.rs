@@ -67,10 +67,10 @@ pub struct Sqlite {
 
 impl Sqlite {
     /// Opens and migrates the database; with `ingest`, starts the writer and checkpoint
-    /// threads too.
-    pub fn open(config: &StoreConfig, ingest: bool) -> Result<Sqlite, StoreError> {
+    /// threads too; with `own`, takes the daemon's lock on the store first.
+    pub fn open(config: &StoreConfig, ingest: bool, own: bool) -> Result<Sqlite, StoreError> {
         // Taken before anything else touches the file: a refused daemon changes nothing.
-        let owner = if ingest { Some(owner::Owner::take(&config.path)?) } else { None };
+        let owner = if own { Some(owner::Owner::take(&config.path)?) } else { None };
         let writer = if ingest { Some(start_writer(config)?) } else { None };
         let work = schema::open_writer(&config.path, config.busy_timeout)?;
         // A decision batch dirties a few hundred pages: with SQLite's default 2 MB cache they
@@ -341,6 +341,7 @@ mod tests {
                         body: body::Packed { bytes: body.clone(), encoding: None },
                         body_len: body.len(),
                         payment_key: None,
+                        source: crate::domain::Source::Webhook,
                     };
                     assert_eq!(store.insert(row).await.unwrap().delivery_count, 1);
                     let len = std::fs::metadata(&wal).map_or(0, |m| m.len());

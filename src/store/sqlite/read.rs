@@ -3,7 +3,7 @@
 use rusqlite::types::{Type, Value};
 use rusqlite::{params_from_iter, Connection};
 
-use crate::domain::{ActionKind, InboxStatus};
+use crate::domain::{ActionKind, InboxStatus, Source};
 use crate::store::{
     body, Failure, InboxRow, InboxSummary, ListFilter, OrderPayments, OutboxFilter, OutboxRow,
     PaymentSummary,
@@ -13,7 +13,7 @@ const SUMMARY_COLUMNS: &str = "id, endpoint, provider, dedup_key, event_type, re
      last_received_at, remote_addr, delivery_count, status, coalesce(body_len, length(body)), outcome, attempts, last_error, \
      verified_at, \
      CASE WHEN (status = 'pending' OR status = 'parked') AND next_attempt_at > 0 THEN next_attempt_at END, \
-     first_tried_at";
+     first_tried_at, source";
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
     Ok(InboxSummary {
@@ -39,6 +39,12 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
         verified_at: r.get(14)?,
         next_attempt_at: r.get(15)?,
         first_tried_at: r.get(16)?,
+        source: {
+            let source: String = r.get(17)?;
+            Source::parse(&source).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(17, Type::Text, source.into())
+            })?
+        },
     })
 }
 
@@ -53,6 +59,10 @@ pub fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Inbo
     if let Some(p) = &filter.provider {
         sql.push_str(" AND provider = ?");
         args.push(Value::Text(p.clone()));
+    }
+    if let Some(s) = filter.source {
+        sql.push_str(" AND source = ?");
+        args.push(Value::Text(s.as_str().to_owned()));
     }
     if let Some(a) = filter.after {
         sql.push_str(" AND id > ?");

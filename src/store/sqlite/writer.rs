@@ -12,6 +12,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{CacheSize, Checkpointer};
+use crate::domain::Source;
 use crate::store::queue::Command;
 use crate::store::{FailureRecord, NewRow, StoreError, Stored};
 
@@ -27,13 +28,17 @@ pub(crate) struct Settings {
 /// A new row; a duplicate changes nothing here (see [`REDELIVERED`]). Cheaper than an upsert
 /// with RETURNING on the common path, where every notification is new.
 const INSERT: &str = "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
-     last_received_at, remote_addr, headers, body, body_encoding, body_len) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10) \
+     last_received_at, remote_addr, headers, body, body_encoding, body_len, source) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
      ON CONFLICT (provider, dedup_key) DO NOTHING";
 
 /// A delivery of a row already stored: counted.
 const REDELIVERED: &str = "UPDATE inbox SET delivery_count = delivery_count + 1, \
      last_received_at = ?3 WHERE provider = ?1 AND dedup_key = ?2 RETURNING id, delivery_count";
+
+/// A row asked of the provider's API that is stored already: not a delivery, nothing changes.
+const EXISTING: &str =
+    "SELECT id, delivery_count FROM inbox WHERE provider = ?1 AND dedup_key = ?2";
 
 /// When an endpoint last stored a notification, new or repeated (metrics: a silent provider).
 const ACTIVITY: &str = "INSERT INTO endpoint_activity (endpoint, last_stored_at) VALUES (?1, ?2) \
@@ -176,20 +181,27 @@ fn write_batch(
                 &row.body.bytes[..],
                 row.body.encoding,
                 row.body_len as i64,
+                row.source.as_str(),
             ])?;
             let stored = if added == 1 {
-                Stored { id: tx.last_insert_rowid(), delivery_count: 1 }
-            } else {
+                Stored { id: tx.last_insert_rowid(), delivery_count: 1, added: true }
+            } else if row.source == Source::Webhook {
                 tx.prepare_cached(REDELIVERED)?.query_row(
                     params![row.provider.as_str(), row.dedup_key, row.received_at_ms],
-                    |r| Ok(Stored { id: r.get(0)?, delivery_count: r.get(1)? }),
+                    |r| Ok(Stored { id: r.get(0)?, delivery_count: r.get(1)?, added: false }),
                 )?
+            } else {
+                tx.prepare_cached(EXISTING)?
+                    .query_row(params![row.provider.as_str(), row.dedup_key], |r| {
+                        Ok(Stored { id: r.get(0)?, delivery_count: r.get(1)?, added: false })
+                    })?
             };
             results.push(stored);
         }
-        // One upsert per endpoint in the batch (a batch almost always has one or two).
+        // One upsert per endpoint in the batch (a batch almost always has one or two). Only
+        // what the provider posted counts: a backfill must not hide a silent webhook.
         let mut latest: Vec<(&str, i64)> = Vec::new();
-        for (row, _) in inserts {
+        for (row, _) in inserts.iter().filter(|(row, _)| row.source == Source::Webhook) {
             match latest.iter_mut().find(|(e, _)| *e == &*row.endpoint) {
                 Some((_, at)) => *at = (*at).max(row.received_at_ms),
                 None => latest.push((&row.endpoint, row.received_at_ms)),
