@@ -146,3 +146,9 @@ CREATE TABLE endpoint_activity (
 -- like any other; it never raises the repeat count, which counts the provider's deliveries.
 ALTER TABLE inbox ADD COLUMN source text NOT NULL DEFAULT 'webhook'
     CHECK (source IN ('webhook', 'backfill', 'inquiry'));
+
+-- migration: 3
+-- Inquiries: a payment left open is looked up with its provider (an endpoint with API access)
+-- now and then, a bounded number of times.
+ALTER TABLE payments ADD COLUMN inquiries integer NOT NULL DEFAULT 0;
+ALTER TABLE payments ADD COLUMN inquired_at bigint;

@@ -222,3 +222,9 @@ CREATE INDEX payments_open ON payments (updated_at) WHERE status = 'pending' OR 
 -- like any other; it never raises delivery_count, which counts the provider's deliveries.
 ALTER TABLE inbox ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'
     CHECK (source IN ('webhook', 'backfill', 'inquiry'));
+
+-- migration: 16
+-- Inquiries: a payment left open is looked up with its provider (an endpoint with API access)
+-- now and then, a bounded number of times.
+ALTER TABLE payments ADD COLUMN inquiries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE payments ADD COLUMN inquired_at INTEGER;                  -- unix ms

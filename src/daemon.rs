@@ -28,7 +28,7 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Metrics::new(store.commit_seconds()));
     configure_metrics(&metrics, config);
     let wake = Arc::new(tokio::sync::Notify::new());
-    let backfills = start_backfills(config, &store, &wake, &shutdown)?;
+    let asking = start_asking(config, &store, &wake, &shutdown)?;
     let (worker_updates, updates) = mpsc::channel(4);
     let (written, written_rx) = tokio::sync::watch::channel(0u64);
     // On a store several daemons share, what the others store and write wakes this one too.
@@ -136,8 +136,8 @@ pub async fn run(
         let _ = admin.await;
     }
     let _ = pruner.await;
-    for backfill in backfills {
-        let _ = backfill.await;
+    for task in asking {
+        let _ = task.await;
     }
     if store.is_dead() {
         return Err(StoreError::WriterDied.into());
@@ -147,21 +147,43 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts the backfill of each Stripe endpoint with `backfill_every` in its `[endpoint.api]`.
-fn start_backfills(
+/// Starts what asks Stripe (see [`crate::ask`]): the backfill of each Stripe endpoint with
+/// `backfill_every` in its `[endpoint.api]`, and, with a shop to decide for, the inquiries
+/// about payments left open. An endpoint's backfill and inquiries share its client, so they
+/// ask one at a time.
+fn start_asking(
     config: &Config,
     store: &Store,
     wake: &Arc<tokio::sync::Notify>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let mut tasks = Vec::new();
+    let mut apis = std::collections::HashMap::new();
     for endpoint in &config.endpoints {
-        let Some(api) = &endpoint.api else { continue };
-        let Some(every) = api.backfill_every else { continue };
-        let client = crate::ask::stripe::StripeApi::new(api)
-            .map_err(|e| anyhow::anyhow!("endpoint \"{}\": {e}", endpoint.name))?;
+        if let (Some(api), crate::provider::ProviderKind::Stripe) = (&endpoint.api, endpoint.kind())
+        {
+            let client = crate::ask::stripe::StripeApi::new(api)
+                .map_err(|e| anyhow::anyhow!("endpoint \"{}\": {e}", endpoint.name))?;
+            apis.insert(endpoint.name.clone(), Arc::new(client));
+        }
+    }
+    let mut tasks = Vec::new();
+    if config.shop.is_some() && !apis.is_empty() {
+        let inquirer = crate::ask::inquire::Inquirer {
+            store: store.clone(),
+            apis: apis.clone(),
+            after: config.policy.inquire_after,
+        };
+        tasks.push(tokio::spawn(crate::ask::inquire::run(
+            inquirer,
+            wake.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for endpoint in &config.endpoints {
+        let Some(every) = endpoint.api.as_ref().and_then(|a| a.backfill_every) else { continue };
+        let Some(api) = apis.get(&endpoint.name) else { continue };
         let backfill = crate::ask::backfill::Backfill {
-            api: Arc::new(client),
+            api: api.clone(),
             store: store.clone(),
             endpoint: Arc::from(endpoint.name.as_str()),
             dry_run: false,

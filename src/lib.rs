@@ -14,6 +14,8 @@
 //! - [`store`]: the inbox, payments and outbox: schema, migrations, the group-commit writer.
 //! - [`reconcile`]: the worker and the pure decision table.
 //! - [`deliver`]: the `[[sink]]`s and the dispatchers that deliver actions to them.
+//! - [`ask`]: asking a provider's API (`[endpoint.api]`): Stripe backfill and inquiries about
+//!   payments left open.
 //! - [`admin`]: the admin listener (the payment status for the confirmation page, the pull
 //!   API, `/metrics`, the admin page).
 //! - [`metrics`]: the Prometheus metrics, counted as things happen and read from the store at

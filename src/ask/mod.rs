@@ -15,6 +15,7 @@
 
 pub mod backfill;
 mod http;
+pub mod inquire;
 pub mod stripe;
 
 use std::time::Duration;

@@ -286,7 +286,7 @@ fn summary(config: &Config) -> String {
     let p = &config.policy;
     let _ = writeln!(
         out,
-        "policy: mode {}, underpaid {}, overpaid {}, currency mismatch {}, paid after cancel {}, fulfil on {}, unmatched retried for {}s, failure notices held {}s",
+        "policy: mode {}, underpaid {}, overpaid {}, currency mismatch {}, paid after cancel {}, fulfil on {}, unmatched retried for {}s, failure notices held {}s, open payments asked about after {}s",
         p.mode,
         p.on_underpaid,
         p.on_overpaid,
@@ -294,7 +294,8 @@ fn summary(config: &Config) -> String {
         p.on_paid_after_cancel,
         p.fulfil_on,
         p.unmatched_retry_for.as_secs(),
-        p.failure_notice_delay.as_secs()
+        p.failure_notice_delay.as_secs(),
+        p.inquire_after.as_secs()
     );
     for sink in &config.sinks {
         let _ = writeln!(out, "{}", sink.describe());

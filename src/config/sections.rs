@@ -72,6 +72,7 @@ pub(super) struct RawPolicy {
     pending_review_after: Option<String>,
     authorization_review_after: Option<String>,
     mode: Option<DecisionMode>,
+    inquire_after: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -286,6 +287,8 @@ pub(super) fn policy(p: RawPolicy, r: &Resolver<'_>) -> Result<Policy, ConfigErr
         pending_review_after: pending_after.unwrap_or(d.pending_review_after),
         authorization_review_after: auth_after.unwrap_or(d.authorization_review_after),
         mode: p.mode.unwrap_or(d.mode),
+        inquire_after: open("policy.inquire_after", p.inquire_after.as_deref())?
+            .unwrap_or(d.inquire_after),
     })
 }
 

@@ -29,7 +29,14 @@ pub struct Policy {
     pub authorization_review_after: Duration,
     /// Live (actions are for carrying out) or shadow (decided and recorded, never carried out).
     pub mode: DecisionMode,
+    /// A payment still open (pending, or authorized and not captured) this long after its
+    /// last notification is looked up with its provider, when its endpoint has API access;
+    /// then again after each such stretch, at most [`MAX_INQUIRIES`] times.
+    pub inquire_after: Duration,
 }
+
+/// The most inquiries about one payment.
+pub const MAX_INQUIRIES: u32 = 24;
 
 /// `policy.mode`: whether decided actions are carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -123,6 +130,7 @@ impl Default for Policy {
             pending_review_after: Duration::from_secs(7 * 24 * 3600),
             authorization_review_after: Duration::from_secs(6 * 24 * 3600),
             mode: DecisionMode::Live,
+            inquire_after: Duration::from_secs(3600),
         }
     }
 }

@@ -77,6 +77,8 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("updated_at", Col::Int),
             ("last_inbox_id", Col::Int),
             ("open_reviewed", Col::Text),
+            ("inquiries", Col::Int4),
+            ("inquired_at", Col::Int),
         ],
     ),
     (

@@ -816,6 +816,143 @@ impl Store {
         }
     }
 
+    /// Payments of `provider` whose id starts with `id_prefix`, open (pending, or authorized)
+    /// since before `before_ms`, not inquired about since then and fewer than `max` times
+    /// (see [`crate::ask::inquire`]); the longest open first, at most `limit`.
+    pub async fn to_inquire(
+        &self,
+        provider: ProviderKind,
+        id_prefix: &str,
+        before_ms: i64,
+        max: u32,
+        limit: usize,
+    ) -> Result<Vec<OpenPayment>, StoreError> {
+        let (prefix, provider_name) = (id_prefix.to_owned(), provider.as_str());
+        let (max, limit) = (i64::from(max), i64::try_from(limit).unwrap_or(i64::MAX));
+        // payment id, status, order, since, last inbox row, its event id, its endpoint.
+        type Open = (String, String, Option<String>, i64, i64, String, String);
+        let rows: Vec<Open> =
+            match &self.backend {
+                Backend::Sqlite(s) => {
+                    s.read(move |c| {
+                        let mut stmt = c.prepare_cached(
+                            "SELECT p.payment_id, p.status, p.order_id, p.updated_at, p.last_inbox_id, \
+                             i.dedup_key, i.endpoint FROM payments p INDEXED BY payments_open \
+                             JOIN inbox i ON i.id = p.last_inbox_id \
+                             WHERE (p.status = 'pending' OR p.status = 'authorized') \
+                             AND p.updated_at < ?1 AND p.provider = ?2 \
+                             AND substr(p.payment_id, 1, length(?3)) = ?3 \
+                             AND p.inquiries < ?4 AND (p.inquired_at IS NULL OR p.inquired_at < ?1) \
+                             ORDER BY p.updated_at LIMIT ?5",
+                        )?;
+                        let rows = stmt.query_map(
+                            rusqlite::params![before_ms, provider_name, prefix, max, limit],
+                            |r| {
+                                Ok((
+                                    r.get(0)?,
+                                    r.get(1)?,
+                                    r.get(2)?,
+                                    r.get(3)?,
+                                    r.get(4)?,
+                                    r.get(5)?,
+                                    r.get(6)?,
+                                ))
+                            },
+                        )?;
+                        rows.collect()
+                    })
+                    .await?
+                }
+                Backend::Postgres(s) => {
+                    s.read(move |c| {
+                        Box::pin(async move {
+                            let rows = c
+                                .query(
+                                    "SELECT p.payment_id, p.status, p.order_id, p.updated_at, \
+                                     p.last_inbox_id, i.dedup_key, i.endpoint \
+                                     FROM payments p JOIN inbox i ON i.id = p.last_inbox_id \
+                                     WHERE p.status IN ('pending', 'authorized') \
+                                     AND p.updated_at < $1 AND p.provider = $2 \
+                                     AND starts_with(p.payment_id, $3) \
+                                     AND p.inquiries < $4 \
+                                     AND (p.inquired_at IS NULL OR p.inquired_at < $1) \
+                                     ORDER BY p.updated_at LIMIT $5",
+                                    &[&before_ms, &provider_name, &prefix, &(max as i32), &limit],
+                                )
+                                .await?;
+                            Ok(rows
+                                .iter()
+                                .map(|r| {
+                                    (
+                                        r.get(0),
+                                        r.get(1),
+                                        r.get(2),
+                                        r.get(3),
+                                        r.get(4),
+                                        r.get(5),
+                                        r.get(6),
+                                    )
+                                })
+                                .collect())
+                        })
+                    })
+                    .await?
+                }
+            };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(payment_id, status, order_id, since_ms, inbox_id, event_id, endpoint)| {
+                Some(OpenPayment {
+                    provider,
+                    payment_id,
+                    status: crate::domain::PaymentStatus::parse(&status)?,
+                    order_id,
+                    since_ms,
+                    inbox_id,
+                    event_id,
+                    endpoint,
+                })
+            })
+            .collect())
+    }
+
+    /// Records an inquiry about a payment at `at_ms`.
+    pub async fn inquired(
+        &self,
+        provider: ProviderKind,
+        payment_id: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (provider, id) = (provider.as_str(), payment_id.to_owned());
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.write_with(move |c| {
+                    c.execute(
+                        "UPDATE payments SET inquiries = inquiries + 1, inquired_at = ?3 \
+                         WHERE provider = ?1 AND payment_id = ?2",
+                        rusqlite::params![provider, id, at_ms],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+            Backend::Postgres(s) => {
+                s.write(move |c| {
+                    Box::pin(async move {
+                        c.execute(
+                            "UPDATE payments SET inquiries = inquiries + 1, inquired_at = $3 \
+                             WHERE provider = $1 AND payment_id = $2",
+                            &[&provider, &id, &at_ms],
+                        )
+                        .await
+                        .map(drop)
+                    })
+                })
+                .await
+            }
+        }
+    }
+
     /// Writes the reviews of payments left open (each only if its payment has not changed
     /// since it was read), delivered to `sinks`; which were written.
     pub async fn review_open(

@@ -10,6 +10,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod ingest;
+mod inquire;
 mod limits;
 mod metrics;
 mod no_leaks;
