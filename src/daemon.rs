@@ -28,7 +28,7 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Metrics::new(store.commit_seconds()));
     configure_metrics(&metrics, config);
     let wake = Arc::new(tokio::sync::Notify::new());
-    let asking = start_asking(config, &store, &wake, &shutdown)?;
+    let asking = start_asking(config, &store, &wake, &metrics, &shutdown)?;
     let (worker_updates, updates) = mpsc::channel(4);
     let (written, written_rx) = tokio::sync::watch::channel(0u64);
     // On a store several daemons share, what the others store and write wakes this one too.
@@ -155,6 +155,7 @@ fn start_asking(
     config: &Config,
     store: &Store,
     wake: &Arc<tokio::sync::Notify>,
+    metrics: &Arc<crate::metrics::Metrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut apis = std::collections::HashMap::new();
@@ -172,6 +173,7 @@ fn start_asking(
             store: store.clone(),
             apis: apis.clone(),
             after: config.policy.inquire_after,
+            metrics: Some(metrics.clone()),
         };
         tasks.push(tokio::spawn(crate::ask::inquire::run(
             inquirer,
@@ -187,6 +189,7 @@ fn start_asking(
             store: store.clone(),
             endpoint: Arc::from(endpoint.name.as_str()),
             dry_run: false,
+            metrics: Some(metrics.clone()),
         };
         tracing::info!(endpoint = %endpoint.name, every = %humantime::format_duration(every), "backfill from the Stripe API on");
         tasks.push(tokio::spawn(crate::ask::backfill::run(

@@ -99,6 +99,13 @@ struct SinkResult {
     result: DeliveryResult,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AskedLabels {
+    endpoint: String,
+    what: &'static str,
+    result: &'static str,
+}
+
 /// A label set with no labels: for a gauge that is absent when it has no value.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NoLabels {}
@@ -132,6 +139,7 @@ pub struct Metrics {
     oldest_undelivered: Family<SinkLabel, Timestamp>,
     store_ready: Gauge,
     shop_lookup_errors: Counter,
+    asked: Family<AskedLabels, Counter>,
     /// The configured sinks, each shown (with zeros) even before it has a delivery.
     sinks: Mutex<Vec<String>>,
     /// The configured endpoints and their `silent_after`, for the admin page.
@@ -166,6 +174,7 @@ impl Metrics {
             oldest_undelivered: Family::default(),
             store_ready: Gauge::default(),
             shop_lookup_errors: Counter::default(),
+            asked: Family::default(),
             sinks: Mutex::new(Vec::new()),
             endpoints: Mutex::new(Vec::new()),
             rendering: Mutex::new(()),
@@ -255,6 +264,13 @@ impl Metrics {
             m.shop_lookup_errors.clone(),
         );
         r.register(
+            "reconciled_asked",
+            "Answers from a provider's API: events a backfill listed, payments an inquiry looked \
+             up; by what asked and whether the answer was stored as a new row (stored), was \
+             there already or showed no move (had), or did not come (failed)",
+            m.asked.clone(),
+        );
+        r.register(
             "reconciled_build",
             "The running version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -290,6 +306,14 @@ impl Metrics {
     /// A delivery attempt to `sink` ended with `result`.
     pub fn delivery(&self, sink: &str, result: DeliveryResult) {
         self.deliveries.get_or_create(&SinkResult { sink: sink.into(), result }).inc();
+    }
+
+    /// `n` answers from `endpoint`'s provider API: `what` is `backfill` or `inquiry`,
+    /// `result` is `stored`, `had` or `failed`.
+    pub fn asked(&self, endpoint: &str, what: &'static str, result: &'static str, n: u64) {
+        self.asked
+            .get_or_create(&AskedLabels { endpoint: endpoint.into(), what, result })
+            .inc_by(n);
     }
 
     /// A lookup in the shop's database failed.
@@ -400,6 +424,7 @@ mod tests {
         m.decision("done");
         m.action("fulfil");
         m.delivery("shop", DeliveryResult::failed);
+        m.asked("stripe", "backfill", "stored", 3);
         let gauges = StoreGauges {
             inbox: vec![("pending", 3), ("dead", 1)],
             oldest_due_ms: Some(1_700_000_000_500),
@@ -455,6 +480,10 @@ mod tests {
         assert_eq!(at(r#"reconciled_decisions_total{outcome="done"}"#), Some(1.0));
         assert_eq!(at(r#"reconciled_actions_total{kind="fulfil"}"#), Some(1.0));
         assert_eq!(at("reconciled_store_ready"), Some(1.0));
+        assert_eq!(
+            at(r#"reconciled_asked_total{endpoint="stripe",what="backfill",result="stored"}"#),
+            Some(3.0)
+        );
         assert_eq!(at("reconciled_shop_lookup_errors_total"), Some(0.0));
         assert_eq!(
             at(&format!("reconciled_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))),

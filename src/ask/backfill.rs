@@ -85,6 +85,8 @@ pub struct Backfill {
     pub endpoint: Arc<str>,
     /// List and count only: nothing is written, the cursor included.
     pub dry_run: bool,
+    /// The daemon's metrics (`reconciled_asked_total`), if any.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The `meta` key of an endpoint's cursor.
@@ -248,6 +250,11 @@ pub async fn run(
         let summary = match &result {
             Ok(s) | Err((_, s)) => s,
         };
+        if let Some(m) = &backfill.metrics {
+            m.asked(&backfill.endpoint, "backfill", "stored", summary.stored);
+            m.asked(&backfill.endpoint, "backfill", "had", summary.had);
+            m.asked(&backfill.endpoint, "backfill", "failed", u64::from(result.is_err()));
+        }
         if summary.stored > 0 {
             wake.notify_one();
             tracing::warn!(

@@ -33,7 +33,7 @@ pub struct Summary {
     pub asked: u64,
     /// Answers stored as new inbox rows.
     pub stored: u64,
-    /// Answers that showed no move (or were stored already).
+    /// Answers that showed no move, were stored already, or could not be used.
     pub unchanged: u64,
 }
 
@@ -57,6 +57,8 @@ pub struct Inquirer {
     pub apis: HashMap<String, Arc<StripeApi>>,
     /// `policy.inquire_after`.
     pub after: Duration,
+    /// The daemon's metrics (`reconciled_asked_total`), if any.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Inquirer {
@@ -81,36 +83,48 @@ impl Inquirer {
                 continue;
             };
             summary.asked += 1;
-            match api.payment_intent(&payment.payment_id).await {
+            let result = match api.payment_intent(&payment.payment_id).await {
                 Ok(Some(raw)) => match answer_row(&payment, &raw, now_ms, api, &self.store) {
                     Ok(Some(row)) => {
                         let stored = self.store.insert(row).await?;
                         if stored.added {
-                            summary.stored += 1;
                             tracing::info!(
                                 payment = %payment.payment_id,
                                 inbox_id = stored.id,
                                 "inquiry: the provider's state moved; its answer is stored"
                             );
+                            "stored"
                         } else {
-                            summary.unchanged += 1;
+                            "had"
                         }
                     }
-                    Ok(None) => summary.unchanged += 1,
+                    Ok(None) => "had",
                     Err(why) => {
-                        summary.unchanged += 1;
                         tracing::warn!(payment = %payment.payment_id, "inquiry: unreadable answer: {why}");
+                        "failed"
                     }
                 },
                 Ok(None) => {
-                    summary.unchanged += 1;
                     tracing::warn!(payment = %payment.payment_id, "inquiry: Stripe does not know this payment");
+                    "failed"
                 }
-                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) if e.is_transient() => {
+                    if let Some(m) = &self.metrics {
+                        m.asked(&payment.endpoint, "inquiry", "failed", 1);
+                    }
+                    return Err(e.into());
+                }
                 Err(e) => {
-                    summary.unchanged += 1;
                     tracing::warn!(payment = %payment.payment_id, error = %e, "inquiry refused");
+                    "failed"
                 }
+            };
+            match result {
+                "stored" => summary.stored += 1,
+                _ => summary.unchanged += 1,
+            }
+            if let Some(m) = &self.metrics {
+                m.asked(&payment.endpoint, "inquiry", result, 1);
             }
             // Recorded after the answer is stored: a crash between the two asks again, and
             // the same answer is stored once.

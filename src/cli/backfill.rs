@@ -93,8 +93,13 @@ pub(super) fn run(args: &BackfillArgs) -> anyhow::Result<()> {
         } else {
             Store::open_feeder(&config.store).await?
         };
-        let backfill =
-            Backfill { api, store: store.clone(), endpoint: name, dry_run: args.dry_run };
+        let backfill = Backfill {
+            api,
+            store: store.clone(),
+            endpoint: name,
+            dry_run: args.dry_run,
+            metrics: None,
+        };
         let result = backfill.pass(start, &CancellationToken::new()).await;
         store.close().await;
         Ok(match result {

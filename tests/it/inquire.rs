@@ -125,6 +125,7 @@ async fn inquiries_are_bounded_and_the_same_answer_is_stored_once() {
         store: store.clone(),
         apis: [("stripe".to_owned(), Arc::new(api))].into_iter().collect(),
         after: std::time::Duration::from_secs(3600),
+        metrics: None,
     };
     let hour = 3_600_000;
     let start = reconciled::time::now_ms() + hour + 1;
