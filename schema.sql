@@ -220,8 +220,9 @@ CREATE INDEX payments_open ON payments (updated_at) WHERE status = 'pending' OR 
 -- How each row came: posted by the provider (webhook), listed from its API (backfill), or its
 -- answer to an inquiry about a payment left open. A row fetched from the API is deduplicated
 -- like any other; it never raises delivery_count, which counts the provider's deliveries.
+-- (OR, not IN: an IN list of three constants in a CHECK costs a temporary b-tree per insert.)
 ALTER TABLE inbox ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'
-    CHECK (source IN ('webhook', 'backfill', 'inquiry'));
+    CHECK (source = 'webhook' OR source = 'backfill' OR source = 'inquiry');
 
 -- migration: 16
 -- Inquiries: a payment left open is looked up with its provider (an endpoint with API access)

@@ -340,6 +340,7 @@ async fn notification(admin: &Admin, id: i64) -> Result<Option<String>, StoreErr
         ("Provider's id", s.dedup_key.clone()),
         ("Type", s.event_type.clone().unwrap_or_default()),
         ("Received", format_utc(s.received_at)),
+        ("Came by", s.source.as_str().to_owned()),
         ("Deliveries", s.delivery_count.to_string()),
         ("From", s.remote_addr.clone()),
         ("Status", s.status.as_str().to_owned()),

@@ -321,8 +321,8 @@ tolerance_secs = 120
         assert_eq!(
             err,
             "test.toml: endpoint[0].colour: unknown field `colour`, expected one of `name`, \
-             `provider`, `basic_auth`, `allow_from`, `trusted_proxies`, `silent_after`, `secrets`, \
-             `tolerance_secs`"
+             `provider`, `basic_auth`, `allow_from`, `trusted_proxies`, `silent_after`, `api`, \
+             `secrets`, `tolerance_secs`"
         );
     }
 

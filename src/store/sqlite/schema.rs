@@ -212,7 +212,8 @@ mod tests {
         let conn = open_writer(&dir.path().join("s.db"), Duration::from_secs(1)).unwrap();
         for sql in [
             "INSERT INTO inbox (endpoint, provider, dedup_key, event_type, received_at, \
-             last_received_at, remote_addr, headers, body) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) \
+             last_received_at, remote_addr, headers, body, source) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9) \
              ON CONFLICT (provider, dedup_key) DO NOTHING",
             "UPDATE inbox SET status = ?2, payment_key = ?3, processed_at = ?4 WHERE id = ?1",
             "UPDATE inbox SET status = 'parked', next_attempt_at = ?2 WHERE id = ?1",
