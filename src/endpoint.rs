@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::provider::{Provider, ProviderKind, Settings, SetupError};
+use crate::provider::{Apis, Provider, ProviderKind, Settings, SetupError};
 use crate::secret::BasicAuth;
 use crate::settings::{ConfigError, Resolver};
 
@@ -160,7 +160,7 @@ impl Endpoint {
             )?),
             None => None,
         };
-        let r = r.with_trust(trust.is_set());
+        let r = r.with_trust(trust.is_set()).with_api(api.is_some());
         let settings = Settings::resolve(kind, &path, table, &r)?;
         Ok(Endpoint { name: raw.name, trust, settings, silent_after, api })
     }
@@ -224,8 +224,14 @@ impl Endpoints {
         let mut by_name = HashMap::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let _span = tracing::info_span!("endpoint", name = %endpoint.name).entered();
-            let provider = Provider::new(&endpoint.settings)
-                .map_err(|e| SetupError(format!("endpoint \"{}\": {e}", endpoint.name)))?;
+            let failed = |e: &dyn std::fmt::Display| {
+                SetupError(format!("endpoint \"{}\": {e}", endpoint.name))
+            };
+            let apis = match &endpoint.api {
+                Some(api) => api.provider_apis().map_err(|e| failed(&e))?,
+                None => Apis::default(),
+            };
+            let provider = Provider::new(&endpoint.settings, apis).map_err(|e| failed(&e))?;
             let name: Arc<str> = Arc::from(endpoint.name.as_str());
             let registered =
                 Registered { name: name.clone(), endpoint: endpoint.clone(), provider };

@@ -50,12 +50,21 @@ pub struct Resolver<'a> {
     /// Whether the endpoint being read has a trust option (`basic_auth`, `allow_from`), for
     /// providers whose notifications carry no signature.
     has_trust: bool,
+    /// Whether the endpoint being read has an `[endpoint.api]` table, for settings that ask
+    /// the provider's API.
+    has_api: bool,
 }
 
 impl<'a> Resolver<'a> {
     /// A resolver for the top level of `source`.
     pub fn new(source: &'a Path, allow_demo_secret: bool) -> Resolver<'a> {
-        Resolver { source, prefix: String::new(), allow_demo_secret, has_trust: false }
+        Resolver {
+            source,
+            prefix: String::new(),
+            allow_demo_secret,
+            has_trust: false,
+            has_api: false,
+        }
     }
 
     /// The same file, with keys named under `prefix` (`endpoint "stripe"`).
@@ -83,6 +92,11 @@ impl<'a> Resolver<'a> {
         Resolver { has_trust, ..self }
     }
 
+    /// The same, for an endpoint whose `[endpoint.api]` is (or is not) set.
+    pub fn with_api(self, has_api: bool) -> Resolver<'a> {
+        Resolver { has_api, ..self }
+    }
+
     /// The config file.
     pub fn source(&self) -> &'a Path {
         self.source
@@ -91,6 +105,11 @@ impl<'a> Resolver<'a> {
     /// Whether the endpoint being read has a trust option (`basic_auth`, `allow_from`).
     pub fn has_trust(&self) -> bool {
         self.has_trust
+    }
+
+    /// Whether the endpoint being read has an `[endpoint.api]` table.
+    pub fn has_api(&self) -> bool {
+        self.has_api
     }
 
     /// The error for `key` (under this resolver's prefix).

@@ -16,6 +16,7 @@
 pub mod backfill;
 mod http;
 pub mod inquire;
+pub mod paypal;
 pub mod stripe;
 
 use std::time::Duration;
@@ -158,6 +159,17 @@ impl ApiSettings {
     /// The HTTP client for this API.
     pub fn http(&self) -> Result<Http, String> {
         Http::new(self)
+    }
+
+    /// The API clients the endpoint's provider asks at run time: PayPal's webhook-signature
+    /// check (`verify = "api"`, or a row stored unverified under `certs_then_api`).
+    pub fn provider_apis(&self) -> Result<crate::provider::Apis, String> {
+        Ok(match &self.credentials {
+            Credentials::Paypal { .. } => crate::provider::Apis {
+                paypal_signature: Some(std::sync::Arc::new(paypal::PaypalApi::new(self)?)),
+            },
+            Credentials::Stripe { .. } => crate::provider::Apis::default(),
+        })
     }
 }
 

@@ -457,11 +457,12 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     for line in waiting(s, settings, crate::time::now_ms()) {
         writeln!(out, "{line}")?;
     }
-    let confirmed_by = ProviderKind::from_name(&s.provider).and_then(ProviderKind::confirmed_by);
+    let confirmed_by =
+        ProviderKind::from_name(&s.provider).and_then(|kind| kind.confirmed_by(&row.headers));
     if let Some(by) = confirmed_by {
         match s.verified_at {
-            Some(at) => writeln!(out, "verified:       by {by} at {}", format_utc(at))?,
-            None => writeln!(out, "verified:       not yet (the worker asks for {by})")?,
+            Some(at) => writeln!(out, "verified:       by {} at {}", by.by, format_utc(at))?,
+            None => writeln!(out, "verified:       not yet (the worker {})", by.asks)?,
         }
     }
     writeln!(

@@ -19,6 +19,7 @@ pub mod worldpay;
 pub mod worldpay_xml;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::HeaderMap;
@@ -109,13 +110,34 @@ impl ProviderKind {
         }
     }
 
-    /// Whether a stored notification must be confirmed with the provider (see
-    /// [`Provider::confirm`]) before anything is decided on it, and by what, for people.
-    pub fn confirmed_by(self) -> Option<&'static str> {
+    /// Whether a stored notification with these kept headers must be confirmed with the
+    /// provider (see [`Provider::confirm`]) before anything is decided on it, and by what:
+    /// every IPN message (the postback), and a PayPal webhook stored unverified (PayPal's API).
+    pub fn confirmed_by(self, headers_json: &str) -> Option<Confirmer> {
         match self {
-            ProviderKind::PaypalIpn => Some("PayPal's postback"),
+            ProviderKind::PaypalIpn => {
+                Some(Confirmer { by: "PayPal's postback", asks: "asks for PayPal's postback" })
+            }
+            ProviderKind::Paypal if paypal::stored_unverified(headers_json) => {
+                Some(Confirmer { by: "PayPal's API", asks: "asks PayPal's API" })
+            }
             _ => None,
         }
+    }
+}
+
+/// Who confirms a stored notification before it is decided, for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmer {
+    /// Who confirmed it ("verified by PayPal's postback").
+    pub by: &'static str,
+    /// What the worker does until then ("the worker asks for PayPal's postback").
+    pub asks: &'static str,
+}
+
+impl fmt::Display for Confirmer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.by)
     }
 }
 
@@ -204,15 +226,24 @@ impl Settings {
 #[error("{0}")]
 pub struct SetupError(pub String);
 
+/// What a provider's runtime may ask of the provider's API, from the endpoint's
+/// `[endpoint.api]`. The clients are built by `crate::ask`; the providers only hold them, so
+/// that this layer depends on no API client.
+#[derive(Debug, Clone, Default)]
+pub struct Apis {
+    /// PayPal's webhook-signature check (`verify = "api"` or `"certs_then_api"`).
+    pub paypal_signature: Option<Arc<dyn paypal::SignatureApi>>,
+}
+
 /// An endpoint's provider at run time: its settings, and whatever verifying and confirming
-/// needs (PayPal's certificate source, the IPN postback client). Built once at start and
-/// shared by the HTTP layer and the worker.
+/// needs (PayPal's certificate source and API, the IPN postback client). Built once at start
+/// and shared by the HTTP layer and the worker.
 #[derive(Debug)]
 pub enum Provider {
     /// Stripe.
     Stripe(stripe::Settings),
-    /// PayPal webhooks: the certificate source owns the settings.
-    Paypal(paypal::CertSource),
+    /// PayPal webhooks: the certificate source (which owns the settings) and PayPal's API.
+    Paypal(paypal::Webhooks),
     /// PayPal IPN, with its postback client.
     PaypalIpn(paypal_ipn::Ipn),
     /// Access Worldpay.
@@ -224,13 +255,16 @@ pub enum Provider {
 }
 
 impl Provider {
-    /// The runtime for an endpoint's settings.
-    pub fn new(settings: &Settings) -> Result<Provider, SetupError> {
+    /// The runtime for an endpoint's settings, with the API clients its `[endpoint.api]` gives
+    /// (see [`Apis`]).
+    pub fn new(settings: &Settings, apis: Apis) -> Result<Provider, SetupError> {
         Ok(match settings {
             Settings::Stripe(s) => Provider::Stripe(s.clone()),
             Settings::Paypal(s) => {
                 s.warn_about_pinned();
-                Provider::Paypal(paypal::CertSource::new(s).map_err(SetupError)?)
+                Provider::Paypal(
+                    paypal::Webhooks::new(s, apis.paypal_signature).map_err(SetupError)?,
+                )
             }
             Settings::PaypalIpn(s) => Provider::PaypalIpn(paypal_ipn::Ipn::new(s)?),
             Settings::Worldpay(s) => Provider::Worldpay(s.clone()),
@@ -260,7 +294,7 @@ impl Provider {
     ) -> Result<Accepted, Rejection> {
         match self {
             Provider::Stripe(s) => stripe::accept(s, headers, body, now),
-            Provider::Paypal(certs) => certs.accept(headers, body, now).await,
+            Provider::Paypal(webhooks) => webhooks.accept(headers, body, now).await,
             Provider::PaypalIpn(ipn) => paypal_ipn::accept(&ipn.settings, headers, body),
             Provider::Worldpay(s) => worldpay::accept(s, headers, body),
             Provider::WorldpayXml(s) => worldpay_xml::accept(s, headers, body),
@@ -272,7 +306,7 @@ impl Provider {
     pub fn parse(&self, body: &[u8]) -> Result<Notification, String> {
         match self {
             Provider::Stripe(_) => stripe::parse(body),
-            Provider::Paypal(certs) => paypal::parse(Some(certs.settings()), body),
+            Provider::Paypal(webhooks) => paypal::parse(Some(webhooks.settings()), body),
             Provider::PaypalIpn(ipn) => paypal_ipn::parse(Some(&ipn.settings), body),
             Provider::Worldpay(_) => worldpay::parse(body),
             Provider::WorldpayXml(_) => worldpay_xml::parse(body),
@@ -280,13 +314,14 @@ impl Provider {
         }
     }
 
-    /// Confirms a stored notification with the provider before anything is decided on it,
-    /// for the providers whose [`ProviderKind::confirmed_by`] says so (the IPN postback).
-    pub async fn confirm(&self, body: &[u8]) -> Confirmation {
+    /// Confirms a stored notification (its kept headers and raw body) with the provider before
+    /// anything is decided on it, for the rows [`ProviderKind::confirmed_by`] names: the IPN
+    /// postback, PayPal's API for a webhook stored unverified.
+    pub async fn confirm(&self, headers_json: &str, body: &[u8]) -> Confirmation {
         match self {
             Provider::PaypalIpn(ipn) => ipn.confirm(body).await,
+            Provider::Paypal(webhooks) => webhooks.confirm(headers_json, body).await,
             Provider::Stripe(_)
-            | Provider::Paypal(_)
             | Provider::Worldpay(_)
             | Provider::WorldpayXml(_)
             | Provider::Adflex(_) => Confirmation::Confirmed,
@@ -312,7 +347,8 @@ pub fn parse_unconfigured(kind: ProviderKind, body: &[u8]) -> Result<Notificatio
 pub enum Confirmation {
     /// Genuine: decide it.
     Confirmed,
-    /// Not genuine (PayPal answered `INVALID`): the row ends `rejected`, with no action.
+    /// Not genuine (PayPal answered `INVALID` to the IPN postback, `FAILURE` to the webhook
+    /// signature check): the row ends `rejected`, with no action.
     Refused(String),
     /// No answer (network, timeout, an unexpected answer): try again later. `transient`: the
     /// provider is down, which is nobody's fault, so the attempt is not counted.

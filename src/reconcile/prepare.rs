@@ -1,7 +1,7 @@
 //! The no-transaction phase of a batch: each claimed row is confirmed with its provider when
-//! the provider asks for that (the IPN postback), parsed by its endpoint's provider, and its
-//! order looked up in the shop's database, with no store transaction open (the shop and the
-//! provider may be slow).
+//! the row needs that (the IPN postback, PayPal's API for a webhook stored unverified), parsed
+//! by its endpoint's provider, and its order looked up in the shop's database, with no store
+//! transaction open (the shop and the provider may be slow).
 
 use std::collections::HashMap;
 
@@ -10,7 +10,7 @@ use crate::provider::{self, Confirmation, Kind, Notification};
 use crate::shop::{cut_reference, Lookup, Order, OrderSource, ShopError};
 use crate::store::Claimed;
 
-/// Confirmations (IPN postbacks) of one batch in flight at once.
+/// Confirmations (IPN postbacks, PayPal API checks) of one batch in flight at once.
 const CONFIRMATIONS_AT_ONCE: usize = 8;
 /// Confirmations per pass; further unconfirmed rows wait for the next pass.
 const CONFIRMATIONS_PER_PASS: usize = 16;
@@ -20,8 +20,8 @@ const CONFIRMATIONS_PER_PASS: usize = 16;
 pub enum Prepared {
     /// The body could not be read: it will not get better by retrying.
     Unreadable(String),
-    /// The provider refused to confirm it (PayPal answered INVALID to the IPN postback): not
-    /// a genuine notification.
+    /// The provider refused to confirm it (PayPal answered INVALID to the IPN postback, FAILURE
+    /// to the webhook signature check): not a genuine notification.
     Refused(String),
     /// The confirmation failed (network, timeout, an unexpected answer): try again later. The
     /// payment it names (read, not acted on) makes later rows of that payment wait behind it.
@@ -36,7 +36,8 @@ impl Worker {
     /// Parses each row and looks its order up; no transaction is open meanwhile. Lookups are
     /// deduplicated and run concurrently, up to the shop's pool size.
     ///
-    /// Rows whose provider confirms notifications (IPN) are confirmed first (when `confirm`;
+    /// Rows that must be confirmed (IPN, PayPal webhooks stored unverified: see
+    /// [`crate::provider::ProviderKind::confirmed_by`]) are confirmed first (when `confirm`;
     /// a dry run does not) and nothing is decided on an unconfirmed one. At most
     /// [`CONFIRMATIONS_PER_PASS`] are confirmed per pass, so a slow provider holds up the rest
     /// of the batch for a bounded time.
@@ -57,17 +58,14 @@ impl Worker {
             } else if pending.len() == CONFIRMATIONS_PER_PASS {
                 answers.insert(row.id, not_now("waiting for its turn to be confirmed"));
             } else {
-                pending.push((row.id, row.endpoint.clone(), row.body.clone()));
+                pending.push(row.clone());
             }
         }
-        let answered: Vec<(i64, Confirmation)> =
-            stream::iter(pending)
-                .map(|(id, endpoint, body)| async move {
-                    (id, self.confirm(id, &endpoint, &body).await)
-                })
-                .buffer_unordered(CONFIRMATIONS_AT_ONCE)
-                .collect()
-                .await;
+        let answered: Vec<(i64, Confirmation)> = stream::iter(pending)
+            .map(|row| async move { (row.id, self.confirm(&row).await) })
+            .buffer_unordered(CONFIRMATIONS_AT_ONCE)
+            .collect()
+            .await;
         answers.extend(answered);
         let mut parsed = Vec::with_capacity(rows.len());
         for row in rows {
@@ -148,7 +146,8 @@ impl Worker {
     }
 
     /// Confirms a row with its endpoint's provider.
-    async fn confirm(&self, id: i64, endpoint: &str, body: &[u8]) -> Confirmation {
+    async fn confirm(&self, row: &Claimed) -> Confirmation {
+        let (id, endpoint) = (row.id, &row.endpoint);
         let Some(registered) = self.endpoints.get(endpoint) else {
             return Confirmation::Failed {
                 message: format!(
@@ -157,7 +156,16 @@ impl Worker {
                 transient: false,
             };
         };
-        let answer = registered.provider.confirm(body).await;
+        if row.provider != Some(registered.provider.kind()) {
+            return Confirmation::Failed {
+                message: format!(
+                    "endpoint \"{endpoint}\" is now a {} endpoint; cannot confirm the notification",
+                    registered.provider.kind()
+                ),
+                transient: false,
+            };
+        }
+        let answer = registered.provider.confirm(&row.headers, &row.body).await;
         match &answer {
             Confirmation::Failed { message, .. } => {
                 tracing::warn!(inbox_id = id, error = %message, "confirmation failed; will retry")
@@ -178,7 +186,9 @@ impl Worker {
     }
 }
 
-/// Whether the row must be confirmed with its provider before anything is decided on it.
+/// Whether the row must be confirmed with its provider before anything is decided on it: its
+/// provider and its kept headers say so, and it has not been confirmed yet.
 fn needs_confirmation(row: &Claimed) -> bool {
-    row.provider.is_some_and(|p| p.confirmed_by().is_some()) && row.verified_at.is_none()
+    row.verified_at.is_none()
+        && row.provider.is_some_and(|p| p.confirmed_by(&row.headers).is_some())
 }

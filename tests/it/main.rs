@@ -17,6 +17,7 @@ mod no_leaks;
 mod operator;
 mod page;
 mod paypal;
+mod paypal_api;
 mod process;
 mod provider_api;
 mod reconcile;

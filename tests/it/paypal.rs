@@ -15,12 +15,12 @@ use reconciled::provider::paypal;
 use crate::harness::{fixture_in, shop_config, Daemon, Shop};
 use crate::tls::{fixture_path, TlsServer};
 
-const WEBHOOK_ID: &str = "1JE4291016473214C";
+pub(crate) const WEBHOOK_ID: &str = "1JE4291016473214C";
 /// A certificate URL on PayPal's default host: with a pinned certificate nothing is fetched.
-const PAYPAL_CERT_URL: &str =
+pub(crate) const PAYPAL_CERT_URL: &str =
     "https://api.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-a5cafa77";
 
-fn endpoint(name: &str, certs: &[&str], more: &str) -> String {
+pub(crate) fn endpoint(name: &str, certs: &[&str], more: &str) -> String {
     let certs: Vec<String> = certs.iter().map(|c| format!("\"{}\"", fixture_path(c))).collect();
     format!(
         "[[endpoint]]\nname = \"{name}\"\nprovider = \"paypal\"\nwebhook_id = \"{WEBHOOK_ID}\"\ncerts = [{}]\n{more}\n",
@@ -28,7 +28,7 @@ fn endpoint(name: &str, certs: &[&str], more: &str) -> String {
     )
 }
 
-fn key() -> Vec<u8> {
+pub(crate) fn key() -> Vec<u8> {
     std::fs::read(fixture_path("test-only-signing.key.pem")).unwrap()
 }
 
@@ -53,7 +53,7 @@ fn transmission(
     ]
 }
 
-async fn post(
+pub(crate) async fn post(
     d: &Daemon,
     path: &str,
     headers: &[(String, String)],
@@ -70,7 +70,7 @@ async fn send(d: &Daemon, body: &[u8]) {
     assert_eq!(status, StatusCode::OK, "{text}");
 }
 
-fn event(name: &str) -> Vec<u8> {
+pub(crate) fn event(name: &str) -> Vec<u8> {
     fixture_in("paypal", name)
 }
 
@@ -80,7 +80,12 @@ fn failures(d: &Daemon) -> Vec<String> {
     stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
 
-fn a(kind: &str, order: &str, amount: &str, template: &str) -> (String, String, String, String) {
+pub(crate) fn a(
+    kind: &str,
+    order: &str,
+    amount: &str,
+    template: &str,
+) -> (String, String, String, String) {
     (kind.into(), order.into(), amount.into(), template.into())
 }
 

@@ -252,7 +252,8 @@ fn earlier_payment(config: &Config, kind: ProviderKind, order: &str) -> Option<S
 /// Runs the endpoint's own verification on the request, as the daemon will, and returns the
 /// inbox key it stores the notification under.
 async fn self_check(endpoint: &Endpoint, request: &Request, now_ms: i64) -> anyhow::Result<String> {
-    let provider = Provider::new(&endpoint.settings)?;
+    // Accepting needs no API client: PayPal's API checks a stored row, later, in the worker.
+    let provider = Provider::new(&endpoint.settings, Default::default())?;
     let mut headers = hyper::HeaderMap::new();
     for (name, value) in &request.headers {
         headers.insert(
@@ -372,7 +373,8 @@ async fn show_outcome(
     );
     match status {
         InboxStatus::Pending | InboxStatus::Processing => {
-            let waiting = match kind.confirmed_by() {
+            let headers = store.show(row.id).await.ok().flatten().map(|r| r.headers);
+            let waiting = match kind.confirmed_by(headers.as_deref().unwrap_or_default()) {
                 Some(by) if row.verified_at.is_none() => format!(", waiting for {by}"),
                 _ => String::new(),
             };

@@ -15,8 +15,8 @@ use std::time::Duration;
 use hyper::HeaderMap;
 use lru::LruCache;
 
-use super::{check_cert_url, identify, parse_headers, signed_message, verify_with};
-use super::{Certificate, Settings, KEPT_HEADERS};
+use super::{by_api, check_cert_url, identify, parse_headers, signed_message, verify_with};
+use super::{Certificate, Settings, Transmission, Verify, KEPT_HEADERS};
 use crate::provider::{keep_headers, Accepted, Rejection};
 
 /// The largest certificate document we download.
@@ -53,7 +53,10 @@ impl CertSource {
         &self.settings
     }
 
-    /// Verifies and identifies a request to a PayPal endpoint. `now` is unix seconds.
+    /// Verifies and identifies a request to a PayPal endpoint, as its `verify` says: offline
+    /// (`certs`); only its form, stored unverified for PayPal's API (`api`); offline, else
+    /// stored unverified when no certificate is to be had (`certs_then_api`). `now` is unix
+    /// seconds.
     pub async fn accept(
         &self,
         headers: &HeaderMap,
@@ -62,26 +65,72 @@ impl CertSource {
     ) -> Result<Accepted, Rejection> {
         let t = parse_headers(headers)?;
         let s = &self.settings;
-        // Checked even when a pinned certificate will do: a foreign URL is never normal.
+        // Checked even when a pinned certificate or PayPal's API will decide: a foreign URL is
+        // never normal.
         let url = check_cert_url(t.cert_url, &s.cert_hosts)?;
-        let message = signed_message(t.id, t.time, &s.webhook_id, body);
-        let pinned = verify_with(&s.certs, &s.cert_subjects, message.as_bytes(), &t.signature, now);
-        match (pinned, &self.client) {
-            (Ok(()), _) => {}
-            (Err(e), None) => return Err(e),
-            (Err(_), Some(client)) => {
-                let url = url.as_str();
-                let cert = self.downloads.get(url, || fetch(client, url)).await?;
-                verify_with([&cert], &s.cert_subjects, message.as_bytes(), &t.signature, now)?;
-            }
-        }
+        let verified = match s.verify {
+            Verify::Api => false,
+            Verify::Certs => match self.check(&t, url.as_str(), body, now).await? {
+                Offline::Verified => true,
+                Offline::NoCertificate(why) => return Err(why),
+            },
+            Verify::CertsThenApi => match self.check(&t, url.as_str(), body, now).await? {
+                Offline::Verified => true,
+                Offline::NoCertificate(why) => {
+                    tracing::debug!(reason = %why, "not verified offline; stored for PayPal's API to check");
+                    false
+                }
+            },
+        };
         let (id, event_type) = identify(body)?;
+        if !verified {
+            return Ok(by_api::unverified(headers, body, &id, event_type));
+        }
         Ok(Accepted {
             dedup_key: id,
             event_type: Some(event_type),
             headers_json: keep_headers(headers, KEPT_HEADERS),
         })
     }
+
+    /// Checks the transmission signature offline: with the pinned certificates, then (when
+    /// fetching is on) the one at the certificate URL.
+    async fn check(
+        &self,
+        t: &Transmission<'_>,
+        url: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Offline, Rejection> {
+        let s = &self.settings;
+        let message = signed_message(t.id, t.time, &s.webhook_id, body);
+        let pinned = verify_with(&s.certs, &s.cert_subjects, message.as_bytes(), &t.signature, now);
+        match (pinned, &self.client) {
+            (Ok(()), _) => Ok(Offline::Verified),
+            // No pinned certificate verifies it, and none may be downloaded: it may be signed
+            // with one that is not pinned (PayPal rotated it), or not by PayPal at all.
+            (Err(e @ Rejection::BadSignature), None) => Ok(Offline::NoCertificate(e)),
+            // A pinned certificate verifies it, but is expired or has another subject.
+            (Err(e), None) => Err(e),
+            (Err(_), Some(client)) => match self.downloads.get(url, || fetch(client, url)).await {
+                Ok(cert) => {
+                    verify_with([&cert], &s.cert_subjects, message.as_bytes(), &t.signature, now)?;
+                    Ok(Offline::Verified)
+                }
+                Err(e @ Rejection::CertificateUnavailable(_)) => Ok(Offline::NoCertificate(e)),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+/// What the offline check came to, short of a refusal.
+enum Offline {
+    /// A certificate that is valid now, with an allowed subject, verifies the signature.
+    Verified,
+    /// No certificate that could decide is to be had: none pinned verifies the signature and
+    /// downloading is off, or the download failed now. Holds what `verify = "certs"` answers.
+    NoCertificate(Rejection),
 }
 
 /// Downloads one certificate, logging the outcome; the rejection says how to answer PayPal.

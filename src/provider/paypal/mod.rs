@@ -20,7 +20,14 @@
 //!   allowed patterns (default `*.paypal.com`).
 //!
 //! A certificate that cannot be fetched now is answered 503 (PayPal retries); a bad one 400.
+//!
+//! `verify` chooses how a delivery is verified: `certs` (the default) as above; `api`, where a
+//! delivery with well-formed transmission headers is stored unverified and the worker has
+//! PayPal's own `verify-webhook-signature` API check it before it is decided
+//! (`by_api`); `certs_then_api`, the offline check first and the API only when the offline
+//! check cannot decide because the certificate is not to be had.
 
+mod by_api;
 mod cert;
 mod cert_source;
 
@@ -28,6 +35,7 @@ use base64::Engine;
 use hyper::HeaderMap;
 use serde_json::Value;
 
+pub use by_api::{stored_unverified, SignatureApi, StoredTransmission, Webhooks};
 pub use cert::{check_cert_url, sign, signed_message, verify_with, Certificate, CERT_PATH_PREFIX};
 pub use cert_source::CertSource;
 
@@ -58,6 +66,33 @@ pub struct Settings {
     pub tls_ca: Option<Vec<u8>>,
     /// Which resource field holds the shop's order reference.
     pub reference: Reference,
+    /// How deliveries are verified: offline, by PayPal's API, or offline first.
+    pub verify: Verify,
+}
+
+/// `verify`: how a PayPal endpoint verifies a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// The transmission signature, checked offline against pinned or downloaded certificates.
+    #[default]
+    Certs,
+    /// Stored unverified; the worker asks PayPal's API before deciding (`[endpoint.api]`).
+    Api,
+    /// Offline first; when no certificate is to be had (none pinned verifies and download is
+    /// off, or the download failed), stored unverified and checked by PayPal's API.
+    CertsThenApi,
+}
+
+impl Verify {
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verify::Certs => "certs",
+            Verify::Api => "api",
+            Verify::CertsThenApi => "certs_then_api",
+        }
+    }
 }
 
 /// Where a PayPal resource carries the shop's reference.
@@ -84,6 +119,8 @@ pub(crate) struct Raw {
     tls_ca_file: Option<std::path::PathBuf>,
     #[serde(default)]
     reference: Reference,
+    #[serde(default)]
+    verify: Verify,
 }
 
 impl Settings {
@@ -105,11 +142,37 @@ impl Settings {
             certs.push(cert);
         }
         let cert_url_fetch = raw.cert_url_fetch.unwrap_or(false);
-        if certs.is_empty() && !cert_url_fetch {
+        let verify = raw.verify;
+        if verify != Verify::Certs && !r.has_api() {
             return Err(r.invalid(
-                "certs",
-                "pin PayPal's signing certificate (certs = [\"paypal-cert.pem\"]) and/or set cert_url_fetch = true",
+                "verify",
+                format!(
+                    "\"{}\" asks PayPal's API: add an [endpoint.api] table with the REST app's client_id and client_secret_file",
+                    verify.as_str()
+                ),
             ));
+        }
+        match verify {
+            Verify::Certs if certs.is_empty() && !cert_url_fetch => {
+                return Err(r.invalid(
+                    "certs",
+                    "pin PayPal's signing certificate (certs = [\"paypal-cert.pem\"]) and/or set cert_url_fetch = true (or verify = \"api\")",
+                ));
+            }
+            // Nothing is checked offline: certificates would be silently unused.
+            Verify::Api if !certs.is_empty() => {
+                return Err(r.invalid(
+                    "certs",
+                    "is not used with verify = \"api\" (verify = \"certs_then_api\" checks them first)",
+                ));
+            }
+            Verify::Api if cert_url_fetch => {
+                return Err(r.invalid(
+                    "cert_url_fetch",
+                    "is not used with verify = \"api\" (verify = \"certs_then_api\" checks certificates first)",
+                ));
+            }
+            _ => {}
         }
         let lower = |list: Option<Vec<String>>, default: &[&str]| -> Vec<String> {
             match list {
@@ -135,6 +198,7 @@ impl Settings {
             cert_subjects,
             tls_ca,
             reference: raw.reference,
+            verify,
         })
     }
 
@@ -149,8 +213,13 @@ impl Settings {
     }
 
     pub(crate) fn describe(&self) -> Vec<String> {
+        let verify = match self.verify {
+            Verify::Certs => "verified offline",
+            Verify::Api => "verified by PayPal's API",
+            Verify::CertsThenApi => "verified offline, else by PayPal's API",
+        };
         vec![format!(
-            "webhook id {}, {} pinned certificate(s), certificate download {} (hosts {})",
+            "webhook id {}, {verify}: {} pinned certificate(s), certificate download {} (hosts {})",
             self.webhook_id,
             self.certs.len(),
             if self.cert_url_fetch { "on" } else { "off" },
@@ -171,9 +240,10 @@ pub const CERT_URL: &str = "paypal-cert-url";
 pub const AUTH_ALGO: &str = "paypal-auth-algo";
 /// The only `PAYPAL-AUTH-ALGO` accepted.
 pub const ALGORITHM: &str = "SHA256withRSA";
-/// Headers kept with the row: enough to verify it again.
+/// Headers kept with a row verified when it arrived.
 /// The signature is not kept: PayPal signs only the body's CRC-32, so anyone who could read a
-/// stored signature could make another body with the same CRC and reuse it.
+/// stored signature could make another body with the same CRC and reuse it. A row stored
+/// unverified keeps it ([`by_api::KEPT_UNVERIFIED`]), which is what marks it as such.
 const KEPT_HEADERS: &[&str] =
     &[TRANSMISSION_ID, TRANSMISSION_TIME, CERT_URL, AUTH_ALGO, "content-type"];
 /// Longest header value we read (ids, times, URLs); a 4096-bit signature is 684 characters.
@@ -490,6 +560,7 @@ mod tests {
             cert_subjects: vec![],
             tls_ca: None,
             reference: Reference::InvoiceId,
+            verify: Verify::Certs,
         };
         let by_invoice = parse(
             Some(&invoice),

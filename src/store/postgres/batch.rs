@@ -18,7 +18,7 @@ type PgResult<T> = Result<T, tokio_postgres::Error>;
 /// The columns [`claimed_row`] reads (`$1` is now: a row never tried is first tried now).
 const CLAIMED_COLUMNS: &str = "i.id, i.provider, i.endpoint, i.received_at, \
      coalesce(i.first_tried_at, $1), i.body, i.attempts, i.verified_at, i.status, i.body_encoding, \
-     i.body_len";
+     i.body_len, i.headers";
 
 /// The oldest due rows whose payment has no earlier row still waiting, locked; rows another
 /// daemon holds are skipped.
@@ -61,6 +61,7 @@ fn claimed_row(r: &Row) -> Claimed {
         unreadable,
         attempts: u32::try_from(attempts).unwrap_or(0),
         verified_at: r.get(7),
+        headers: r.get(11),
         // The schema's CHECK allows nothing else.
         status: InboxStatus::parse(&status).unwrap_or(InboxStatus::Pending),
     }

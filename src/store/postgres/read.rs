@@ -106,12 +106,13 @@ pub async fn show(c: &Client, id: i64) -> PgResult<Option<Result<InboxRow, body:
          FROM {INBOX} WHERE i.id = $1"
     );
     let Some(r) = c.query_opt(&sql, &[&id]).await? else { return Ok(None) };
-    let encoding: Option<String> = r.get(19);
-    let len: Option<i32> = r.get(20);
+    // After the summary's 18 columns.
+    let encoding: Option<String> = r.get(20);
+    let len: Option<i32> = r.get(21);
     Ok(Some(
-        body::unpack(r.get(18), encoding.as_deref(), len.map(i64::from)).map(|body| InboxRow {
+        body::unpack(r.get(19), encoding.as_deref(), len.map(i64::from)).map(|body| InboxRow {
             summary: summary(&r),
-            headers: r.get(17),
+            headers: r.get(18),
             body,
         }),
     ))

@@ -451,6 +451,7 @@ mod tests {
             unreadable: None,
             attempts: 0,
             verified_at: None,
+            headers: "{}".into(),
             status: InboxStatus::Pending,
         };
         let source = Source {

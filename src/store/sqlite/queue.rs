@@ -28,7 +28,7 @@ macro_rules! unfinished {
 macro_rules! claimed_columns {
     () => {
         "id, provider, endpoint, received_at, coalesce(first_tried_at, ?1), body, attempts, \
-         verified_at, status, body_encoding, body_len"
+         verified_at, status, body_encoding, body_len, headers"
     };
 }
 
@@ -60,6 +60,7 @@ fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
         unreadable,
         attempts: r.get(6)?,
         verified_at: r.get(7)?,
+        headers: r.get(11)?,
         // The schema's CHECK allows nothing else.
         status: InboxStatus::parse(&status).unwrap_or(InboxStatus::Pending),
     })

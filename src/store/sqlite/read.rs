@@ -118,10 +118,11 @@ pub fn show(conn: &Connection, id: i64) -> rusqlite::Result<Option<InboxRow>> {
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else { return Ok(None) };
-    let encoding: Option<String> = r.get(19)?;
-    let body = body::unpack(r.get(18)?, encoding.as_deref(), r.get(20)?)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(18, Type::Blob, Box::new(e)))?;
-    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(17)?, body }))
+    // After the summary's 18 columns.
+    let encoding: Option<String> = r.get(20)?;
+    let body = body::unpack(r.get(19)?, encoding.as_deref(), r.get(21)?)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(19, Type::Blob, Box::new(e)))?;
+    Ok(Some(InboxRow { summary: summary(r)?, headers: r.get(18)?, body }))
 }
 
 /// The number of inbox rows.
