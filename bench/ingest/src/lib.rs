@@ -1,5 +1,6 @@
-//! Shared by the load generator and the inbox tool: the Stripe event body, unique ids and
-//! Stripe's `v1` signature.
+//! Shared by the load generator, the peer servers and the inbox tool: the Stripe event body,
+//! unique ids and Stripe's `v1` signature; [`peer`] holds what the `verify` and `naive` peers do
+//! with a request.
 //!
 //! Every request gets a unique 11-character token (base62 of a bijective mix of a per-run seed
 //! and the request index), so event ids are distinct within a run, spread over the key space
@@ -8,6 +9,8 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+pub mod peer;
 
 /// The signing secret the benchmark config gives the `stripe` endpoint.
 pub const DEFAULT_SECRET: &str = "whsec_test_bench";
@@ -236,7 +239,7 @@ pub fn run_seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 40)
 }
 
-/// Minimal `--key value` / `--flag` argument parsing, enough for these three tools.
+/// Minimal `--key value` / `--flag` argument parsing, enough for these tools.
 #[derive(Debug)]
 pub struct Args {
     pairs: Vec<(String, Option<String>)>,

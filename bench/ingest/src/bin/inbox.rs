@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! inbox count   STORE.db [--after-id N]       # rows=… max_id=… new_rows=… redelivered=… bytes=…
+//! inbox rows    PEER.db                       # rows=… bytes=… (the naive peer's inbox)
 //! inbox prefill STORE.db --rows 1000000 [--txn 100000] [--max-secs 1800] [--pending 1000]
 //! ```
+//!
+//! `rows` counts any table named `inbox`, such as the naive peer's (which has no ids or
+//! delivery counts).
 //!
 //! `prefill` needs a store the daemon has created (schema version ≥ 8). It appends rows shaped
 //! like the daemon's own: endpoint and provider `stripe`, a random-looking `evt_…` dedup key,
@@ -77,6 +81,16 @@ fn count(db: &Path, after_id: i64) {
         "rows={rows} max_id={max_id} new_rows={new_rows} redelivered={redelivered} bytes={}",
         store_bytes(db)
     );
+}
+
+/// Counts the rows of the `inbox` table, whatever its columns.
+fn rows(db: &Path) {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| die(&format!("{}: {e}", db.display())));
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
+        .unwrap_or_else(|e| die(&format!("{}: counting the inbox: {e}", db.display())));
+    println!("rows={rows} bytes={}", store_bytes(db));
 }
 
 fn prefill(db: &Path, args: &Args) {
@@ -213,11 +227,12 @@ fn prefill(db: &Path, args: &Args) {
 fn main() {
     let args = Args::parse(&[]);
     let (Some(cmd), Some(db)) = (args.positional.first(), args.positional.get(1)) else {
-        die("usage: inbox count STORE.db | inbox prefill STORE.db --rows N [--txn N] [--max-secs S]");
+        die("usage: inbox count STORE.db | inbox rows PEER.db | inbox prefill STORE.db --rows N [--txn N] [--max-secs S]");
     };
     let db = Path::new(db);
     match cmd.as_str() {
         "count" => count(db, args.num("after-id", 0)),
+        "rows" => rows(db),
         "prefill" => prefill(db, &args),
         other => die(&format!("unknown command {other:?}")),
     }
