@@ -147,6 +147,8 @@ async fn client(
             .body(Full::new(bytes::Bytes::from(body)))
             .unwrap();
         let t = Instant::now();
+        // The connection takes the next request only once it has finished the last one.
+        sender.ready().await.expect("the connection is open");
         let resp = sender.send_request(req).await.expect("request sent");
         let ok = resp.status() == 200;
         resp.into_body().collect().await.unwrap();

@@ -220,6 +220,8 @@ async fn latency(count: u64) {
             .header("stripe-signature", sig)
             .body(Full::new(bytes::Bytes::from(body)))
             .unwrap();
+        // The connection takes the next request only once it has finished the last one.
+        sender.ready().await.expect("the connection to the daemon is open");
         let resp = sender.send_request(req).await.expect("notification sent to the daemon");
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.expect("the daemon's answer read");
