@@ -115,6 +115,15 @@ harness::on_both_stores! {
         }
         until_fulfilled(&d, 200).await;
 
+        // A dry run counts and writes nothing, the cursor included.
+        let dry = backfill(dir.path(), &["--since", "1h", "--dry-run"], None).await;
+        assert!(dry.stdout.contains("would store 100, already had 200"), "{}{}", dry.stdout, dry.stderr);
+        assert_eq!(d.inbox().len(), 200);
+        let cursor = harness::reading_store(&d.store, |s| async move {
+            s.meta("backfill_cursor:stripe").await
+        });
+        assert_eq!(cursor.unwrap(), None);
+
         let out = backfill(dir.path(), &["--since", "1h"], None).await;
         assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
         assert!(
