@@ -60,6 +60,7 @@ pub struct Answer {
 pub struct Http {
     client: reqwest::Client,
     base_url: String,
+    timeout: Duration,
     /// Held for the whole of a request, waits for `429` included.
     turn: Mutex<()>,
 }
@@ -69,10 +70,20 @@ impl Http {
     pub fn new(settings: &ApiSettings) -> Result<Http, String> {
         let client = crate::provider::http_client(
             settings.tls_ca.as_deref(),
-            super::REQUEST_TIMEOUT,
+            settings.timeout,
             settings.base_url.starts_with("https://"),
         )?;
-        Ok(Http { client, base_url: settings.base_url.clone(), turn: Mutex::new(()) })
+        Ok(Http {
+            client,
+            base_url: settings.base_url.clone(),
+            timeout: settings.timeout,
+            turn: Mutex::new(()),
+        })
+    }
+
+    /// How long one request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The API's base URL.

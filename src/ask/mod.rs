@@ -30,8 +30,10 @@ use crate::settings::{ConfigError, Resolver};
 pub const STRIPE_BASE_URL: &str = "https://api.stripe.com";
 /// PayPal's live API, the default `base_url` of a PayPal endpoint.
 pub const PAYPAL_BASE_URL: &str = "https://api-m.paypal.com";
-/// How long one API request may take.
+/// How long one API request may take, unless `timeout_secs` says otherwise.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest `timeout_secs`.
+const MAX_TIMEOUT_SECS: u64 = 120;
 /// The shortest `backfill_every`: Stripe's read limits are generous, but a pass every few
 /// seconds would only repeat the webhook.
 const MIN_BACKFILL_EVERY: Duration = Duration::from_secs(60);
@@ -48,6 +50,9 @@ pub struct ApiSettings {
     pub credentials: Credentials,
     /// Stripe: list missed events on this period in the daemon.
     pub backfill_every: Option<Duration>,
+    /// How long one request may take; a request that takes longer ends the pass (backfill,
+    /// inquiries) or waits for the next try (PayPal's check).
+    pub timeout: Duration,
 }
 
 /// What the API is called with. `Debug` never shows a key or a secret.
@@ -78,6 +83,7 @@ struct Raw {
     base_url: Option<String>,
     tls_ca_file: Option<std::path::PathBuf>,
     backfill_every: Option<String>,
+    timeout_secs: Option<u64>,
 }
 
 impl ApiSettings {
@@ -140,7 +146,13 @@ impl ApiSettings {
         if backfill_every.is_some_and(|d| d < MIN_BACKFILL_EVERY) {
             return Err(r.invalid("backfill_every", "must be at least 1m"));
         }
-        Ok(ApiSettings { base_url, tls_ca, credentials, backfill_every })
+        let timeout = Duration::from_secs(r.bounded(
+            "timeout_secs",
+            raw.timeout_secs,
+            REQUEST_TIMEOUT.as_secs(),
+            MAX_TIMEOUT_SECS,
+        )?);
+        Ok(ApiSettings { base_url, tls_ca, credentials, backfill_every, timeout })
     }
 
     /// What `check-config` shows: never a key, at most a hint of one.

@@ -31,7 +31,7 @@ const TOKEN_PATH: &str = "/v1/oauth2/token";
 const VERIFY_PATH: &str = "/v1/notifications/verify-webhook-signature";
 /// A token is renewed this long before it expires (or at half its lifetime, if shorter).
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
-/// How long one token or check request may take.
+/// How long one token or check request may take at most (less if `timeout_secs` says so).
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// After PayPal or the network failed, checks that start within this long fail at once: the
 /// worker's other rows waiting their turn do not each wait out the same outage. Shorter than
@@ -141,7 +141,7 @@ impl PaypalApi {
                 .send(
                     |c, base| {
                         c.post(format!("{base}{VERIFY_PATH}"))
-                            .timeout(TIMEOUT)
+                            .timeout(TIMEOUT.min(self.http.timeout()))
                             .header(CONTENT_TYPE, "application/json")
                             .header(ACCEPT, "application/json")
                             .body(body.clone())
@@ -180,7 +180,7 @@ impl PaypalApi {
             .send(
                 |c, base| {
                     c.post(format!("{base}{TOKEN_PATH}"))
-                        .timeout(TIMEOUT)
+                        .timeout(TIMEOUT.min(self.http.timeout()))
                         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                         .header(ACCEPT, "application/json")
                         .body("grant_type=client_credentials")
@@ -443,6 +443,7 @@ mod tests {
                 client_secret: Secret::new("EVerySecret"),
             },
             backfill_every: None,
+            timeout: Duration::from_secs(5),
         };
         let api = PaypalApi::new(&settings).unwrap();
         *api.token.try_lock().unwrap() = Some(Token {

@@ -185,11 +185,18 @@ impl Store {
     /// Opens (creating and migrating if needed) the store for the daemon: it takes
     /// notifications, decides them and prunes.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        Store::open_as(config, true, true).await
+    }
+
+    /// Opens and migrates the store; with `ingest` it takes notifications, with `own` it
+    /// takes the daemon's lock on a SQLite store (one daemon owns one; a PostgreSQL store is
+    /// shared and has no such lock).
+    async fn open_as(config: &StoreConfig, ingest: bool, own: bool) -> Result<Store, StoreError> {
         let backend = match &config.url {
             Some(url) => Backend::Postgres(Arc::new(
-                postgres::Postgres::open(url, Some(config), true, true).await?,
+                postgres::Postgres::open(url, Some(config), ingest, true).await?,
             )),
-            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true, true)?)),
+            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, ingest, own)?)),
         };
         Ok(Store { backend })
     }
@@ -198,26 +205,14 @@ impl Store {
     /// notifications beside a running daemon (`backfill`): it takes notifications through the
     /// same writer as the daemon's, decides nothing and holds no lock on the store.
     pub async fn open_feeder(config: &StoreConfig) -> Result<Store, StoreError> {
-        let backend = match &config.url {
-            Some(url) => Backend::Postgres(Arc::new(
-                postgres::Postgres::open(url, Some(config), true, true).await?,
-            )),
-            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, true, false)?)),
-        };
-        Ok(Store { backend })
+        Store::open_as(config, true, false).await
     }
 
     /// Opens (creating and migrating if needed) the store for a command that decides or
     /// prunes rows beside a running daemon (`inbox replay`, `inbox prune`): it takes no
     /// notifications.
     pub async fn open_tool(config: &StoreConfig) -> Result<Store, StoreError> {
-        let backend = match &config.url {
-            Some(url) => Backend::Postgres(Arc::new(
-                postgres::Postgres::open(url, Some(config), false, true).await?,
-            )),
-            None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, false, false)?)),
-        };
-        Ok(Store { backend })
+        Store::open_as(config, false, false).await
     }
 
     /// Opens the store `config` names to read it (listing, showing, following the outbox):

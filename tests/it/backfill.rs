@@ -240,6 +240,28 @@ async fn rate_limits_are_waited_out_and_a_failing_api_ends_the_pass() {
     assert_eq!(stripe.max_concurrent(), 1);
 }
 
+/// An answer slower than `timeout_secs` ends the pass; the next one stores what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_ends_the_pass_and_the_next_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stripe = FakeStripe::start(KEY).await;
+    let shop = Shop::create(dir.path());
+    for n in 1..=3 {
+        shop.add(n, "pending", "10.00", "EUR");
+        stripe.add_event(&payment(n));
+    }
+    let d = daemon(&Backend::Sqlite, dir.path(), &stripe, &shop, "timeout_secs = 1").await;
+    stripe.delay_next(1, std::time::Duration::from_secs(3));
+    let slow = backfill(dir.path(), &["--since", "1h"], None).await;
+    assert_ne!(slow.code, Some(0));
+    assert!(slow.stderr.contains("timed out"), "{}", slow.stderr);
+    assert!(slow.stdout.contains("stored 0"), "{}", slow.stdout);
+    let next = backfill(dir.path(), &[], None).await;
+    assert!(next.stdout.contains("stored 3"), "{}{}", next.stdout, next.stderr);
+    until_fulfilled(&d, 3).await;
+    d.stop().await;
+}
+
 /// With `backfill_every`, the daemon lists missed events by itself, from its cursor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_backfills_on_its_own_timer() {
