@@ -19,27 +19,50 @@ const WORLDPAY: &str = "SEKRIT4worldpay00000003";
 const XML_PASSWORD: &str = "SEKRIT4xml00000004";
 const ADFLEX: &str = "SEKRIT4adflex00000005";
 const DB_PASSWORD: &str = "SEKRIT4database0006";
+const STRIPE_API_KEY: &str = "rk_test_SEKRIT4stripeapi0007";
+const PAYPAL_CLIENT_SECRET: &str = "SEKRIT4paypalclient0008";
 
 fn secrets() -> Vec<String> {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("wp:{XML_PASSWORD}"));
-    [STRIPE, STRIPE_ROLLED, WORLDPAY, XML_PASSWORD, ADFLEX, DB_PASSWORD]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([basic, "SEKRIT".to_owned()])
-        .collect()
+    [
+        STRIPE,
+        STRIPE_ROLLED,
+        WORLDPAY,
+        XML_PASSWORD,
+        ADFLEX,
+        DB_PASSWORD,
+        STRIPE_API_KEY,
+        PAYPAL_CLIENT_SECRET,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([basic, "SEKRIT".to_owned()])
+    .collect()
 }
 
+/// The provider APIs are asked at an address where nothing answers: the attempts, and their
+/// failures, are logged.
 fn config(dir: &std::path::Path) -> String {
+    let key_file = dir.join("stripe-key");
+    std::fs::write(&key_file, STRIPE_API_KEY).unwrap();
+    let secret_file = dir.join("paypal-secret");
+    std::fs::write(&secret_file, PAYPAL_CLIENT_SECRET).unwrap();
+    let nowhere = crate::harness::free_addr();
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 2\n[store]\npath = \"{}\"\n\
          [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{STRIPE}\", \"{STRIPE_ROLLED}\"]\n\
+         [endpoint.api]\nkey_file = \"{}\"\nbase_url = \"http://{nowhere}\"\nbackfill_every = \"1m\"\n\
+         [[endpoint]]\nname = \"paypal\"\nprovider = \"paypal\"\nwebhook_id = \"WH-SECRETS-TEST\"\nverify = \"api\"\n\
+         [endpoint.api]\nclient_id = \"AeSecretsTest\"\nclient_secret_file = \"{}\"\nbase_url = \"http://{nowhere}\"\n\
          [[endpoint]]\nname = \"worldpay\"\nprovider = \"worldpay\"\nkeys = {{ \"1\" = \"{WORLDPAY}\" }}\n\
          [[endpoint]]\nname = \"xml\"\nprovider = \"worldpay-xml\"\nbasic_auth = {{ user = \"wp\", password = \"{XML_PASSWORD}\" }}\n\
          [[endpoint]]\nname = \"adflex\"\nprovider = \"adflex\"\nsecrets = [\"{ADFLEX}\"]\nsignature_header = \"X-Adflex-Signature\"\n\
          [shop]\ndriver = \"mysql\"\nurl = \"mysql://shop:{DB_PASSWORD}@127.0.0.1:1/shop\"\n\
          query = \"SELECT id AS order_id, status, total AS amount, currency FROM orders WHERE id = :reference\"\n\
          [shop.status]\nawaiting_payment = [\"pending\"]\npaid = [\"paid\"]\ncancelled = [\"cancelled\"]\n",
-        dir.join("inbox.db").display()
+        dir.join("inbox.db").display(),
+        key_file.display(),
+        secret_file.display()
     )
 }
 
@@ -123,7 +146,26 @@ async fn no_secret_reaches_any_log_line() {
         )
         .await;
     }
-    // Let the worker fail to reach the shop (its URL holds the password) a few times.
+    // A PayPal delivery, stored for PayPal's API to check (the worker, waiting for its shop,
+    // does not get to it here; the API client's own tests show it never shows the secret).
+    let capture = fixture_in("paypal", "PAYMENT.CAPTURE.COMPLETED.json");
+    let (status, _) = request(
+        addr,
+        "POST",
+        "/webhooks/paypal",
+        &[
+            ("paypal-transmission-id", "69cd13f0-d67a-11e5-baa3-778b53f4ae55"),
+            ("paypal-transmission-time", "2026-12-06T10:00:00Z"),
+            ("paypal-transmission-sig", "c2lnbmF0dXJl"),
+            ("paypal-cert-url", "https://api.paypal.com/v1/notifications/certs/CERT-360caa42"),
+            ("paypal-auth-algo", "SHA256withRSA"),
+        ],
+        capture.into(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Let the worker fail to reach the shop (its URL holds the password) a few times, and the
+    // backfill make its first pass.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(child.signal("TERM"));
     let status = tokio::task::spawn_blocking(move || child.wait_within(EXIT_WITHIN)).await.unwrap();
@@ -132,6 +174,7 @@ async fn no_secret_reaches_any_log_line() {
     let log = log.join("\n");
     assert!(log.contains("shop database unreachable"), "the shop URL was logged about:\n{log}");
     assert!(log.contains("notification refused"), "refusals were logged:\n{log}");
+    assert!(log.contains("backfill pass stopped"), "the backfill was tried:\n{log}");
     assert_clean("the daemon's log", &log);
 
     let out = Command::new(env!("CARGO_BIN_EXE_reconciled"))
