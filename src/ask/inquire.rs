@@ -20,9 +20,10 @@ use super::stripe::StripeApi;
 use super::ApiError;
 use crate::domain::{PaymentStatus, Source};
 use crate::provider::ProviderKind;
-use crate::reconcile::policy::MAX_INQUIRIES;
 use crate::store::{NewRow, OpenPayment, Store, StoreError};
 
+/// The most inquiries about one payment.
+pub const MAX_INQUIRIES: u32 = 24;
 /// Payments asked about per pass.
 const PER_PASS: usize = 50;
 

@@ -31,12 +31,9 @@ pub struct Policy {
     pub mode: DecisionMode,
     /// A payment still open (pending, or authorized and not captured) this long after its
     /// last notification is looked up with its provider, when its endpoint has API access;
-    /// then again after each such stretch, at most [`MAX_INQUIRIES`] times.
+    /// then again after each such stretch, at most 24 times (`crate::ask::inquire`).
     pub inquire_after: Duration,
 }
-
-/// The most inquiries about one payment.
-pub const MAX_INQUIRIES: u32 = 24;
 
 /// `policy.mode`: whether decided actions are carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
