@@ -110,12 +110,6 @@ struct AskedLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NoLabels {}
 
-/// The group commit's durations: from half a millisecond (a batch on a fast disk) to 8 s (a
-/// stalled one).
-pub fn commit_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
-}
-
 fn request_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 15))
 }
@@ -412,7 +406,7 @@ mod tests {
 
     #[test]
     fn counters_and_store_gauges_are_rendered_with_their_labels() {
-        let m = Metrics::new(Some(commit_histogram()));
+        let m = Metrics::new(Some(crate::store::commit_histogram()));
         m.configure(
             [("stripe", Some(std::time::Duration::from_secs(21600))), ("paypal", None)],
             ["shop", "mailer"],

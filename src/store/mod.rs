@@ -69,6 +69,13 @@ pub struct StoreConfig {
     pub wal_max_mb: u64,
 }
 
+/// The histogram of the group commit's durations, which a backend's ingest writer fills and the
+/// metrics export: from half a millisecond (a batch on a fast disk) to 8 s (a stalled one).
+pub fn commit_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
 /// A backend's own error, shared by every waiter of a failed batch.
 pub type BackendError = Arc<dyn std::error::Error + Send + Sync>;
 

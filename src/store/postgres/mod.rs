@@ -120,7 +120,7 @@ impl Postgres {
         let writer = match (ingest, config) {
             (true, Some(config)) => {
                 let (tx, rx) = super::queue::Queue::new();
-                let commit_seconds = crate::metrics::commit_histogram();
+                let commit_seconds = crate::store::commit_histogram();
                 let died = CancellationToken::new();
                 let settings = writer::Settings {
                     url: url.clone(),

@@ -274,7 +274,7 @@ fn start_writer(config: &StoreConfig) -> Result<WriterHandle, StoreError> {
         message: format!("cannot start checkpoint thread: {e}"),
     })?;
     let (tx, rx) = crate::store::queue::Queue::new();
-    let commit_seconds = crate::metrics::commit_histogram();
+    let commit_seconds = crate::store::commit_histogram();
     let settings = writer::Settings {
         max_batch: config.max_batch,
         failures_kept: config.failures_kept,
