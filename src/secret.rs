@@ -84,10 +84,14 @@ impl Secret {
     }
 
     /// A hint an operator can match against the provider's dashboard without the secret
-    /// itself: Stripe's well-known `whsec_` prefix (nothing else of the value) and the length.
+    /// itself: Stripe's well-known prefixes (`whsec_`, and an API key's `rk_live_`,
+    /// `sk_test_`, …; nothing else of the value) and the length.
     pub fn hint(&self) -> String {
-        let prefix = if self.0.starts_with("whsec_") { "whsec_…" } else { "…" };
-        format!("{prefix} ({} chars)", self.0.chars().count())
+        let prefix = ["whsec_", "rk_live_", "rk_test_", "sk_live_", "sk_test_"]
+            .into_iter()
+            .find(|p| self.0.starts_with(p))
+            .unwrap_or("");
+        format!("{prefix}… ({} chars)", self.0.chars().count())
     }
 }
 

@@ -221,7 +221,7 @@ impl Backfill {
             dedup_key: event.id,
             event_type: Some(event.kind),
             received_at_ms: crate::time::now_ms(),
-            remote_addr: self.api.host(),
+            remote_addr: self.api.host().to_owned(),
             headers_json: "{}".into(),
             body_len: event.raw.len(),
             body: crate::store::body::pack(&event.raw),

@@ -60,6 +60,8 @@ pub struct Answer {
 pub struct Http {
     client: reqwest::Client,
     base_url: String,
+    /// `host:port` of `base_url`, for the inbox's `remote_addr` of what the API answers.
+    host: String,
     timeout: Duration,
     /// Held for the whole of a request, waits for `429` included.
     turn: Mutex<()>,
@@ -73,9 +75,14 @@ impl Http {
             settings.timeout,
             settings.base_url.starts_with("https://"),
         )?;
+        let host = url::Url::parse(&settings.base_url)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_else(|| settings.base_url.clone());
         Ok(Http {
             client,
             base_url: settings.base_url.clone(),
+            host,
             timeout: settings.timeout,
             turn: Mutex::new(()),
         })
@@ -92,11 +99,8 @@ impl Http {
     }
 
     /// The host the API is on, for the inbox's `remote_addr` of what it answers.
-    pub fn host(&self) -> String {
-        url::Url::parse(&self.base_url)
-            .ok()
-            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-            .unwrap_or_else(|| self.base_url.clone())
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Sends the request `build` makes (again for each `429`), one at a time; any status is

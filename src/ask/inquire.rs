@@ -195,7 +195,7 @@ pub fn answer_row(
         dedup_key,
         event_type: Some(event_type.to_owned()),
         received_at_ms: now_ms,
-        remote_addr: api.host(),
+        remote_addr: api.host().to_owned(),
         headers_json: "{}".into(),
         body_len: body.len(),
         body: crate::store::body::pack(&body),

@@ -158,7 +158,7 @@ impl ApiSettings {
     /// What `check-config` shows: never a key, at most a hint of one.
     pub fn describe(&self) -> String {
         let who = match &self.credentials {
-            Credentials::Stripe { key } => format!("key {}", key_hint(key)),
+            Credentials::Stripe { key } => format!("key {}", key.hint()),
             Credentials::Paypal { client_id, .. } => format!("client id {client_id}"),
         };
         let every = match self.backfill_every {
@@ -183,16 +183,6 @@ impl ApiSettings {
             Credentials::Stripe { .. } => crate::provider::Apis::default(),
         })
     }
-}
-
-/// A key's kind without the key: `rk_live_…` (`n` chars).
-fn key_hint(key: &Secret) -> String {
-    let text = String::from_utf8_lossy(key.expose());
-    let kind = ["rk_live_", "rk_test_", "sk_live_", "sk_test_"]
-        .into_iter()
-        .find(|p| text.starts_with(p))
-        .unwrap_or("");
-    format!("{kind}… ({} chars)", text.chars().count())
 }
 
 /// Reads a secret from a file (relative to the config), trimmed; never shows it.

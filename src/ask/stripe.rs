@@ -84,7 +84,7 @@ impl StripeApi {
     }
 
     /// Where the API is (for the inbox's `remote_addr`).
-    pub fn host(&self) -> String {
+    pub fn host(&self) -> &str {
         self.http.host()
     }
 

@@ -85,7 +85,7 @@ pub(super) fn run(args: &BackfillArgs) -> anyhow::Result<()> {
         (None, None) => Start::Resume,
     };
     let api = Arc::new(StripeApi::new(api).map_err(anyhow::Error::msg)?);
-    let base = api.host();
+    let base = api.host().to_owned();
     let name: Arc<str> = Arc::from(endpoint.name.as_str());
     let (summary, error) = super::block_on(async {
         let store = if args.dry_run {

@@ -100,7 +100,8 @@ pub struct Claimed {
     /// When its provider confirmed it (providers that confirm, such as PayPal IPN).
     pub verified_at: Option<i64>,
     /// The headers kept with it, a JSON object: whether and how it must be confirmed (a
-    /// PayPal webhook stored unverified keeps what PayPal's API needs).
+    /// PayPal webhook stored unverified keeps what PayPal's API needs). Read only for PayPal
+    /// webhook rows not confirmed yet, the only ones that need them; `{}` for the others.
     pub headers: String,
     /// Its status when it was read: the decision is written only if it is still the same.
     pub status: InboxStatus,

@@ -18,7 +18,8 @@ type PgResult<T> = Result<T, tokio_postgres::Error>;
 /// The columns [`claimed_row`] reads (`$1` is now: a row never tried is first tried now).
 const CLAIMED_COLUMNS: &str = "i.id, i.provider, i.endpoint, i.received_at, \
      coalesce(i.first_tried_at, $1), i.body, i.attempts, i.verified_at, i.status, i.body_encoding, \
-     i.body_len, i.headers";
+     i.body_len, \
+     CASE WHEN i.provider = 'paypal' AND i.verified_at IS NULL THEN i.headers ELSE '{}' END";
 
 /// The oldest due rows whose payment has no earlier row still waiting, locked; rows another
 /// daemon holds are skipped.

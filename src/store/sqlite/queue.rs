@@ -28,7 +28,8 @@ macro_rules! unfinished {
 macro_rules! claimed_columns {
     () => {
         "id, provider, endpoint, received_at, coalesce(first_tried_at, ?1), body, attempts, \
-         verified_at, status, body_encoding, body_len, headers"
+         verified_at, status, body_encoding, body_len, \
+         CASE WHEN provider = 'paypal' AND verified_at IS NULL THEN headers ELSE '{}' END"
     };
 }
 
