@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use serde_json::Value;
 
+use super::hmac::MacKey;
 use super::{
     header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
 };
@@ -100,10 +101,22 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<(), Rejection> {
+    let keys: Vec<MacKey> = secrets.iter().map(MacKey::new).collect();
+    verify_keyed(&keys, tolerance_secs, header, body, now)
+}
+
+/// [`verify`] with the secrets keyed beforehand (an endpoint's [`Settings`]).
+fn verify_keyed(
+    keys: &[MacKey],
+    tolerance_secs: u64,
+    header: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), Rejection> {
     let parsed = parse_header(header)?;
     let signed: [&[u8]; 3] = [parsed.timestamp_text.as_bytes(), b".", body];
     let matched =
-        super::hmac::verify_any(secrets, &signed, parsed.v1.iter().map(|sig| sig.as_slice()));
+        super::hmac::verify_any_keyed(keys, &signed, parsed.v1.iter().map(|sig| sig.as_slice()));
     if !matched {
         return Err(Rejection::BadSignature);
     }
@@ -176,6 +189,8 @@ pub struct Settings {
     pub secrets: Vec<Secret>,
     /// Largest accepted distance between a signature's timestamp and now, either way.
     pub tolerance: std::time::Duration,
+    /// `secrets`, each keyed for HMAC once.
+    keys: Vec<MacKey>,
 }
 
 /// The endpoint keys Stripe reads.
@@ -199,7 +214,12 @@ impl Settings {
             DEFAULT_TOLERANCE_SECS,
             MAX_TOLERANCE_SECS,
         )?;
-        Ok(Settings { secrets: raw.secrets, tolerance: std::time::Duration::from_secs(tolerance) })
+        let keys = raw.secrets.iter().map(MacKey::new).collect();
+        Ok(Settings {
+            secrets: raw.secrets,
+            tolerance: std::time::Duration::from_secs(tolerance),
+            keys,
+        })
     }
 
     pub(crate) fn describe(&self) -> Vec<String> {
@@ -220,7 +240,7 @@ pub fn accept(
     now: i64,
 ) -> Result<Accepted, Rejection> {
     let header = header_text(headers, HEADER, "Stripe-Signature")?;
-    verify(&settings.secrets, settings.tolerance.as_secs(), header, body, now)?;
+    verify_keyed(&settings.keys, settings.tolerance.as_secs(), header, body, now)?;
     let event = identify(body)?;
     Ok(Accepted {
         dedup_key: event.id,

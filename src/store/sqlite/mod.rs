@@ -372,4 +372,48 @@ mod tests {
         // The limit, plus what one batch of 256 rows (about 3 MB) can add before the check.
         assert!(largest > 0 && largest < 8 << 20, "the WAL file reached {largest} bytes");
     }
+
+    fn row_at(endpoint: &str, key: &str, at_ms: i64, source: crate::domain::Source) -> NewRow {
+        let body = Bytes::from_static(b"{}");
+        NewRow {
+            endpoint: Arc::from(endpoint),
+            provider: crate::provider::ProviderKind::Stripe,
+            dedup_key: key.into(),
+            event_type: None,
+            received_at_ms: at_ms,
+            remote_addr: "127.0.0.1".into(),
+            headers_json: "{}".into(),
+            body: body::Packed { bytes: body.clone(), encoding: None },
+            body_len: body.len(),
+            payment_key: None,
+            source,
+        }
+    }
+
+    /// An endpoint's last stored time is written with the first notification it stores, then
+    /// only once it has moved on by a second (one page fewer for most batches); each endpoint
+    /// on its own, a repeat counting like a new one, a backfilled row not at all. The store's
+    /// gauges read what was written.
+    #[tokio::test]
+    async fn endpoint_activity_is_written_at_most_once_a_second() {
+        use crate::domain::Source::{Backfill, Webhook};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&config(dir.path().join("inbox.db"), 64)).await.unwrap();
+        let last = |store: Store| async move { store.gauges().await.unwrap().last_stored };
+        let t = 1_800_000_000_000;
+        store.insert(row_at("stripe", "evt_1", t, Webhook)).await.unwrap();
+        assert_eq!(last(store.clone()).await, [("stripe".into(), t)]);
+        store.insert(row_at("stripe", "evt_2", t + 999, Webhook)).await.unwrap();
+        store.insert(row_at("other", "evt_3", t + 999, Webhook)).await.unwrap();
+        assert_eq!(last(store.clone()).await, [("other".into(), t + 999), ("stripe".into(), t)]);
+        // A repeat a second later moves it on; a backfilled row a minute later does not.
+        let again = store.insert(row_at("stripe", "evt_2", t + 1_500, Webhook)).await.unwrap();
+        assert_eq!(again.delivery_count, 2);
+        store.insert(row_at("stripe", "evt_4", t + 60_000, Backfill)).await.unwrap();
+        assert_eq!(
+            last(store.clone()).await,
+            [("other".into(), t + 999), ("stripe".into(), t + 1_500)]
+        );
+        store.close().await;
+    }
 }
