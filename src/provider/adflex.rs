@@ -14,6 +14,7 @@
 use hyper::HeaderMap;
 use serde_json::Value;
 
+use super::hmac::MacKey;
 use super::{keep_headers, Accepted, Kind, Notification, Rejection};
 use crate::money::{Currency, Money};
 use crate::secret::Secret;
@@ -27,6 +28,8 @@ pub struct Settings {
     pub signature_header: Option<String>,
     /// Signing secrets for `signature_header`; any of them verifies.
     pub secrets: Vec<Secret>,
+    /// `secrets`, each keyed for HMAC once.
+    keys: Vec<MacKey>,
     /// Where each field sits in the JSON notification.
     pub fields: Fields,
 }
@@ -96,6 +99,7 @@ impl Settings {
         let f = raw.fields;
         Ok(Settings {
             signature_header: raw.signature_header.map(|h| h.to_ascii_lowercase()),
+            keys: raw.secrets.iter().map(MacKey::new).collect(),
             secrets: raw.secrets,
             fields: Fields {
                 transaction_id: f.transaction_id.unwrap_or(d.transaction_id),
@@ -122,7 +126,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     super::hmac::hex_mac(secret, &[body])
 }
 
-fn verify(secrets: &[Secret], header: &str, body: &[u8]) -> Result<(), Rejection> {
+fn verify(keys: &[MacKey], header: &str, body: &[u8]) -> Result<(), Rejection> {
     let mut sig = [0u8; 32];
     let text = header.trim();
     let text = text.strip_prefix("sha256=").unwrap_or(text);
@@ -130,7 +134,7 @@ fn verify(secrets: &[Secret], header: &str, body: &[u8]) -> Result<(), Rejection
         header: "signature",
         detail: "not 64 hex digits",
     })?;
-    let ok = super::hmac::verify_any(secrets, &[body], [sig.as_slice()]);
+    let ok = super::hmac::verify_any(keys, &[body], [sig.as_slice()]);
     if ok {
         Ok(())
     } else {
@@ -171,7 +175,7 @@ pub fn accept(
 ) -> Result<Accepted, Rejection> {
     if let Some(name) = &settings.signature_header {
         let value = super::header_text(headers, name, "signature")?;
-        verify(&settings.secrets, value, body)?;
+        verify(&settings.keys, value, body)?;
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Rejection::MalformedBody(format!("not JSON: {e}")))?;
@@ -299,7 +303,7 @@ mod tests {
 
     #[test]
     fn signatures() {
-        let secrets = [Secret::new("adflex_secret")];
+        let secrets = [MacKey::new(&Secret::new("adflex_secret"))];
         let sig = sign(b"adflex_secret", BODY);
         verify(&secrets, &sig, BODY).unwrap();
         verify(&secrets, &format!("sha256={}", sig.to_uppercase()), BODY).unwrap();

@@ -20,6 +20,7 @@ use hyper::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::hmac::MacKey;
 use super::{
     header_text, is_plain_id, keep_headers, str_at, Accepted, Kind, Notification, Rejection,
 };
@@ -102,17 +103,17 @@ pub fn sign(key_id: &str, secret: &[u8], body: &[u8]) -> String {
 /// a configured key id the answer is a malformed header ("no entry for a configured key id"),
 /// so an operator can tell a missing key from a wrong secret or a tampered body
 /// ([`Rejection::BadSignature`]).
-pub fn verify(keys: &[(String, Secret)], header: &str, body: &[u8]) -> Result<(), Rejection> {
+pub fn verify(keys: &[(String, MacKey)], header: &str, body: &[u8]) -> Result<(), Rejection> {
     let entries = parse_header(header)?;
     let mut known = false;
     // One MAC per configured key named in the header, however many entries name it.
-    for (id, secret) in keys {
+    for (id, key) in keys {
         let named: Vec<_> = entries.iter().filter(|e| e.key_id == id.as_str()).collect();
         if named.is_empty() {
             continue;
         }
         known = true;
-        let keyed = super::hmac::Keyed::new(secret.expose(), &[body]);
+        let keyed = key.keyed(&[body]);
         if named.iter().any(|e| keyed.matches(&e.mac)) {
             return Ok(());
         }
@@ -175,6 +176,8 @@ pub fn identify(body: &[u8]) -> Result<EventId, Rejection> {
 pub struct Settings {
     /// Signing secrets by key id (`Event-Signature: {keyId}/SHA256/{hex}`).
     pub keys: Vec<(String, Secret)>,
+    /// `keys`, each secret keyed for HMAC once.
+    macs: Vec<(String, MacKey)>,
 }
 
 /// The endpoint keys Access Worldpay reads.
@@ -198,7 +201,12 @@ impl Settings {
         {
             return Err(r.invalid("keys", format!("key id \"{id}\" or its secret is empty")));
         }
-        Ok(Settings { keys: raw.keys })
+        Ok(Settings::new(raw.keys))
+    }
+
+    fn new(keys: Vec<(String, Secret)>) -> Settings {
+        let macs = keys.iter().map(|(id, secret)| (id.clone(), MacKey::new(secret))).collect();
+        Settings { keys, macs }
     }
 
     pub(crate) fn describe(&self) -> Vec<String> {
@@ -214,7 +222,7 @@ pub fn accept(
     body: &[u8],
 ) -> Result<Accepted, Rejection> {
     let header = header_text(headers, HEADER, HEADER_NAME)?;
-    verify(&settings.keys, header, body)?;
+    verify(&settings.macs, header, body)?;
     let event = identify(body)?;
     Ok(Accepted {
         dedup_key: event.id,

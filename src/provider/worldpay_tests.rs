@@ -4,8 +4,8 @@ use super::*;
 
 const BODY: &[u8] = br#"{"eventId":"bb55ca5a-e05c-47e1-8e94-e88bac1a0a17","eventTimestamp":"2018-06-13T14:18:13.407","eventDetails":{"classification":"payment","transactionReference":"2001","type":"authorized","amount":{"value":2500,"currencyCode":"EUR"}}}"#;
 
-fn keys(list: &[(&str, &str)]) -> Vec<(String, Secret)> {
-    list.iter().map(|(id, s)| ((*id).to_owned(), Secret::new(*s))).collect()
+fn keys(list: &[(&str, &str)]) -> Vec<(String, MacKey)> {
+    list.iter().map(|(id, s)| ((*id).to_owned(), MacKey::new(&Secret::new(*s)))).collect()
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn refused_headers() {
 
 #[test]
 fn accept_reads_the_header_and_the_envelope() {
-    let endpoint = &Settings { keys: keys(&[("1", "s1")]) };
+    let endpoint = &Settings::new(vec![("1".to_owned(), Secret::new("s1"))]);
     let mut headers = HeaderMap::new();
     assert_eq!(
         accept(endpoint, &headers, BODY).unwrap_err(),

@@ -64,6 +64,14 @@ fn payment(n: i64) -> String {
     .unwrap()
 }
 
+/// Orders `orders`, pending in the shop, each paid at Stripe (its event listed there).
+fn paid_at_stripe(shop: &Shop, stripe: &FakeStripe, orders: std::ops::RangeInclusive<i64>) {
+    for n in orders {
+        shop.add(n, "pending", "10.00", "EUR");
+        stripe.add_event(&payment(n));
+    }
+}
+
 /// An event no decision uses.
 fn customer_event(n: i64) -> String {
     format!(
@@ -202,10 +210,7 @@ async fn rate_limits_are_waited_out_and_a_failing_api_ends_the_pass() {
     let dir = tempfile::tempdir().unwrap();
     let stripe = FakeStripe::start(KEY).await;
     let shop = Shop::create(dir.path());
-    for n in 1..=150 {
-        shop.add(n, "pending", "10.00", "EUR");
-        stripe.add_event(&payment(n));
-    }
+    paid_at_stripe(&shop, &stripe, 1..=150);
     let d = daemon(&Backend::Sqlite, dir.path(), &stripe, &shop, "").await;
     stripe.fail_next(1, 429, Some(1));
     let started = std::time::Instant::now();
@@ -217,10 +222,7 @@ async fn rate_limits_are_waited_out_and_a_failing_api_ends_the_pass() {
     assert_eq!(statuses, [429, 200], "asked again after the wait");
 
     // Fifty more; the API fails on the first page: the pass stops, nothing moves.
-    for n in 151..=200 {
-        shop.add(n, "pending", "10.00", "EUR");
-        stripe.add_event(&payment(n));
-    }
+    paid_at_stripe(&shop, &stripe, 151..=200);
     stripe.fail_next(1, 500, None);
     let failed = backfill(dir.path(), &[], None).await;
     assert_ne!(failed.code, Some(0));
@@ -246,10 +248,7 @@ async fn a_slow_answer_ends_the_pass_and_the_next_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let stripe = FakeStripe::start(KEY).await;
     let shop = Shop::create(dir.path());
-    for n in 1..=3 {
-        shop.add(n, "pending", "10.00", "EUR");
-        stripe.add_event(&payment(n));
-    }
+    paid_at_stripe(&shop, &stripe, 1..=3);
     let d = daemon(&Backend::Sqlite, dir.path(), &stripe, &shop, "timeout_secs = 1").await;
     stripe.delay_next(1, std::time::Duration::from_secs(3));
     let slow = backfill(dir.path(), &["--since", "1h"], None).await;
@@ -268,10 +267,7 @@ async fn the_daemon_backfills_on_its_own_timer() {
     let dir = tempfile::tempdir().unwrap();
     let stripe = FakeStripe::start(KEY).await;
     let shop = Shop::create(dir.path());
-    for n in 1..=5 {
-        shop.add(n, "pending", "10.00", "EUR");
-        stripe.add_event(&payment(n));
-    }
+    paid_at_stripe(&shop, &stripe, 1..=5);
     let d = daemon(&Backend::Sqlite, dir.path(), &stripe, &shop, "backfill_every = \"1m\"").await;
     // Answered once the store is open.
     assert_eq!(d.get("/healthz").await.0, 200);

@@ -1,6 +1,7 @@
 //! What the `verify` and `naive` peers do with a request before they answer or store it:
 //! read the body, check the `Stripe-Signature` header as Stripe documents it, and read the
-//! event's id and type from the JSON.
+//! event's id and type from the JSON. And the one accept loop every server here runs
+//! ([`serve`]), so that they differ only in what they do with a request.
 //!
 //! The check: the header is a comma-separated list of `key=value` items; `t` is the unix
 //! timestamp and each `v1` a candidate signature (there are several while a secret is being
@@ -9,16 +10,25 @@
 //! time (`hmac`'s `verify_slice`), and the timestamp must be within [`TOLERANCE_SECS`] of now.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::die;
 
 /// Stripe's default tolerance between the signed timestamp and now.
 pub const TOLERANCE_SECS: i64 = 300;
@@ -173,6 +183,42 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
 /// The answer to a refused request: 400 with the reason.
 pub fn refused(why: &Refusal) -> Response<Full<Bytes>> {
     text(StatusCode::BAD_REQUEST, format!("{why}\n"))
+}
+
+/// Accepts connections on `listen` until SIGTERM or SIGINT and serves each with `handle`:
+/// HTTP/1.1 with keep-alive and TCP_NODELAY, as reconciled serves. `name` prefixes the
+/// messages on stderr.
+pub async fn serve<H, F>(name: &str, listen: &str, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let listener =
+        TcpListener::bind(listen).await.unwrap_or_else(|e| die(&format!("bind {listen}: {e}")));
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    eprintln!("{name}: listening on http://{listen}");
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{name}: accept: {e}");
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service_fn(handle))
+                .await;
+        });
+    }
 }
 
 #[cfg(test)]

@@ -10,13 +10,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use ingest_bench::{die, Args};
-use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use ingest_bench::peer::serve;
+use ingest_bench::Args;
 
 async fn ok(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the body, as any webhook handler must, and drop it.
@@ -30,30 +26,6 @@ async fn ok(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible>
 async fn main() {
     let args = Args::parse(&[]);
     let listen = args.get("listen").unwrap_or("127.0.0.1:18181").to_owned();
-    let listener =
-        TcpListener::bind(&listen).await.unwrap_or_else(|e| die(&format!("bind {listen}: {e}")));
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    eprintln!("baseline: listening on http://{listen}");
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("baseline: accept: {e}");
-                    continue;
-                }
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service_fn(ok))
-                .await;
-        });
-    }
+    serve("baseline", &listen, ok).await;
     eprintln!("baseline: stopped");
 }

@@ -22,15 +22,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use ingest_bench::peer::{read_verified, refused, text, Verifier};
+use ingest_bench::peer::{read_verified, refused, serve, text, Verifier};
 use ingest_bench::{die, Args, DEFAULT_SECRET};
 use rusqlite::{params, Connection};
-use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most rows one transaction takes.
@@ -141,36 +136,6 @@ fn writer(mut conn: Connection, mut rows: mpsc::Receiver<Row>) {
     }
 }
 
-async fn serve(listen: String, state: Arc<State>) {
-    let listener =
-        TcpListener::bind(&listen).await.unwrap_or_else(|e| die(&format!("bind {listen}: {e}")));
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    eprintln!("naive: listening on http://{listen}");
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("naive: accept: {e}");
-                    continue;
-                }
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, state.clone()));
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 fn main() {
     let args = Args::parse(&[]);
     let listen = args.get("listen").unwrap_or("127.0.0.1:18184").to_owned();
@@ -191,7 +156,7 @@ fn main() {
     // built by hand so that the writer is joined after the runtime and its senders are gone.
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(serve(listen, state));
+    runtime.block_on(serve("naive", &listen, move |req| handle(req, state.clone())));
     runtime.shutdown_timeout(Duration::from_secs(5));
     writer.join().expect("the writer thread panicked");
     eprintln!("naive: stopped");

@@ -13,14 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use ingest_bench::peer::{read_verified, refused, text, Verifier};
-use ingest_bench::{die, Args, DEFAULT_SECRET};
-use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use ingest_bench::peer::{read_verified, refused, serve, text, Verifier};
+use ingest_bench::{Args, DEFAULT_SECRET};
 
 async fn handle(
     req: Request<Incoming>,
@@ -47,32 +42,6 @@ async fn main() {
         .or_else(|| std::env::var("BENCH_SECRET").ok())
         .unwrap_or_else(|| DEFAULT_SECRET.to_owned());
     let verifier = Arc::new(Verifier::new(&secret));
-    let listener =
-        TcpListener::bind(&listen).await.unwrap_or_else(|e| die(&format!("bind {listen}: {e}")));
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    eprintln!("verify: listening on http://{listen}");
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("verify: accept: {e}");
-                    continue;
-                }
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let verifier = verifier.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, verifier.clone()));
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    serve("verify", &listen, move |req| handle(req, verifier.clone())).await;
     eprintln!("verify: stopped");
 }
