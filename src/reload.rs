@@ -45,6 +45,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.shutdown_grace_secs", a.shutdown_grace != b.shutdown_grace),
         ("store.path", s.path != t.path),
         ("store.url", s.url != t.url),
+        ("store.tls_ca_file", s.tls_ca.as_deref() != t.tls_ca.as_deref()),
         ("store.busy_timeout_ms", s.busy_timeout != t.busy_timeout),
         ("store.max_batch", s.max_batch != t.max_batch),
         ("store.failures_kept", s.failures_kept != t.failures_kept),
@@ -138,4 +139,5 @@ fn same_shop(a: &ShopConfig, b: &ShopConfig) -> bool {
             == b.reference_pattern.as_ref().map(regex::Regex::as_str)
         && a.status == b.status
         && a.pool_size == b.pool_size
+        && a.tls_ca.as_deref() == b.tls_ca.as_deref()
 }

@@ -356,6 +356,50 @@ tolerance_secs = 120
     }
 
     #[test]
+    fn tls_to_postgres_is_asked_for_in_the_url_and_its_ca_file_is_checked() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/paypal/test-only-ca.pem");
+        let endpoint =
+            "[[endpoint]]\nname = \"s\"\nprovider = \"stripe\"\nsecrets = [\"whsec_1\"]\n";
+        let store = |text: String| parse(&format!("[store]\n{text}\n{endpoint}"));
+        let c =
+            store(format!("url = \"postgres://db/rec?sslmode=require\"\ntls_ca_file = \"{ca}\""))
+                .unwrap();
+        assert!(c.store.tls_ca.is_some());
+        for (text, says) in [
+            (format!("url = \"postgres://db/rec\"\ntls_ca_file = \"{ca}\""), "sslmode=require"),
+            (format!("path = \"x.db\"\ntls_ca_file = \"{ca}\""), "only with url"),
+            (
+                "url = \"postgres://db/rec?sslmode=require\"\ntls_ca_file = \"/nonexistent.pem\""
+                    .to_owned(),
+                "cannot read",
+            ),
+            (
+                format!(
+                    "url = \"postgres://db/rec?sslmode=require\"\ntls_ca_file = \"{}\"",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")
+                ),
+                "no PEM certificate",
+            ),
+        ] {
+            let err = store(text).unwrap_err().to_string();
+            assert!(err.contains("store.tls_ca_file") && err.contains(says), "{says}: {err}");
+        }
+        let shop = |driver: &str, url: &str| {
+            parse(&format!(
+                "{endpoint}[shop]\ndriver = \"{driver}\"\nurl = \"{url}\"\ntls_ca_file = \"{ca}\"\n\
+                 query = \"SELECT 1 WHERE :reference IS NULL\"\n[shop.status]\n\
+                 awaiting_payment = [\"p\"]\npaid = [\"d\"]\ncancelled = [\"c\"]\n"
+            ))
+        };
+        let c = shop("postgres", "postgres://db/shop?sslmode=require").unwrap();
+        assert!(c.shop.unwrap().tls_ca.is_some());
+        let err = shop("postgres", "postgres://db/shop").unwrap_err().to_string();
+        assert!(err.contains("shop.tls_ca_file") && err.contains("sslmode=require"), "{err}");
+        let err = shop("mysql", "mysql://db/shop").unwrap_err().to_string();
+        assert!(err.contains("shop.tls_ca_file") && err.contains("driver = \"postgres\""), "{err}");
+    }
+
+    #[test]
     fn relative_store_path_is_beside_the_config_file() {
         let c = Config::from_toml(GOOD, Path::new("/etc/reconciled/config.toml")).unwrap();
         assert_eq!(c.store.path, PathBuf::from("/etc/reconciled/x.db"));

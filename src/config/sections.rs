@@ -29,6 +29,7 @@ pub(super) struct RawServer {
 pub(super) struct RawStore {
     path: Option<PathBuf>,
     url: Option<String>,
+    tls_ca_file: Option<PathBuf>,
     busy_timeout_ms: Option<u64>,
     max_batch: Option<usize>,
     failures_kept: Option<u64>,
@@ -46,6 +47,7 @@ pub(super) struct RawShop {
     #[serde(default)]
     status: RawStatus,
     pool_size: Option<usize>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -159,6 +161,19 @@ pub(super) fn store(st: RawStore, r: &Resolver<'_>) -> Result<StoreConfig, Confi
         }
         (None, _) => None,
     };
+    let tls_ca = match (&url, st.tls_ca_file) {
+        (_, None) => None,
+        (None, Some(_)) => {
+            return Err(r.invalid("store.tls_ca_file", "only with url (a PostgreSQL store)"))
+        }
+        (Some(url), Some(file)) => {
+            let pem = r.read("store.tls_ca_file", &file)?;
+            Some(
+                crate::pg_tls::CaPem::checked(url.expose(), pem)
+                    .map_err(|e| r.invalid("store.tls_ca_file", e))?,
+            )
+        }
+    };
     let path = st.path.unwrap_or_else(|| PathBuf::from("reconciled.db"));
     if path.as_os_str().is_empty() {
         return Err(r.invalid("store.path", "must not be empty"));
@@ -178,6 +193,7 @@ pub(super) fn store(st: RawStore, r: &Resolver<'_>) -> Result<StoreConfig, Confi
     Ok(StoreConfig {
         path: r.beside(&path),
         url,
+        tls_ca,
         busy_timeout: Duration::from_millis(r.bounded(
             "store.busy_timeout_ms",
             st.busy_timeout_ms,
@@ -249,7 +265,21 @@ pub(super) fn shop(sh: RawShop, r: &Resolver<'_>) -> Result<ShopConfig, ConfigEr
         0 => return Err(r.invalid("shop.pool_size", "must be greater than 0")),
         n => n,
     };
+    let tls_ca = match sh.tls_ca_file {
+        None => None,
+        Some(_) if sh.driver != ShopDriver::Postgres => {
+            return Err(r.invalid("shop.tls_ca_file", "only with driver = \"postgres\""))
+        }
+        Some(file) => {
+            let pem = r.read("shop.tls_ca_file", &file)?;
+            Some(
+                crate::pg_tls::CaPem::checked(&url, pem)
+                    .map_err(|e| r.invalid("shop.tls_ca_file", e))?,
+            )
+        }
+    };
     Ok(ShopConfig {
+        tls_ca,
         driver: sh.driver,
         url: DbUrl::new(url),
         query: sh.query,

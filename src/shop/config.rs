@@ -17,6 +17,8 @@ pub struct ShopConfig {
     pub status: StatusMap,
     /// Connections kept open to a MySQL/PostgreSQL shop.
     pub pool_size: usize,
+    /// Extra trusted roots (PEM) for a PostgreSQL shop server's certificate (`tls_ca_file`).
+    pub tls_ca: Option<crate::pg_tls::CaPem>,
 }
 
 /// The shop database's kind.

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::{FromSql, Kind, Type};
-use tokio_postgres::NoTls;
 
 use super::mysql::{scrub, url_password};
 use super::{named_parameters, Cell, Lookup, RawOrder, ShopError};
@@ -88,9 +87,12 @@ impl PostgresShop {
         };
         pg.options(options);
         pg.keepalives_idle(Duration::from_secs(60));
+        // TLS with the server's certificate verified when the URL says sslmode=require.
+        let tls = crate::pg_tls::connector(&mut pg, config.tls_ca.as_deref())
+            .map_err(|e| connect_err(format!("tls_ca_file {e}"), &secrets))?;
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)

@@ -179,9 +179,11 @@ pub enum CopyError {
 
 /// Copies the SQLite store at `from` into the PostgreSQL store at `to` (created and migrated
 /// if needed, and required to be empty), in one transaction; `progress` is told each table.
+/// `tls_ca`: extra trusted roots for the server's certificate (see [`crate::pg_tls`]).
 pub async fn sqlite_to_postgres(
     from: &Path,
     to: &DbUrl,
+    tls_ca: Option<crate::pg_tls::CaPem>,
     progress: &(dyn Fn(&str, i64) + Sync),
 ) -> Result<Copied, CopyError> {
     let source_err = |e: &dyn std::fmt::Display| CopyError::Source {
@@ -193,8 +195,11 @@ pub async fn sqlite_to_postgres(
         CopyError::Target(super::postgres::schema::scrub(to, &e.to_string()))
     };
     // Created and migrated as a daemon would.
-    super::postgres::Postgres::open(to, None, false, true).await.map_err(|e| target_err(&e))?;
-    let mut client = super::postgres::schema::connect(to).await.map_err(|e| target_err(&e))?;
+    let ca = tls_ca.as_deref();
+    super::postgres::Postgres::open(to, tls_ca.clone(), None, false, true)
+        .await
+        .map_err(|e| target_err(&e))?;
+    let mut client = super::postgres::schema::connect(to, ca).await.map_err(|e| target_err(&e))?;
     super::postgres::schema::check_durable(&client, to).await.map_err(|e| target_err(&e))?;
     let tx = client.transaction().await.map_err(|e| target_err(&e))?;
     // Nothing may write to the target while it is filled.

@@ -56,6 +56,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// A PostgreSQL store shared by several daemons (`postgres://…`), instead of the file.
     pub url: Option<crate::secret::DbUrl>,
+    /// Extra trusted roots (PEM) for the PostgreSQL server's certificate (`tls_ca_file`).
+    pub tls_ca: Option<crate::pg_tls::CaPem>,
     /// Wait for another process's lock before failing the batch.
     pub busy_timeout: Duration,
     /// Most rows per group commit.
@@ -201,7 +203,8 @@ impl Store {
     async fn open_as(config: &StoreConfig, ingest: bool, own: bool) -> Result<Store, StoreError> {
         let backend = match &config.url {
             Some(url) => Backend::Postgres(Arc::new(
-                postgres::Postgres::open(url, Some(config), ingest, true).await?,
+                postgres::Postgres::open(url, config.tls_ca.clone(), Some(config), ingest, true)
+                    .await?,
             )),
             None => Backend::Sqlite(Arc::new(sqlite::Sqlite::open(config, ingest, own)?)),
         };
@@ -228,7 +231,8 @@ impl Store {
         match &config.url {
             Some(url) => Ok(Store {
                 backend: Backend::Postgres(Arc::new(
-                    postgres::Postgres::open(url, None, false, false).await?,
+                    postgres::Postgres::open(url, config.tls_ca.clone(), None, false, false)
+                        .await?,
                 )),
             }),
             None => Store::open_reader(&config.path),
@@ -265,7 +269,13 @@ impl Store {
         shutdown: CancellationToken,
     ) {
         if let Backend::Postgres(s) = &self.backend {
-            tokio::spawn(postgres::Postgres::listen(s.url().clone(), inbox, outbox, shutdown));
+            tokio::spawn(postgres::Postgres::listen(
+                s.url().clone(),
+                s.tls_ca(),
+                inbox,
+                outbox,
+                shutdown,
+            ));
         }
     }
 

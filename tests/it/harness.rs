@@ -379,6 +379,7 @@ where
     let config = reconciled::store::StoreConfig {
         path: db.to_owned(),
         url: None,
+        tls_ca: None,
         busy_timeout: std::time::Duration::from_secs(5),
         max_batch: reconciled::config::DEFAULT_MAX_BATCH,
         failures_kept: reconciled::config::DEFAULT_FAILURES_KEPT,

@@ -18,6 +18,7 @@ mod operator;
 mod page;
 mod paypal;
 mod paypal_api;
+mod pg_tls;
 mod process;
 mod provider_api;
 mod reconcile;

@@ -80,6 +80,8 @@ struct WriterHandle {
 /// A PostgreSQL store.
 pub struct Postgres {
     url: DbUrl,
+    /// Extra trusted roots for the server's certificate.
+    tls_ca: Option<crate::pg_tls::CaPem>,
     pool: Pool,
     writer: Option<WriterHandle>,
     /// Open claim transactions, by the id of their first row.
@@ -105,18 +107,19 @@ impl Postgres {
     /// With `migrate` false (a reader), the store must exist and is not changed.
     pub async fn open(
         url: &DbUrl,
+        tls_ca: Option<crate::pg_tls::CaPem>,
         config: Option<&StoreConfig>,
         ingest: bool,
         migrate: bool,
     ) -> Result<Postgres, StoreError> {
-        let mut client = schema::connect(url).await?;
+        let mut client = schema::connect(url, tls_ca.as_deref()).await?;
         schema::check_durable(&client, url).await?;
         if migrate {
             schema::migrate(&mut client, url).await?;
         } else {
             schema::check_version(&client, url).await?;
         }
-        let pool = schema::pool(url, POOL_SIZE)?;
+        let pool = schema::pool(url, tls_ca.as_deref(), POOL_SIZE)?;
         let writer = match (ingest, config) {
             (true, Some(config)) => {
                 let (tx, rx) = super::queue::Queue::new();
@@ -124,6 +127,7 @@ impl Postgres {
                 let died = CancellationToken::new();
                 let settings = writer::Settings {
                     url: url.clone(),
+                    tls_ca: tls_ca.clone(),
                     max_batch: config.max_batch,
                     failures_kept: config.failures_kept,
                     commit_seconds: commit_seconds.clone(),
@@ -134,13 +138,16 @@ impl Postgres {
             }
             _ => None,
         };
-        Ok(Postgres { url: url.clone(), pool, writer, claims: Mutex::new(HashMap::new()) })
+        Ok(Postgres { url: url.clone(), tls_ca, pool, writer, claims: Mutex::new(HashMap::new()) })
     }
 
     /// A pooled connection.
     async fn conn(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(|e| {
-            StoreError::Read(Arc::new(Unreachable(schema::scrub(&self.url, &e.to_string()))))
+            StoreError::Read(Arc::new(Unreachable(schema::scrub(
+                &self.url,
+                &crate::error::error_chain(&e),
+            ))))
         })
     }
 
@@ -198,12 +205,13 @@ impl Postgres {
     /// worker's and the dispatchers' timers cover what is missed meanwhile.
     pub(super) async fn listen(
         url: DbUrl,
+        tls_ca: Option<crate::pg_tls::CaPem>,
         inbox: Arc<Notify>,
         outbox: tokio::sync::watch::Sender<u64>,
         shutdown: CancellationToken,
     ) {
         loop {
-            let settings = match schema::settings(&url) {
+            let (settings, tls) = match schema::settings(&url, tls_ca.as_deref()) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for other daemons' news");
@@ -211,7 +219,7 @@ impl Postgres {
                 }
             };
             let connected = tokio::select! {
-                c = settings.connect(tokio_postgres::NoTls) => c,
+                c = settings.connect(tls) => c,
                 () = shutdown.cancelled() => return,
             };
             match connected {
@@ -255,7 +263,7 @@ impl Postgres {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %schema::scrub(&url, &e.to_string()), "cannot connect to listen");
+                    tracing::debug!(error = %schema::scrub(&url, &crate::error::error_chain(&e)), "cannot connect to listen");
                 }
             }
             tokio::select! {
@@ -559,6 +567,11 @@ impl std::fmt::Display for Unreachable {
 impl std::error::Error for Unreachable {}
 
 impl Postgres {
+    /// The extra trusted roots for the server's certificate.
+    pub(crate) fn tls_ca(&self) -> Option<crate::pg_tls::CaPem> {
+        self.tls_ca.clone()
+    }
+
     /// The store's URL.
     pub(crate) fn url(&self) -> &DbUrl {
         &self.url

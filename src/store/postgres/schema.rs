@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::locks;
 use crate::secret::DbUrl;
@@ -47,11 +47,16 @@ pub fn latest_version() -> i32 {
 
 /// The connection settings of `url`, with what every store connection needs: a time limit
 /// on connecting, an application name, and a server-side end to a transaction left idle (a
-/// daemon that hangs holding row locks frees them).
-pub fn settings(url: &DbUrl) -> Result<tokio_postgres::Config, StoreError> {
+/// daemon that hangs holding row locks frees them); and the connector to connect with: TLS
+/// with the server's certificate verified (trusting `tls_ca` too) when the URL says
+/// `sslmode=require`, none otherwise (see [`crate::pg_tls`]).
+pub fn settings(
+    url: &DbUrl,
+    tls_ca: Option<&[u8]>,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
     let mut pg: tokio_postgres::Config =
         url.expose().parse().map_err(|e: tokio_postgres::Error| {
-            open_error(url, format!("invalid URL: {}", scrub(url, &e.to_string())))
+            open_error(url, format!("invalid URL: {}", scrub(url, &crate::error::error_chain(&e))))
         })?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
@@ -67,16 +72,16 @@ pub fn settings(url: &DbUrl) -> Result<tokio_postgres::Config, StoreError> {
     };
     pg.options(options);
     pg.keepalives_idle(Duration::from_secs(30));
-    Ok(pg)
+    let tls = crate::pg_tls::connector(&mut pg, tls_ca)
+        .map_err(|e| open_error(url, format!("tls_ca_file {e}")))?;
+    Ok((pg, tls))
 }
 
 /// The pool for claims, decisions and reads.
-pub fn pool(url: &DbUrl, size: usize) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(
-        settings(url)?,
-        NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
-    );
+pub fn pool(url: &DbUrl, tls_ca: Option<&[u8]>, size: usize) -> Result<Pool, StoreError> {
+    let (pg, tls) = settings(url, tls_ca)?;
+    let manager =
+        Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -89,11 +94,15 @@ pub fn pool(url: &DbUrl, size: usize) -> Result<Pool, StoreError> {
 
 /// A connection of its own (the ingest writer's, the listener's), driven by a task; the
 /// task ends when the connection does.
-pub async fn connect(url: &DbUrl) -> Result<tokio_postgres::Client, StoreError> {
-    let (client, connection) = settings(url)?
-        .connect(NoTls)
+pub async fn connect(
+    url: &DbUrl,
+    tls_ca: Option<&[u8]>,
+) -> Result<tokio_postgres::Client, StoreError> {
+    let (pg, tls) = settings(url, tls_ca)?;
+    let (client, connection) = pg
+        .connect(tls)
         .await
-        .map_err(|e| open_error(url, scrub(url, &e.to_string())))?;
+        .map_err(|e| open_error(url, scrub(url, &crate::error::error_chain(&e))))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "store connection ended");
@@ -110,7 +119,7 @@ pub async fn check_durable(client: &tokio_postgres::Client, url: &DbUrl) -> Resu
         let row = client
             .query_one(&format!("SHOW {setting}"), &[])
             .await
-            .map_err(|e| open_error(url, scrub(url, &e.to_string())))?;
+            .map_err(|e| open_error(url, scrub(url, &crate::error::error_chain(&e))))?;
         let value: String = row.get(0);
         if value.eq_ignore_ascii_case("off") {
             return Err(open_error(
@@ -129,7 +138,8 @@ pub async fn check_durable(client: &tokio_postgres::Client, url: &DbUrl) -> Resu
 /// Creates or brings the schema up to date, one migration per transaction under the
 /// migration lock.
 pub async fn migrate(client: &mut tokio_postgres::Client, url: &DbUrl) -> Result<(), StoreError> {
-    let fail = |e: tokio_postgres::Error| open_error(url, scrub(url, &e.to_string()));
+    let fail =
+        |e: tokio_postgres::Error| open_error(url, scrub(url, &crate::error::error_chain(&e)));
     let tx = client.transaction().await.map_err(fail)?;
     tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&locks::CLASS, &locks::MIGRATE])
         .await
@@ -169,7 +179,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client, url: &DbUrl) -> Result
     }
     for (version, sql) in migrations().into_iter().filter(|(v, _)| *v > current) {
         tx.batch_execute(sql).await.map_err(|e| {
-            open_error(url, format!("migration {version} failed: {}", scrub(url, &e.to_string())))
+            open_error(
+                url,
+                format!(
+                    "migration {version} failed: {}",
+                    scrub(url, &crate::error::error_chain(&e))
+                ),
+            )
         })?;
         tx.execute(
             "INSERT INTO reconciled_schema (version, applied_at) VALUES ($1, $2)",
@@ -184,7 +200,8 @@ pub async fn migrate(client: &mut tokio_postgres::Client, url: &DbUrl) -> Result
 
 /// Checks that the store exists and is not newer than this build, without changing it.
 pub async fn check_version(client: &tokio_postgres::Client, url: &DbUrl) -> Result<(), StoreError> {
-    let fail = |e: tokio_postgres::Error| open_error(url, scrub(url, &e.to_string()));
+    let fail =
+        |e: tokio_postgres::Error| open_error(url, scrub(url, &crate::error::error_chain(&e)));
     let ours: bool = client
         .query_one("SELECT to_regclass('reconciled_schema') IS NOT NULL", &[])
         .await

@@ -23,6 +23,7 @@ use crate::store::{DeathGuard, FailureRecord, NewRow, StoreError, Stored};
 /// What the writer needs to know.
 pub(super) struct Settings {
     pub url: DbUrl,
+    pub tls_ca: Option<crate::pg_tls::CaPem>,
     pub max_batch: usize,
     pub failures_kept: u64,
     pub commit_seconds: Histogram,
@@ -64,7 +65,7 @@ pub(super) async fn run(
             continue;
         }
         if client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            client = match schema::connect(&settings.url).await {
+            client = match schema::connect(&settings.url, settings.tls_ca.as_deref()).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::error!(error = %e, "store unreachable; notifications are refused with 503 until it is back");

@@ -304,6 +304,7 @@ mod tests {
         StoreConfig {
             path,
             url: None,
+            tls_ca: None,
             busy_timeout: std::time::Duration::from_secs(5),
             max_batch: crate::config::DEFAULT_MAX_BATCH,
             failures_kept: 10,
