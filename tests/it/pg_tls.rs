@@ -7,6 +7,7 @@
 //! under CI, where it fails.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -14,9 +15,8 @@ use hyper::StatusCode;
 use reconciled::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{pi_event, PgDb, SECRET};
+use crate::harness::{config_text_on, pi_event, Backend, Daemon, PgDb, SECRET};
 
 /// PostgreSQL's `SSLRequest`: length 8, then the request code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
@@ -80,30 +80,29 @@ impl TlsFront {
     }
 }
 
-/// `host:port` of a `postgres://user@host:port/db` URL, and the URL with another `host:port`
-/// and `sslmode=require`.
-fn through(url: &str, front: SocketAddr) -> (String, String) {
-    let scheme_end = url.find("://").unwrap() + 3;
-    let rest = &url[scheme_end..];
-    let at = rest.rfind('@').map_or(0, |i| i + 1);
-    let slash = rest[at..].find('/').map_or(rest.len(), |i| at + i);
-    let server = rest[at..slash].to_owned();
-    let tls_url =
-        format!("{}{}{front}{}?sslmode=require", &url[..scheme_end], &rest[..at], &rest[slash..]);
-    (server, tls_url)
+impl TlsFront {
+    /// A front for the server of `url` (`postgres://user@host:port/db`), and `url` through the
+    /// front with `sslmode=require`.
+    async fn before(url: &str) -> (TlsFront, String) {
+        let scheme_end = url.find("://").unwrap() + 3;
+        let rest = &url[scheme_end..];
+        let at = rest.rfind('@').map_or(0, |i| i + 1);
+        let slash = rest[at..].find('/').map_or(rest.len(), |i| at + i);
+        let front = TlsFront::start(rest[at..slash].to_owned()).await;
+        let (user, db) = (&rest[..at], &rest[slash..]);
+        let tls_url = format!("{}{user}{}{db}?sslmode=require", &url[..scheme_end], front.addr);
+        (front, tls_url)
+    }
 }
 
 fn test_ca() -> String {
     crate::tls::fixture_path("test-only-ca.pem")
 }
 
+/// The daemon's configuration on the store `url`, with `tls_ca_file = ca` if given.
 fn store_config(url: &str, ca: Option<&str>) -> String {
-    let ca = ca.map(|c| format!("tls_ca_file = \"{c}\"\n")).unwrap_or_default();
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 5\n\
-         [store]\nurl = \"{url}\"\n{ca}\
-         [[endpoint]]\nname = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"{SECRET}\"]\ntolerance_secs = 300\n"
-    )
+    let ca = ca.map(|c| format!("tls_ca_file = \"{c}\"")).unwrap_or_default();
+    config_text_on(&Backend::Postgres(url.to_owned()), Path::new("unused"), "", &ca, "")
 }
 
 /// With `sslmode=require` and the CA in `tls_ca_file`, every connection of the daemon (the
@@ -113,31 +112,14 @@ fn store_config(url: &str, ca: Option<&str>) -> String {
 async fn the_shared_store_is_reached_over_verified_tls() {
     let Some(db) = PgDb::create("tls_store").await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = through(&db.url, "127.0.0.1:1".parse().unwrap());
-    let front = TlsFront::start(server).await;
-    let (_, url) = through(&db.url, front.addr);
-    let config =
-        Config::from_toml(&store_config(&url, Some(&test_ca())), &dir.path().join("t.toml"))
-            .expect("config is valid");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let (_, reloads) = tokio::sync::mpsc::channel(1);
-    let daemon = tokio::spawn(async move {
-        reconciled::daemon::run(&config, listener, token, reloads, |_| {}).await
-    });
-    crate::harness::accepting(addr).await;
+    let (front, url) = TlsFront::before(&db.url).await;
+    let ca = format!("tls_ca_file = \"{}\"", test_ca());
+    let backend = Backend::Postgres(url);
+    let daemon = Daemon::start_on(&backend, dir.path(), "", &ca, "").await;
     let body = pi_event("evt_tls", "succeeded", "pi_tls", "1", 1000, "usd");
-    assert_eq!(
-        crate::harness::post_signed(addr, body).await,
-        (StatusCode::OK, "stored\n".to_owned())
-    );
-    let (status, _) =
-        crate::harness::request(addr, "GET", "/readyz", &[], bytes::Bytes::new()).await;
-    assert_eq!(status, StatusCode::OK);
-    shutdown.cancel();
-    daemon.await.expect("daemon task").expect("daemon ran");
+    assert_eq!(daemon.post_stripe(SECRET, &body).await, (StatusCode::OK, "stored\n".to_owned()));
+    assert_eq!(daemon.get("/readyz").await.0, StatusCode::OK);
+    daemon.stop().await;
 
     let stored: i64 = db
         .client()
@@ -159,8 +141,7 @@ async fn the_shared_store_is_reached_over_verified_tls() {
 async fn an_unverified_server_is_refused_and_no_tls_is_tried_unasked() {
     let Some(db) = PgDb::create("tls_refused").await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = through(&db.url, "127.0.0.1:1".parse().unwrap());
-    let front = TlsFront::start(server.clone()).await;
+    let (front, url) = TlsFront::before(&db.url).await;
     let open = |text: String| {
         let path = dir.path().join("t.toml");
         async move {
@@ -170,7 +151,6 @@ async fn an_unverified_server_is_refused_and_no_tls_is_tried_unasked() {
     };
 
     // The test CA is not among the public roots: the front's certificate is not trusted.
-    let (_, url) = through(&db.url, front.addr);
     let err = open(store_config(&url, None)).await.expect_err("an unknown issuer is refused");
     let text = err.to_string();
     assert!(text.to_lowercase().contains("certificate"), "says why: {text}");
@@ -183,7 +163,6 @@ async fn an_unverified_server_is_refused_and_no_tls_is_tried_unasked() {
     eprintln!("as expected: {err}");
 
     // No sslmode: the front is never asked for TLS, so it refuses the plain connection.
-    let (_, url) = through(&db.url, front.addr);
     let plain = url.replace("?sslmode=require", "");
     let before = front.refused();
     assert!(open(store_config(&plain, None)).await.is_err());
@@ -197,9 +176,7 @@ async fn an_unverified_server_is_refused_and_no_tls_is_tried_unasked() {
 async fn a_postgresql_shop_is_read_over_verified_tls() {
     let Some(db) = PgDb::create("tls_shop").await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = through(&db.url, "127.0.0.1:1".parse().unwrap());
-    let front = TlsFront::start(server).await;
-    let (_, url) = through(&db.url, front.addr);
+    let (front, url) = TlsFront::before(&db.url).await;
     let shop = |ca: Option<String>| {
         let ca = ca.map(|c| format!("tls_ca_file = \"{c}\"\n")).unwrap_or_default();
         format!(
