@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use crate::harness::{self, pi_event, shop_config, Daemon, Shop, SECRET};
+use crate::harness::{self, pi_event, shop_config, Backend, Daemon, Shop, SECRET};
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
@@ -19,29 +19,79 @@ async fn status(admin: SocketAddr, path: &str, token: Option<&str>) -> (StatusCo
     (code, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-async fn start(dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
+async fn start(store: &Backend, dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
     let extra = format!(
         "[policy]\non_currency_mismatch = \"review\"\n\
          [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
          [messages]\npaid = \"Thank you: your order is on its way.\"\n"
     );
-    let d = Daemon::start_with(dir, "", "", &shop_config(shop, &extra)).await;
+    let d = Daemon::start_on(store, dir, "", "", &shop_config(shop, &extra)).await;
     harness::accepting(admin).await;
     d
 }
 
+/// The admin listener stays on loopback unless told otherwise, and needs a real token.
+#[test]
+fn the_admin_listener_is_refused_off_loopback_and_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let db = dir.path().join("inbox.db");
+    for (admin, why) in [
+        (format!("listen = \"0.0.0.0:8081\"\ntoken = \"{TOKEN}\""), "not a loopback address"),
+        ("listen = \"127.0.0.1:8081\"".to_owned(), "admin.token: is required"),
+        ("token = \"short\"".to_owned(), "at least 16 characters"),
+    ] {
+        let text = crate::harness::config_text_with(
+            &db,
+            "",
+            "",
+            &shop_config(&shop, &format!("[admin]\n{admin}\n")),
+        );
+        let err = reconciled::config::Config::from_toml(&text, Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(!err.to_string().contains(TOKEN));
+    }
+    let remote = crate::harness::config_text_with(
+        &db,
+        "",
+        "",
+        &shop_config(
+            &shop,
+            &format!(
+                "[admin]\nlisten = \"0.0.0.0:8081\"\nallow_remote = true\ntoken = \"{TOKEN}\"\n"
+            ),
+        ),
+    );
+    assert!(reconciled::config::Config::from_toml(&remote, Path::new("t.toml")).is_ok());
+}
+
+const PULL_TOKEN: &str = "pull-token-0123456789abcdef";
+
+async fn pull(admin: SocketAddr, query: &str, token: &str) -> (StatusCode, Vec<Value>) {
+    let (code, body) = status(admin, &format!("/v1/outbox/backoffice{query}"), Some(token)).await;
+    (code, body["actions"].as_array().cloned().unwrap_or_default())
+}
+
+async fn settle(admin: SocketAddr, id: &Value, verb: &str) -> StatusCode {
+    let auth = format!("Bearer {PULL_TOKEN}");
+    let path = format!("/v1/outbox/backoffice/{id}/{verb}");
+    harness::request(admin, "POST", &path, &[("authorization", &auth)], Default::default()).await.0
+}
+
+// On both stores: a PostgreSQL store is where several daemons answer the confirmation page
+// and hand out pull deliveries.
+harness::on_both_stores! {
 /// Each state the confirmation page can show, from the payments the daemon decided, with the
 /// configured sentence; refusals for a missing token, a wrong one, an unknown order and a bad
 /// `wait`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_payment_status_of_each_order_follows_its_payments() {
+async fn the_payment_status_of_each_order_follows_its_payments(store) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     for id in 1001..=1006 {
         shop.add(id, "pending", "100.00", "USD");
     }
     let admin = harness::free_addr();
-    let d = start(dir.path(), &shop, admin).await;
+    let d = start(&store, dir.path(), &shop, admin).await;
     for (event, action, pi, order, amount, currency) in [
         ("evt_paid", "succeeded", "pi_1", "1001", 10000, "usd"),
         ("evt_processing", "processing", "pi_2", "1002", 10000, "usd"),
@@ -94,13 +144,12 @@ async fn the_payment_status_of_each_order_follows_its_payments() {
 }
 
 /// With `wait`, the answer comes as soon as the payment is decided, not when `wait` runs out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_answers_when_the_payment_is_decided() {
+async fn a_long_poll_answers_when_the_payment_is_decided(store) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
     let admin = harness::free_addr();
-    let d = start(dir.path(), &shop, admin).await;
+    let d = start(&store, dir.path(), &shop, admin).await;
     let started = Instant::now();
     let poll =
         tokio::spawn(
@@ -122,60 +171,11 @@ async fn a_long_poll_answers_when_the_payment_is_decided() {
     d.stop().await;
 }
 
-/// The admin listener stays on loopback unless told otherwise, and needs a real token.
-#[test]
-fn the_admin_listener_is_refused_off_loopback_and_without_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::create(dir.path());
-    let db = dir.path().join("inbox.db");
-    for (admin, why) in [
-        (format!("listen = \"0.0.0.0:8081\"\ntoken = \"{TOKEN}\""), "not a loopback address"),
-        ("listen = \"127.0.0.1:8081\"".to_owned(), "admin.token: is required"),
-        ("token = \"short\"".to_owned(), "at least 16 characters"),
-    ] {
-        let text = crate::harness::config_text_with(
-            &db,
-            "",
-            "",
-            &shop_config(&shop, &format!("[admin]\n{admin}\n")),
-        );
-        let err = reconciled::config::Config::from_toml(&text, Path::new("t.toml")).unwrap_err();
-        assert!(err.to_string().contains(why), "{err}");
-        assert!(!err.to_string().contains(TOKEN));
-    }
-    let remote = crate::harness::config_text_with(
-        &db,
-        "",
-        "",
-        &shop_config(
-            &shop,
-            &format!(
-                "[admin]\nlisten = \"0.0.0.0:8081\"\nallow_remote = true\ntoken = \"{TOKEN}\"\n"
-            ),
-        ),
-    );
-    assert!(reconciled::config::Config::from_toml(&remote, Path::new("t.toml")).is_ok());
-}
-
-const PULL_TOKEN: &str = "pull-token-0123456789abcdef";
-
-async fn pull(admin: SocketAddr, query: &str, token: &str) -> (StatusCode, Vec<Value>) {
-    let (code, body) = status(admin, &format!("/v1/outbox/backoffice{query}"), Some(token)).await;
-    (code, body["actions"].as_array().cloned().unwrap_or_default())
-}
-
-async fn settle(admin: SocketAddr, id: &Value, verb: &str) -> StatusCode {
-    let auth = format!("Bearer {PULL_TOKEN}");
-    let path = format!("/v1/outbox/backoffice/{id}/{verb}");
-    harness::request(admin, "POST", &path, &[("authorization", &auth)], Default::default()).await.0
-}
-
 /// A pull sink: fetching leases the oldest owed actions (one order's in order), ack marks one
 /// delivered, nack brings it back after the backoff, a lease not settled runs out and the
 /// action is handed out again with the same webhook-id, and a long poll answers when an action
 /// is written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pull_sink_leases_acks_and_nacks() {
+async fn a_pull_sink_leases_acks_and_nacks(store) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     for id in 1001..=1003 {
@@ -187,7 +187,7 @@ async fn a_pull_sink_leases_acks_and_nacks() {
          [[sink]]\nname = \"backoffice\"\nkind = \"pull\"\ntoken = \"{PULL_TOKEN}\"\nlease_secs = 1\n\
          retry_base = \"200ms\"\nretry_max = \"200ms\"\n"
     );
-    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
+    let d = Daemon::start_on(&store, dir.path(), "", "", &shop_config(&shop, &extra)).await;
     harness::accepting(admin).await;
     let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
     assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
@@ -255,18 +255,18 @@ async fn a_pull_sink_leases_acks_and_nacks() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(got[0]["data"]["order_id"], "1003");
     assert!(started.elapsed() < Duration::from_secs(15));
-    let db = d.db.clone();
+    let config = d.store.clone();
     d.stop().await;
     let states =
-        harness::reading(&db, |s| async move { s.deliveries(Default::default()).await }).unwrap();
+        harness::reading_store(&config, |s| async move { s.deliveries(Default::default()).await })
+            .unwrap();
     let delivered = states.iter().filter(|s| s.state == "delivered").count();
     assert_eq!(delivered, 4, "{states:?}");
 }
 
 /// A pull delivery nacked past `give_up_after` is dead; acked afterwards (the consumer did carry
 /// it out), it is delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_pull_delivery_acked_is_delivered() {
+async fn a_dead_pull_delivery_acked_is_delivered(store) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
@@ -276,7 +276,7 @@ async fn a_dead_pull_delivery_acked_is_delivered() {
          [[sink]]\nname = \"backoffice\"\nkind = \"pull\"\ntoken = \"{PULL_TOKEN}\"\n\
          actions = [\"fulfil\"]\ngive_up_after = \"1ms\"\n"
     );
-    let d = Daemon::start_with(dir.path(), "", "", &shop_config(&shop, &extra)).await;
+    let d = Daemon::start_on(&store, dir.path(), "", "", &shop_config(&shop, &extra)).await;
     harness::accepting(admin).await;
     let body = pi_event("evt_1", "succeeded", "pi_1", "1001", 10000, "usd");
     assert_eq!(d.post_stripe(SECRET, &body).await.0, StatusCode::OK);
@@ -284,15 +284,16 @@ async fn a_dead_pull_delivery_acked_is_delivered() {
     let (_, got) = pull(admin, "", PULL_TOKEN).await;
     let id = got[0]["data"]["id"].clone();
     assert_eq!(settle(admin, &id, "nack").await, StatusCode::NO_CONTENT);
-    let state = |db: std::path::PathBuf| {
-        harness::reading(&db, |s| async move { s.deliveries(Default::default()).await })
+    let state = |config: &reconciled::store::StoreConfig| {
+        harness::reading_store(config, |s| async move { s.deliveries(Default::default()).await })
             .unwrap()
             .remove(0)
             .state
     };
-    assert_eq!(state(d.db.clone()), "dead");
+    assert_eq!(state(&d.store), "dead");
     assert!(pull(admin, "", PULL_TOKEN).await.1.is_empty(), "a dead delivery is not handed out");
     assert_eq!(settle(admin, &id, "ack").await, StatusCode::NO_CONTENT);
-    assert_eq!(state(d.db.clone()), "delivered");
+    assert_eq!(state(&d.store), "delivered");
     d.stop().await;
+}
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 use crate::cli::{bin, run};
-use crate::harness::{self, pi_event, shop_config, Daemon, Shop, SECRET};
+use crate::harness::{self, pi_event, shop_config, Backend, Daemon, Shop, SECRET};
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
@@ -33,10 +33,13 @@ fn extra(admin: SocketAddr) -> String {
 
 const SINK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-async fn start(dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
+async fn start(backend: &Backend, dir: &Path, shop: &Shop, admin: SocketAddr) -> Daemon {
     // A short busy timeout: a store held locked from outside fails its probe quickly.
-    let store = "busy_timeout_ms = 300";
-    let d = Daemon::start_with(dir, "", store, &shop_config(shop, &extra(admin))).await;
+    let store = match backend {
+        Backend::Sqlite => "busy_timeout_ms = 300",
+        Backend::Postgres(_) => "",
+    };
+    let d = Daemon::start_on(backend, dir, "", store, &shop_config(shop, &extra(admin))).await;
     harness::accepting(admin).await;
     d
 }
@@ -54,17 +57,18 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .map(|v| v.parse().unwrap())
 }
 
+// On both stores: the store's gauges are read through its API at each scrape.
+harness::on_both_stores! {
 /// Counts after known traffic: two notifications stored, one repeat, one refused; both
 /// decided with their actions; the store's gauges; no token or secret anywhere in the text.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_known_traffic() {
+async fn metrics_count_known_traffic(store) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
     shop.add(1002, "pending", "100.00", "USD");
     let admin = harness::free_addr();
     let before = harness::now();
-    let d = start(dir.path(), &shop, admin).await;
+    let d = start(&store, dir.path(), &shop, admin).await;
     let first = pi_event("evt_m1", "succeeded", "pi_m1", "1001", 10000, "usd");
     let second = pi_event("evt_m2", "succeeded", "pi_m2", "1002", 10000, "usd");
     assert_eq!(d.post_stripe(SECRET, &first).await.0, StatusCode::OK);
@@ -140,13 +144,12 @@ async fn metrics_count_known_traffic() {
 
 /// `reconciled_webhook_last_stored_timestamp_seconds` is read from the store: a restart does
 /// not make a provider look silent, while the in-memory counters start again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_stored_timestamp_survives_a_restart() {
+async fn the_last_stored_timestamp_survives_a_restart(store) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
     let admin = harness::free_addr();
-    let d = start(dir.path(), &shop, admin).await;
+    let d = start(&store, dir.path(), &shop, admin).await;
     let body = pi_event("evt_r1", "succeeded", "pi_r1", "1001", 10000, "usd");
     assert_eq!(
         d.post(
@@ -166,7 +169,7 @@ async fn the_last_stored_timestamp_survives_a_restart() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // A new address: the old one may have gone to another test meanwhile.
     let admin = harness::free_addr();
-    let d = start(dir.path(), &shop, admin).await;
+    let d = start(&store, dir.path(), &shop, admin).await;
     let text = scrape(admin).await;
     assert_eq!(sample(&text, series), Some(before), "{text}");
     assert_eq!(
@@ -174,6 +177,7 @@ async fn the_last_stored_timestamp_survives_a_restart() {
         None
     );
     d.stop().await;
+}
 }
 
 /// A store that stops taking notifications shows `reconciled_store_ready 0`: the database
@@ -183,7 +187,7 @@ async fn a_store_that_cannot_commit_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::create(dir.path());
     let admin = harness::free_addr();
-    let d = start(dir.path(), &shop, admin).await;
+    let d = start(&Backend::Sqlite, dir.path(), &shop, admin).await;
     assert_eq!(sample(&scrape(admin).await, "reconciled_store_ready"), Some(1.0));
     // Take the write lock from outside and hold it: the probe's commit cannot get through.
     let blocker = writable(&dir.path().join("inbox.db"));
@@ -195,6 +199,46 @@ async fn a_store_that_cannot_commit_is_not_ready() {
     d.stop().await;
 }
 
+/// The same on a PostgreSQL store: a session outside the daemon holds the table the probe
+/// writes locked, and `/metrics` answers within its time limit with the store not ready; a
+/// notification waits for the lock (no 2xx before its commit), and once the lock is gone it is
+/// stored and the store is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_store_that_cannot_commit_is_not_ready() {
+    let Some(db) = harness::PgDb::create("metrics_not_ready").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    let admin = harness::free_addr();
+    let d = start(&Backend::Postgres(db.url.clone()), dir.path(), &shop, admin).await;
+    assert_eq!(sample(&scrape(admin).await, "reconciled_store_ready"), Some(1.0));
+    let mut blocker = db.client().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let started = std::time::Instant::now();
+    let text = scrape(admin).await;
+    assert_eq!(sample(&text, "reconciled_store_ready"), Some(0.0), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the scrape waited {:?}",
+        started.elapsed()
+    );
+    // A notification posted meanwhile waits for the lock, and is stored once it is gone.
+    let addr = d.addr;
+    let body = pi_event("evt_held", "succeeded", "pi_held", "1", 1000, "usd");
+    let held = tokio::spawn(async move { harness::post_signed(addr, body).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "answered while the store could not commit");
+    tx.rollback().await.unwrap();
+    assert_eq!(held.await.unwrap(), (StatusCode::OK, "stored\n".to_owned()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while sample(&scrape(admin).await, "reconciled_store_ready") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "ready again once the lock is gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop().await;
+    drop(db);
+}
+
 /// `reconciled check`: exit 0 and one OK line on a healthy store; then each problem the
 /// shipped alerts know, one line each, with the Nagios exit code of the worst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +247,7 @@ async fn check_reports_each_problem_with_nagios_exit_codes() {
     let shop = Shop::create(dir.path());
     shop.add(1001, "pending", "100.00", "USD");
     let admin = harness::free_addr();
-    let d = start(dir.path(), &shop, admin).await;
+    let d = start(&Backend::Sqlite, dir.path(), &shop, admin).await;
     let body = pi_event("evt_c1", "succeeded", "pi_c1", "1001", 10000, "usd");
     let sig = harness::signed(SECRET, &body);
     assert_eq!(
