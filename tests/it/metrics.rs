@@ -178,6 +178,27 @@ async fn the_last_stored_timestamp_survives_a_restart(store) {
     );
     d.stop().await;
 }
+
+/// A repeat delivery counts as activity too: an endpoint whose provider only retries is not
+/// silent. Taken down at most once a second, so the second post comes a second later.
+async fn a_repeat_delivery_moves_the_last_stored_time(store) {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::create(dir.path());
+    shop.add(1001, "pending", "100.00", "USD");
+    let admin = harness::free_addr();
+    let d = start(&store, dir.path(), &shop, admin).await;
+    let body = pi_event("evt_rep", "succeeded", "pi_rep", "1001", 10000, "usd");
+    let series = r#"reconciled_webhook_last_stored_timestamp_seconds{endpoint="stripe"}"#;
+    assert_eq!(d.post_stripe(SECRET, &body).await, (StatusCode::OK, "stored\n".to_owned()));
+    let first = sample(&scrape(admin).await, series).expect("stored once");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, text) = d.post_stripe(SECRET, &body).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(text.contains("duplicate"), "{text}");
+    let second = sample(&scrape(admin).await, series).expect("still there");
+    assert!(second >= first + 1.0, "the repeat moved it: {first} -> {second}");
+    d.stop().await;
+}
 }
 
 /// A store that stops taking notifications shows `reconciled_store_ready 0`: the database

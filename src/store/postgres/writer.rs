@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{locks, schema};
 use crate::domain::Source;
 use crate::secret::DbUrl;
-use crate::store::queue::Command;
+use crate::store::queue::{Activity, Command};
 use crate::store::{DeathGuard, FailureRecord, NewRow, StoreError, Stored};
 
 /// What the writer needs to know.
@@ -39,6 +39,8 @@ pub(super) async fn run(
     mut guard: DeathGuard,
 ) {
     let mut stopping = false;
+    let mut activity = Activity::default();
+    let mut activity_now = Vec::new();
     while !stopping {
         let Some(first) = rx.recv().await else { break };
         let mut inserts: Vec<(NewRow, InsertWaiter)> = Vec::new();
@@ -78,9 +80,12 @@ pub(super) async fn run(
         }
         let Some(conn) = client.as_mut() else { continue };
         let started = Instant::now();
-        let result = write_batch(conn, &inserts, &failures, !probes.is_empty(), &settings).await;
+        activity.due(inserts.iter().map(|(row, _)| row), &mut activity_now);
+        let probe = !probes.is_empty();
+        let result = write_batch(conn, &inserts, &failures, probe, &activity_now, &settings).await;
         match result {
             Ok(stored) => {
+                activity.wrote(&activity_now);
                 settings.commit_seconds.observe(started.elapsed().as_secs_f64());
                 for ((_, done), stored) in inserts.into_iter().zip(stored) {
                     let _ = done.send(Ok(stored));
@@ -162,6 +167,7 @@ async fn write_batch(
     inserts: &[(NewRow, InsertWaiter)],
     failures: &[FailureRecord],
     probe: bool,
+    activity: &[(std::sync::Arc<str>, i64)],
     settings: &Settings,
 ) -> Result<Vec<Stored>, tokio_postgres::Error> {
     // One proposed row per (provider, dedup key): a statement may not touch a row twice.
@@ -282,16 +288,14 @@ async fn write_batch(
                 totals.insert(r.get(0), r.get(1));
             }
         }
-        // The endpoints that stored a new row, each once. Only what the provider posted
-        // counts: a backfill must not hide a silent webhook.
-        let mut activity: HashMap<&str, i64> = HashMap::new();
-        for p in (0..proposed.len()).filter(|&p| new_row[p] && rows[p].source == Source::Webhook) {
-            let at = activity.entry(endpoint[p]).or_insert(received[p]);
-            *at = (*at).max(received[p]);
-        }
+        // The endpoints' last stored times that are due (see Activity), each once.
         if !activity.is_empty() {
-            let (names, times): (Vec<&str>, Vec<i64>) = activity.into_iter().unzip();
+            let (names, times): (Vec<&str>, Vec<i64>) =
+                activity.iter().map(|(e, at)| (&**e, *at)).unzip();
             tx.execute(ACTIVITY, &[&names, &times]).await?;
+        }
+        // New rows for the workers, on every daemon.
+        if new_row.iter().any(|&n| n) {
             tx.execute("SELECT pg_notify($1, '')", &[&super::INBOX_CHANNEL]).await?;
         }
         write_failures(&tx, failures, settings.failures_kept).await?;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{CacheSize, Checkpointer};
 use crate::domain::Source;
-use crate::store::queue::Command;
+use crate::store::queue::{Activity, Command};
 use crate::store::{FailureRecord, NewRow, StoreError, Stored};
 
 /// Writer settings taken from the store config.
@@ -41,34 +41,9 @@ const EXISTING: &str =
     "SELECT id, delivery_count FROM inbox WHERE provider = ?1 AND dedup_key = ?2";
 
 /// When an endpoint last stored a notification, new or repeated (metrics: a silent provider).
-/// Written at most once a second per endpoint (see [`ACTIVITY_EVERY_MS`]).
+/// Written at most once a second per endpoint (see [`Activity`]).
 const ACTIVITY: &str = "INSERT INTO endpoint_activity (endpoint, last_stored_at) VALUES (?1, ?2) \
      ON CONFLICT (endpoint) DO UPDATE SET last_stored_at = max(last_stored_at, excluded.last_stored_at)";
-
-/// An endpoint's activity is written when it has moved on by this much since it was last
-/// written: a silent provider is measured in minutes, and a batch that writes it dirties one
-/// more page (about one in forty of the pages a batch of twenty notifications writes).
-const ACTIVITY_EVERY_MS: i64 = 1_000;
-
-/// What this writer last wrote to `endpoint_activity`, per endpoint.
-#[derive(Default)]
-struct ActivityWritten(Vec<(std::sync::Arc<str>, i64)>);
-
-impl ActivityWritten {
-    fn due(&self, endpoint: &str, at: i64) -> bool {
-        match self.0.iter().find(|(e, _)| &**e == endpoint) {
-            Some((_, written)) => at >= written + ACTIVITY_EVERY_MS,
-            None => true,
-        }
-    }
-
-    fn wrote(&mut self, endpoint: &std::sync::Arc<str>, at: i64) {
-        match self.0.iter_mut().find(|(e, _)| e == endpoint) {
-            Some((_, written)) => *written = at,
-            None => self.0.push((endpoint.clone(), at)),
-        }
-    }
-}
 
 const INSERT_FAILURE: &str =
     "INSERT INTO verify_failures (at, endpoint, remote_addr, reason, detail, \
@@ -94,7 +69,7 @@ pub(crate) fn run(
     let mut failures: Vec<FailureRecord> = Vec::new();
     let mut probes: Vec<ProbeWaiter> = Vec::new();
     let mut results: Vec<Stored> = Vec::with_capacity(settings.max_batch);
-    let mut activity = ActivityWritten::default();
+    let mut activity = Activity::default();
     let mut activity_now: Vec<(std::sync::Arc<str>, i64)> = Vec::new();
     let mut stopping = false;
 
@@ -139,9 +114,7 @@ pub(crate) fn run(
         );
         match outcome {
             Ok(()) => {
-                for (endpoint, at) in &activity_now {
-                    activity.wrote(endpoint, *at);
-                }
+                activity.wrote(&activity_now);
                 if !inserts.is_empty() {
                     settings.commit_seconds.observe(started.elapsed().as_secs_f64());
                 }
@@ -188,7 +161,7 @@ fn write_batch(
     failures: &[FailureRecord],
     probe: bool,
     settings: &Settings,
-    (activity, activity_now): (&ActivityWritten, &mut Vec<(std::sync::Arc<str>, i64)>),
+    (activity, activity_now): (&Activity, &mut Vec<(std::sync::Arc<str>, i64)>),
     results: &mut Vec<Stored>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -233,15 +206,8 @@ fn write_batch(
             results.push(stored);
         }
         // At most one upsert per endpoint in the batch (a batch almost always has one or two),
-        // and only once it is due. Only what the provider posted counts: a backfill must not
-        // hide a silent webhook.
-        for (row, _) in inserts.iter().filter(|(row, _)| row.source == Source::Webhook) {
-            match activity_now.iter_mut().find(|(e, _)| *e == row.endpoint) {
-                Some((_, at)) => *at = (*at).max(row.received_at_ms),
-                None => activity_now.push((row.endpoint.clone(), row.received_at_ms)),
-            }
-        }
-        activity_now.retain(|(endpoint, at)| activity.due(endpoint, *at));
+        // and only once it is due.
+        activity.due(inserts.iter().map(|(row, _)| row), activity_now);
         if !activity_now.is_empty() {
             let mut upsert = tx.prepare_cached(ACTIVITY)?;
             for (endpoint, at) in activity_now.iter() {
