@@ -94,6 +94,11 @@ pub fn cursor_key(endpoint: &str) -> String {
     format!("backfill_cursor:{endpoint}")
 }
 
+/// The `meta` key of when the daemons' timer last took an endpoint's pass (see [`run`]).
+pub fn turn_key(endpoint: &str) -> String {
+    format!("backfill_turn:{endpoint}")
+}
+
 impl Backfill {
     /// One pass from `start` to the newest event; stops early (between pages) on `stop`.
     /// On an error, the summary so far is returned with it.
@@ -233,6 +238,11 @@ impl Backfill {
 
 /// The daemon's backfill of one endpoint: a pass [`FIRST_PASS_AFTER`] start, then every
 /// `every`, each resuming from the cursor; `wake` is woken when a pass stored something.
+///
+/// Each pass first takes the endpoint's turn in the store ([`Store::take_turn`], for nine
+/// tenths of `every`): of several daemons sharing a store, the first whose timer comes round
+/// makes the period's pass and the others pass their turn, so Stripe is asked once a period,
+/// not once per daemon. A daemon started again within the period likewise waits for the next.
 pub async fn run(
     backfill: Backfill,
     every: Duration,
@@ -246,6 +256,17 @@ pub async fn run(
             () = shutdown.cancelled() => return,
         }
         wait = every;
+        match backfill.store.take_turn(&turn_key(&backfill.endpoint), every.mul_f64(0.9)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(endpoint = %backfill.endpoint, "backfill: this period's pass was made already");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %backfill.endpoint, error = %crate::error::error_chain(&e), "backfill pass skipped: the store cannot be written");
+                continue;
+            }
+        }
         let result = backfill.pass(Start::Resume, &shutdown).await;
         let summary = match &result {
             Ok(s) | Err((_, s)) => s,

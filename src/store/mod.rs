@@ -356,6 +356,46 @@ impl Store {
         }
     }
 
+    /// Takes a periodic job's turn: records now under `key` (in `meta`) and answers true, unless
+    /// a turn was taken there less than `period` ago (by this daemon or another sharing the
+    /// store), when it changes nothing and answers false. Atomic: of daemons asking at once, one
+    /// gets the turn.
+    pub async fn take_turn(&self, key: &str, period: Duration) -> Result<bool, StoreError> {
+        let now = crate::time::now_ms();
+        let before = now.saturating_sub(i64::try_from(period.as_millis()).unwrap_or(i64::MAX));
+        let (key, now) = (key.to_owned(), now.to_string());
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.write_with(move |c| {
+                    c.execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+                         WHERE CAST(meta.value AS INTEGER) <= ?3",
+                        rusqlite::params![key, now, before],
+                    )
+                    .map(|n| n == 1)
+                })
+                .await
+            }
+            Backend::Postgres(s) => {
+                s.write(move |c| {
+                    Box::pin(async move {
+                        c.execute(
+                            "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+                             WHERE CASE WHEN meta.value ~ '^[0-9]+$' THEN meta.value::bigint \
+                             ELSE 0 END <= $3",
+                            &[&key, &now, &before],
+                        )
+                        .await
+                        .map(|n| n == 1)
+                    })
+                })
+                .await
+            }
+        }
+    }
+
     /// Keeps a small fact in the store; resolves once it is committed.
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_owned(), value.to_owned());

@@ -281,6 +281,38 @@ async fn the_daemon_backfills_on_its_own_timer() {
     d.stop().await;
 }
 
+/// Two daemons on one PostgreSQL store, each with `backfill_every`: the first whose timer
+/// comes round makes the period's pass, the other passes its turn, so Stripe is asked once
+/// (one pass from the first window: one listing with `created[gte]`), not once per daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_sharing_a_store_make_one_backfill_pass_a_period() {
+    let Some(db) = harness::PgDb::create("backfill_turns").await else { return };
+    let store = Backend::Postgres(db.url.clone());
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stripe = FakeStripe::start(KEY).await;
+    let shop = Shop::create(one.path());
+    paid_at_stripe(&shop, &stripe, 1..=3);
+    let every = "backfill_every = \"1m\"";
+    let a = daemon(&store, one.path(), &stripe, &shop, every).await;
+    let b = daemon(&store, two.path(), &stripe, &shop, every).await;
+    // Answered once each store is open.
+    assert_eq!(a.get("/healthz").await.0, 200);
+    assert_eq!(b.get("/healthz").await.0, 200);
+    until_fulfilled(&a, 3).await;
+    // Both first passes are due 2 s after each start: give the second its chance.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let passes = stripe
+        .requests()
+        .iter()
+        .filter(|r| r.query_pairs.iter().any(|(k, _)| k.starts_with("created")))
+        .count();
+    assert_eq!(passes, 1, "one pass for both daemons: {:?}", stripe.requests());
+    assert_eq!(fulfilled(&a), (3, 3));
+    a.stop().await;
+    b.stop().await;
+    drop(db);
+}
+
 /// `[endpoint.api]` is checked when the configuration is read, and never shows the key.
 #[test]
 fn api_settings_are_checked_and_the_key_never_shown() {

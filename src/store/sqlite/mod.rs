@@ -391,6 +391,24 @@ mod tests {
         }
     }
 
+    /// A periodic job's turn is taken once a period: again within it, nothing changes; once
+    /// the period has passed, it is taken again; another key is a turn of its own.
+    #[tokio::test]
+    async fn a_turn_is_taken_once_a_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&config(dir.path().join("inbox.db"), 64)).await.unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(store.take_turn("turn:a", hour).await.unwrap(), "the first turn");
+        let taken = store.meta("turn:a").await.unwrap().expect("recorded");
+        assert!(!store.take_turn("turn:a", hour).await.unwrap(), "again within the hour");
+        assert_eq!(store.meta("turn:a").await.unwrap(), Some(taken.clone()), "unchanged");
+        assert!(store.take_turn("turn:b", hour).await.unwrap(), "another key");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let short = std::time::Duration::from_millis(1);
+        assert!(store.take_turn("turn:a", short).await.unwrap(), "the period has passed");
+        assert_ne!(store.meta("turn:a").await.unwrap(), Some(taken), "moved on");
+        store.close().await;
+    }
     /// An endpoint's last stored time is written with the first notification it stores, then
     /// only once it has moved on by a second (one page fewer for most batches); each endpoint
     /// on its own, a repeat counting like a new one, a backfilled row not at all. The store's
