@@ -13,7 +13,8 @@
 //! nothing (and does not count as a delivery). The cursor is kept in the store (`meta`) and
 //! moved only once the page's rows are committed: a pass killed between the two lists the
 //! page again, and storing it again changes nothing. Events of types no decision uses are
-//! counted and passed over.
+//! counted and passed over. A kept cursor Stripe no longer lists (it keeps events for 30 days)
+//! is said in a WARN line, and the pass goes on from the oldest event Stripe still has.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,9 +121,14 @@ impl Backfill {
         stop: &CancellationToken,
         summary: &mut Summary,
     ) -> Result<(), PassError> {
+        // The kept cursor, until its first page is listed: Stripe may have let it go.
+        let mut kept = None;
         let start = match start {
             Start::Resume => match self.store.meta(&cursor_key(&self.endpoint)).await? {
-                Some(cursor) => Start::After(cursor),
+                Some(cursor) => {
+                    kept = Some(cursor.clone());
+                    Start::After(cursor)
+                }
                 None => Start::Since(crate::time::now_ms() / 1000 - FIRST_WINDOW.as_secs() as i64),
             },
             other => other,
@@ -136,7 +142,28 @@ impl Backfill {
             Start::Resume => unreachable!("resolved above"),
         };
         while !stop.is_cancelled() {
-            let page = self.list(&Page::Newer { than: cursor }, summary).await?;
+            let listed = self.list(&Page::Newer { than: cursor }, summary).await;
+            let page = match (listed, kept.take()) {
+                (Err(e), Some(gone)) if is_missing(&e) => {
+                    // Stripe keeps events for 30 days: the daemon was away longer than that, or
+                    // the cursor is from another account. Everything Stripe still has, then.
+                    tracing::warn!(
+                        endpoint = %self.endpoint,
+                        cursor = %gone,
+                        "backfill: Stripe no longer lists the cursor's event (it keeps events for 30 days); \
+                         resuming from the oldest event it still has: events between the two cannot be listed"
+                    );
+                    let since = crate::time::now_ms() / 1000 - STRIPE_KEEPS.as_secs() as i64;
+                    match self.oldest_page(since, stop, summary).await? {
+                        Some(page) => {
+                            cursor = self.take(page, summary).await?;
+                            continue;
+                        }
+                        None => return Ok(()),
+                    }
+                }
+                (listed, _) => listed?,
+            };
             let more = page.has_more;
             if page.events.is_empty() {
                 break;
@@ -234,6 +261,11 @@ impl Backfill {
             source: Source::Backfill,
         }
     }
+}
+
+/// Stripe does not know the event a listing started from.
+fn is_missing(e: &ApiError) -> bool {
+    matches!(e, ApiError::Refused { status: 404, code: Some(code), .. } if code == "resource_missing")
 }
 
 /// The daemon's backfill of one endpoint: a pass [`FIRST_PASS_AFTER`] start, then every

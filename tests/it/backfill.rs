@@ -281,6 +281,32 @@ async fn the_daemon_backfills_on_its_own_timer() {
     d.stop().await;
 }
 
+/// A cursor Stripe no longer lists (the daemon was away past Stripe's 30 days): the pass says
+/// so and goes on from the oldest event Stripe still has, instead of failing every period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_stripe_let_go_resumes_from_the_oldest_event_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let stripe = FakeStripe::start(KEY).await;
+    let shop = Shop::create(dir.path());
+    paid_at_stripe(&shop, &stripe, 1..=5);
+    let d = daemon(&Backend::Sqlite, dir.path(), &stripe, &shop, "").await;
+    assert_eq!(d.get("/healthz").await.0, 200);
+    let db = d.db.clone();
+    harness::as_tool(&db, |s| async move {
+        s.set_meta("backfill_cursor:stripe", "evt_expired_0000").await.unwrap()
+    });
+    let out = backfill(dir.path(), &[], None).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no longer lists the cursor's event"), "{}", out.stderr);
+    assert!(out.stdout.contains("stored 5"), "{}", out.stdout);
+    until_fulfilled(&d, 5).await;
+    let cursor =
+        harness::reading_store(&d.store, |s| async move { s.meta("backfill_cursor:stripe").await })
+            .unwrap();
+    assert_eq!(cursor.as_deref(), Some("evt_bf_0005"));
+    d.stop().await;
+}
+
 /// Two daemons on one PostgreSQL store, each with `backfill_every`: the first whose timer
 /// comes round makes the period's pass, the other passes its turn, so Stripe is asked once
 /// (one pass from the first window: one listing with `created[gte]`), not once per daemon.
