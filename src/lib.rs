@@ -21,7 +21,7 @@
 //! - [`metrics`]: the Prometheus metrics, counted as things happen and read from the store at
 //!   each scrape.
 //! - [`shop`]: read-only order lookups in the shop's database.
-//! - [`pg_tls`]: TLS to PostgreSQL, for the shared store and a PostgreSQL shop.
+//! - [`db_tls`]: TLS to databases: the shared PostgreSQL store, a PostgreSQL or MySQL shop.
 //! - [`domain`]: the nouns the decision table and the store share (statuses, actions).
 //! - [`money`]: exact amounts in minor units with ISO 4217 currencies.
 //! - [`secret`], [`time`], [`error`], [`failpoint`], [`systemd`]: shared helpers.
@@ -32,6 +32,7 @@ pub mod ask;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod db_tls;
 pub mod deliver;
 pub mod domain;
 pub mod endpoint;
@@ -42,7 +43,6 @@ pub mod fuzz;
 pub mod http;
 pub mod metrics;
 pub mod money;
-pub mod pg_tls;
 pub mod provider;
 pub mod reconcile;
 pub mod reload;

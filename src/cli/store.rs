@@ -46,7 +46,7 @@ fn copy(args: &CopyArgs) -> anyhow::Result<()> {
                     super::UsageError(format!("--tls-ca-file {}: {e}", file.display()))
                 })?;
                 Some(
-                    crate::pg_tls::CaPem::checked(&args.to, pem)
+                    crate::db_tls::CaPem::checked(&args.to, pem)
                         .map_err(|e| super::UsageError(format!("--tls-ca-file: {e}")))?,
                 )
             }

@@ -356,7 +356,7 @@ tolerance_secs = 120
     }
 
     #[test]
-    fn tls_to_postgres_is_asked_for_in_the_url_and_its_ca_file_is_checked() {
+    fn tls_to_a_database_is_asked_for_in_the_url_and_its_ca_file_is_checked() {
         let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/paypal/test-only-ca.pem");
         let endpoint =
             "[[endpoint]]\nname = \"s\"\nprovider = \"stripe\"\nsecrets = [\"whsec_1\"]\n";
@@ -395,8 +395,16 @@ tolerance_secs = 120
         assert!(c.shop.unwrap().tls_ca.is_some());
         let err = shop("postgres", "postgres://db/shop").unwrap_err().to_string();
         assert!(err.contains("shop.tls_ca_file") && err.contains("sslmode=require"), "{err}");
+        let c = shop("mysql", "mysql://db/shop?require_ssl=true").unwrap();
+        assert!(c.shop.unwrap().tls_ca.is_some());
         let err = shop("mysql", "mysql://db/shop").unwrap_err().to_string();
-        assert!(err.contains("shop.tls_ca_file") && err.contains("driver = \"postgres\""), "{err}");
+        assert!(err.contains("shop.tls_ca_file") && err.contains("require_ssl=true"), "{err}");
+        let err = shop("sqlite", "shop.db").unwrap_err().to_string();
+        assert!(err.contains("shop.tls_ca_file") && err.contains("only with driver"), "{err}");
+        let err = shop("mysql", "mysql://db/shop?require_ssl=true&verify_ca=false")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shop.url") && err.contains("refused"), "{err}");
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub(super) fn store(st: RawStore, r: &Resolver<'_>) -> Result<StoreConfig, Confi
         (Some(url), Some(file)) => {
             let pem = r.read("store.tls_ca_file", &file)?;
             Some(
-                crate::pg_tls::CaPem::checked(url.expose(), pem)
+                crate::db_tls::CaPem::checked(url.expose(), pem)
                     .map_err(|e| r.invalid("store.tls_ca_file", e))?,
             )
         }
@@ -265,15 +265,29 @@ pub(super) fn shop(sh: RawShop, r: &Resolver<'_>) -> Result<ShopConfig, ConfigEr
         0 => return Err(r.invalid("shop.pool_size", "must be greater than 0")),
         n => n,
     };
+    if sh.driver == ShopDriver::Mysql {
+        // The URL's TLS settings: refused here rather than when the daemon connects.
+        match mysql_async::Opts::from_url(&url) {
+            Ok(opts) => {
+                crate::db_tls::mysql_ssl(&opts, None).map_err(|e| r.invalid("shop.url", e))?;
+            }
+            Err(e) => {
+                let shown = crate::shop::scrub_url_error(&url, &e.to_string());
+                return Err(r.invalid("shop.url", format!("not a valid MySQL URL: {shown}")));
+            }
+        }
+    }
     let tls_ca = match sh.tls_ca_file {
         None => None,
-        Some(_) if sh.driver != ShopDriver::Postgres => {
-            return Err(r.invalid("shop.tls_ca_file", "only with driver = \"postgres\""))
+        Some(_) if sh.driver == ShopDriver::Sqlite => {
+            return Err(
+                r.invalid("shop.tls_ca_file", "only with driver = \"mysql\" or \"postgres\"")
+            )
         }
         Some(file) => {
             let pem = r.read("shop.tls_ca_file", &file)?;
             Some(
-                crate::pg_tls::CaPem::checked(&url, pem)
+                crate::db_tls::CaPem::checked(&url, pem)
                     .map_err(|e| r.invalid("shop.tls_ca_file", e))?,
             )
         }

@@ -18,7 +18,7 @@ pub struct ShopConfig {
     /// Connections kept open to a MySQL/PostgreSQL shop.
     pub pool_size: usize,
     /// Extra trusted roots (PEM) for a PostgreSQL shop server's certificate (`tls_ca_file`).
-    pub tls_ca: Option<crate::pg_tls::CaPem>,
+    pub tls_ca: Option<crate::db_tls::CaPem>,
 }
 
 /// The shop database's kind.

@@ -387,6 +387,11 @@ pub fn named_parameters(query: &str) -> Vec<(std::ops::Range<usize>, &str)> {
     out
 }
 
+/// `message` (an error about the database URL `url`) with the URL's password taken out.
+pub(crate) fn scrub_url_error(url: &str, message: &str) -> String {
+    mysql::scrub(message, &mysql::url_password(url))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,9 @@ impl MysqlShop {
         };
         let opts = Opts::from_url(config.url.expose())
             .map_err(|e| connect_err(format!("invalid URL: {e}")))?;
+        // TLS, with the server's certificate verified, when the URL says require_ssl=true.
+        let ssl = crate::db_tls::mysql_ssl(&opts, config.tls_ca.as_deref())
+            .map_err(|e| connect_err(format!("TLS: {e}")))?;
         let constraints = PoolConstraints::new(0, config.pool_size)
             .ok_or_else(|| connect_err("invalid pool_size".into()))?;
         // No reset when a connection goes back to the pool: the session stays read-only and
@@ -94,6 +97,7 @@ impl MysqlShop {
                 PoolOpts::default().with_constraints(constraints).with_reset_connection(false),
             )
             .tcp_keepalive(Some(Duration::from_secs(60)))
+            .ssl_opts(ssl)
             .after_connect(read_only);
         let pool = Pool::new(opts);
         let checked = tokio::time::timeout(CONNECT_TIMEOUT, async {

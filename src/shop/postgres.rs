@@ -88,7 +88,7 @@ impl PostgresShop {
         pg.options(options);
         pg.keepalives_idle(Duration::from_secs(60));
         // TLS with the server's certificate verified when the URL says sslmode=require.
-        let tls = crate::pg_tls::connector(&mut pg, config.tls_ca.as_deref())
+        let tls = crate::db_tls::connector(&mut pg, config.tls_ca.as_deref())
             .map_err(|e| connect_err(format!("tls_ca_file {e}"), &secrets))?;
         let manager = Manager::from_config(
             pg,

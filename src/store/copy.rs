@@ -179,11 +179,11 @@ pub enum CopyError {
 
 /// Copies the SQLite store at `from` into the PostgreSQL store at `to` (created and migrated
 /// if needed, and required to be empty), in one transaction; `progress` is told each table.
-/// `tls_ca`: extra trusted roots for the server's certificate (see [`crate::pg_tls`]).
+/// `tls_ca`: extra trusted roots for the server's certificate (see [`crate::db_tls`]).
 pub async fn sqlite_to_postgres(
     from: &Path,
     to: &DbUrl,
-    tls_ca: Option<crate::pg_tls::CaPem>,
+    tls_ca: Option<crate::db_tls::CaPem>,
     progress: &(dyn Fn(&str, i64) + Sync),
 ) -> Result<Copied, CopyError> {
     let source_err = |e: &dyn std::fmt::Display| CopyError::Source {

@@ -57,7 +57,7 @@ pub struct StoreConfig {
     /// A PostgreSQL store shared by several daemons (`postgres://…`), instead of the file.
     pub url: Option<crate::secret::DbUrl>,
     /// Extra trusted roots (PEM) for the PostgreSQL server's certificate (`tls_ca_file`).
-    pub tls_ca: Option<crate::pg_tls::CaPem>,
+    pub tls_ca: Option<crate::db_tls::CaPem>,
     /// Wait for another process's lock before failing the batch.
     pub busy_timeout: Duration,
     /// Most rows per group commit.

@@ -20,7 +20,7 @@ const POSTGRES_VAR: &str = "RECONCILED_TEST_POSTGRES_URL";
 const PRESET_URL: &str = "mysql://USER:PASSWORD@127.0.0.1:3306/DATABASE";
 
 /// A server's URL from the environment; `None` (skip) when unset, except under CI.
-fn server_url(var: &str) -> Option<String> {
+pub(crate) fn server_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ if std::env::var_os("CI").is_some() => {

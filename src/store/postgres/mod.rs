@@ -81,7 +81,7 @@ struct WriterHandle {
 pub struct Postgres {
     url: DbUrl,
     /// Extra trusted roots for the server's certificate.
-    tls_ca: Option<crate::pg_tls::CaPem>,
+    tls_ca: Option<crate::db_tls::CaPem>,
     pool: Pool,
     writer: Option<WriterHandle>,
     /// Open claim transactions, by the id of their first row.
@@ -107,7 +107,7 @@ impl Postgres {
     /// With `migrate` false (a reader), the store must exist and is not changed.
     pub async fn open(
         url: &DbUrl,
-        tls_ca: Option<crate::pg_tls::CaPem>,
+        tls_ca: Option<crate::db_tls::CaPem>,
         config: Option<&StoreConfig>,
         ingest: bool,
         migrate: bool,
@@ -205,7 +205,7 @@ impl Postgres {
     /// worker's and the dispatchers' timers cover what is missed meanwhile.
     pub(super) async fn listen(
         url: DbUrl,
-        tls_ca: Option<crate::pg_tls::CaPem>,
+        tls_ca: Option<crate::db_tls::CaPem>,
         inbox: Arc<Notify>,
         outbox: tokio::sync::watch::Sender<u64>,
         shutdown: CancellationToken,
@@ -568,7 +568,7 @@ impl std::error::Error for Unreachable {}
 
 impl Postgres {
     /// The extra trusted roots for the server's certificate.
-    pub(crate) fn tls_ca(&self) -> Option<crate::pg_tls::CaPem> {
+    pub(crate) fn tls_ca(&self) -> Option<crate::db_tls::CaPem> {
         self.tls_ca.clone()
     }
 

@@ -49,7 +49,7 @@ pub fn latest_version() -> i32 {
 /// on connecting, an application name, and a server-side end to a transaction left idle (a
 /// daemon that hangs holding row locks frees them); and the connector to connect with: TLS
 /// with the server's certificate verified (trusting `tls_ca` too) when the URL says
-/// `sslmode=require`, none otherwise (see [`crate::pg_tls`]).
+/// `sslmode=require`, none otherwise (see [`crate::db_tls`]).
 pub fn settings(
     url: &DbUrl,
     tls_ca: Option<&[u8]>,
@@ -72,7 +72,7 @@ pub fn settings(
     };
     pg.options(options);
     pg.keepalives_idle(Duration::from_secs(30));
-    let tls = crate::pg_tls::connector(&mut pg, tls_ca)
+    let tls = crate::db_tls::connector(&mut pg, tls_ca)
         .map_err(|e| open_error(url, format!("tls_ca_file {e}")))?;
     Ok((pg, tls))
 }

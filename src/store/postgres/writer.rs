@@ -23,7 +23,7 @@ use crate::store::{DeathGuard, FailureRecord, NewRow, StoreError, Stored};
 /// What the writer needs to know.
 pub(super) struct Settings {
     pub url: DbUrl,
-    pub tls_ca: Option<crate::pg_tls::CaPem>,
+    pub tls_ca: Option<crate::db_tls::CaPem>,
     pub max_batch: usize,
     pub failures_kept: u64,
     pub commit_seconds: Histogram,
