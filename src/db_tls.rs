@@ -39,8 +39,10 @@ pub fn connector(
     let mut roots = rustls::RootCertStore::empty();
     if require {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for cert in certificates(extra_roots.unwrap_or_default())? {
-            roots.add(cert).map_err(|e| format!("holds an unusable certificate: {e}"))?;
+        if let Some(pem) = extra_roots {
+            for cert in certificates(pem)? {
+                roots.add(cert).map_err(|e| format!("holds an unusable certificate: {e}"))?;
+            }
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -52,12 +54,12 @@ pub fn connector(
     Ok(MakeRustlsConnect::new(config))
 }
 
-/// The certificates of a `tls_ca_file`'s PEM text: at least one when there is text at all.
+/// The certificates of a `tls_ca_file`'s PEM text: at least one.
 fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("is not readable PEM: {e}"))?;
-    if certs.is_empty() && !pem.is_empty() {
+    if certs.is_empty() {
         return Err("holds no PEM certificate".into());
     }
     Ok(certs)
@@ -184,6 +186,8 @@ mod tests {
         let mut pg = config("postgres://u@h/db?sslmode=require");
         let e = connector(&mut pg, Some(b"not a certificate\n")).err().unwrap();
         assert!(e.contains("no PEM certificate"), "{e}");
+        let e = connector(&mut pg, Some(b"")).err().unwrap();
+        assert!(e.contains("no PEM certificate"), "an empty file: {e}");
         let e = CaPem::checked("mysql://u@h/db", ca.clone()).err().unwrap();
         assert!(e.contains("require_ssl=true"), "{e}");
         assert!(CaPem::checked("mysql://u@h/db?require_ssl=true", ca.clone()).is_ok());
