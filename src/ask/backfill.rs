@@ -181,7 +181,9 @@ impl Backfill {
         self.api.events(page).await
     }
 
-    /// Walks back through the events created since `since` to the oldest page.
+    /// Walks back through the events created since `since` to the oldest page. None when there
+    /// is none, or when `stop` came before the walk reached it: a page that is not the oldest
+    /// must not move the cursor past the older ones.
     async fn oldest_page(
         &self,
         since: i64,
@@ -189,7 +191,10 @@ impl Backfill {
         summary: &mut Summary,
     ) -> Result<Option<EventPage>, PassError> {
         let mut page = self.list(&Page::Newest { since: Some(since) }, summary).await?;
-        while page.has_more && !stop.is_cancelled() {
+        while page.has_more {
+            if stop.is_cancelled() {
+                return Ok(None);
+            }
             let Some(oldest) = page.events.last() else { break };
             let back = Page::Older { than: oldest.id.clone(), since: Some(since) };
             let older = self.list(&back, summary).await?;
@@ -263,9 +268,10 @@ impl Backfill {
     }
 }
 
-/// Stripe does not know the event a listing started from.
+/// Stripe does not know the event a listing started from (`resource_missing`; Stripe answers
+/// an unknown id with a 404, and a malformed one with a 400).
 fn is_missing(e: &ApiError) -> bool {
-    matches!(e, ApiError::Refused { status: 404, code: Some(code), .. } if code == "resource_missing")
+    matches!(e, ApiError::Refused { status: 400 | 404, code: Some(code), .. } if code == "resource_missing")
 }
 
 /// The daemon's backfill of one endpoint: a pass [`FIRST_PASS_AFTER`] start, then every
@@ -275,6 +281,7 @@ fn is_missing(e: &ApiError) -> bool {
 /// tenths of `every`): of several daemons sharing a store, the first whose timer comes round
 /// makes the period's pass and the others pass their turn, so Stripe is asked once a period,
 /// not once per daemon. A daemon started again within the period likewise waits for the next.
+/// A pass that fails or is stopped gives the turn back.
 pub async fn run(
     backfill: Backfill,
     every: Duration,
@@ -300,6 +307,13 @@ pub async fn run(
             }
         }
         let result = backfill.pass(Start::Resume, &shutdown).await;
+        if result.is_err() || shutdown.is_cancelled() {
+            // Not finished: the turn is given back, so that the next daemon whose timer comes
+            // round (or this one, started again) makes the pass.
+            if let Err(e) = backfill.store.set_meta(&turn_key(&backfill.endpoint), "0").await {
+                tracing::debug!(error = %e, "backfill turn not given back; it lapses with the period");
+            }
+        }
         let summary = match &result {
             Ok(s) | Err((_, s)) => s,
         };

@@ -281,6 +281,39 @@ async fn the_daemon_backfills_on_its_own_timer() {
     d.stop().await;
 }
 
+/// A daemon stopped while its first pass walks back to the oldest page stores nothing and
+/// moves no cursor (a page short of the oldest would put the cursor past the older ones for
+/// good); started again, it stores every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_stopped_while_walking_back_moves_no_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let stripe = FakeStripe::start(KEY).await;
+    let shop = Shop::create(dir.path());
+    // Three pages of 100: the walk back asks twice after the newest page.
+    paid_at_stripe(&shop, &stripe, 1..=250);
+    stripe.delay_next(2, std::time::Duration::from_millis(1500));
+    let every = "backfill_every = \"1m\"";
+    let d = daemon(&Backend::Sqlite, dir.path(), &stripe, &shop, every).await;
+    assert_eq!(d.get("/healthz").await.0, 200);
+    // The first pass starts 2 s after start; its first two answers take 1.5 s each.
+    tokio::time::sleep(std::time::Duration::from_millis(4000)).await;
+    assert_eq!(stripe.requests().len(), 2, "stopped during the walk's first step back");
+    let config = d.store.clone();
+    d.stop().await;
+    let cursor =
+        harness::reading_store(&config, |s| async move { s.meta("backfill_cursor:stripe").await })
+            .unwrap();
+    assert_eq!(cursor, None, "no cursor from a page short of the oldest");
+    let rows = harness::reading_store(&config, |s| async move { s.list(Default::default()).await })
+        .unwrap();
+    assert!(rows.is_empty(), "{} rows stored", rows.len());
+
+    let d = daemon(&Backend::Sqlite, dir.path(), &stripe, &shop, every).await;
+    assert_eq!(d.get("/healthz").await.0, 200);
+    until_fulfilled(&d, 250).await;
+    d.stop().await;
+}
+
 /// A cursor Stripe no longer lists (the daemon was away past Stripe's 30 days): the pass says
 /// so and goes on from the oldest event Stripe still has, instead of failing every period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
