@@ -363,67 +363,56 @@ impl Store {
     pub async fn take_turn(&self, key: &str, period: Duration) -> Result<bool, StoreError> {
         let now = crate::time::now_ms();
         let before = now.saturating_sub(i64::try_from(period.as_millis()).unwrap_or(i64::MAX));
-        let (key, now) = (key.to_owned(), now.to_string());
-        match &self.backend {
-            Backend::Sqlite(s) => {
-                s.write_with(move |c| {
-                    c.execute(
-                        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value \
-                         WHERE CAST(meta.value AS INTEGER) <= ?3",
-                        rusqlite::params![key, now, before],
-                    )
-                    .map(|n| n == 1)
-                })
-                .await
-            }
-            Backend::Postgres(s) => {
-                s.write(move |c| {
-                    Box::pin(async move {
-                        c.execute(
-                            "INSERT INTO meta (key, value) VALUES ($1, $2) \
-                             ON CONFLICT (key) DO UPDATE SET value = excluded.value \
-                             WHERE CASE WHEN meta.value ~ '^[0-9]+$' THEN meta.value::bigint \
-                             ELSE 0 END <= $3",
-                            &[&key, &now, &before],
-                        )
-                        .await
-                        .map(|n| n == 1)
-                    })
-                })
-                .await
-            }
-        }
+        self.put_meta(key, &now.to_string(), Some(before)).await
     }
 
     /// Keeps a small fact in the store; resolves once it is committed.
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.put_meta(key, value, None).await.map(drop)
+    }
+
+    /// Writes `value` under `key` in `meta`; with `if_at_most`, only over a value that is a
+    /// number no greater than it (or is not a number). Answers whether it was written.
+    async fn put_meta(
+        &self,
+        key: &str,
+        value: &str,
+        if_at_most: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let (key, value) = (key.to_owned(), value.to_owned());
+        const UPSERT: &str = "INSERT INTO meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value";
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.write_with(move |c| {
-                    c.execute(
-                        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        [&key, &value],
-                    )
-                    .map(drop)
+                let sql = match if_at_most {
+                    Some(_) => format!("{UPSERT} WHERE CAST(meta.value AS INTEGER) <= $3"),
+                    None => UPSERT.to_owned(),
+                };
+                s.write_with(move |c| match if_at_most {
+                    Some(n) => c.execute(&sql, rusqlite::params![key, value, n]),
+                    None => c.execute(&sql, rusqlite::params![key, value]),
                 })
                 .await
+                .map(|n| n == 1)
             }
             Backend::Postgres(s) => {
+                let sql = match if_at_most {
+                    Some(_) => format!(
+                        "{UPSERT} WHERE CASE WHEN meta.value ~ '^[0-9]+$' \
+                         THEN meta.value::bigint ELSE 0 END <= $3"
+                    ),
+                    None => UPSERT.to_owned(),
+                };
                 s.write(move |c| {
                     Box::pin(async move {
-                        c.execute(
-                            "INSERT INTO meta (key, value) VALUES ($1, $2) \
-                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                            &[&key, &value],
-                        )
-                        .await
-                        .map(drop)
+                        match if_at_most {
+                            Some(n) => c.execute(&sql, &[&key, &value, &n]).await,
+                            None => c.execute(&sql, &[&key, &value]).await,
+                        }
                     })
                 })
                 .await
+                .map(|n| n == 1)
             }
         }
     }

@@ -92,6 +92,12 @@ fn fulfilled(d: &Daemon) -> (usize, usize) {
     (fulfils.len(), distinct.len())
 }
 
+/// The endpoint's backfill cursor in the store `config` names.
+fn cursor(config: &reconciled::store::StoreConfig) -> Option<String> {
+    harness::reading_store(config, |s| async move { s.meta("backfill_cursor:stripe").await })
+        .unwrap()
+}
+
 /// Waits (up to a minute: rows another process stores are taken up within seconds) until
 /// `n` orders are fulfilled.
 async fn until_fulfilled(d: &Daemon, n: usize) {
@@ -127,10 +133,7 @@ harness::on_both_stores! {
         let dry = backfill(dir.path(), &["--since", "1h", "--dry-run"], None).await;
         assert!(dry.stdout.contains("would store 100, already had 200"), "{}{}", dry.stdout, dry.stderr);
         assert_eq!(d.inbox().len(), 200);
-        let cursor = harness::reading_store(&d.store, |s| async move {
-            s.meta("backfill_cursor:stripe").await
-        });
-        assert_eq!(cursor.unwrap(), None);
+        assert_eq!(cursor(&d.store), None);
 
         let out = backfill(dir.path(), &["--since", "1h"], None).await;
         assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
@@ -274,10 +277,7 @@ async fn the_daemon_backfills_on_its_own_timer() {
     until_fulfilled(&d, 5).await;
     let rows = d.inbox();
     assert!(rows.iter().all(|r| r.source.to_string() == "backfill"));
-    let cursor =
-        harness::reading_store(&d.store, |s| async move { s.meta("backfill_cursor:stripe").await })
-            .unwrap();
-    assert_eq!(cursor.as_deref(), Some("evt_bf_0005"));
+    assert_eq!(cursor(&d.store).as_deref(), Some("evt_bf_0005"));
     d.stop().await;
 }
 
@@ -300,10 +300,7 @@ async fn a_pass_stopped_while_walking_back_moves_no_cursor() {
     assert_eq!(stripe.requests().len(), 2, "stopped during the walk's first step back");
     let config = d.store.clone();
     d.stop().await;
-    let cursor =
-        harness::reading_store(&config, |s| async move { s.meta("backfill_cursor:stripe").await })
-            .unwrap();
-    assert_eq!(cursor, None, "no cursor from a page short of the oldest");
+    assert_eq!(cursor(&config), None, "no cursor from a page short of the oldest");
     let rows = harness::reading_store(&config, |s| async move { s.list(Default::default()).await })
         .unwrap();
     assert!(rows.is_empty(), "{} rows stored", rows.len());
@@ -333,10 +330,7 @@ async fn a_cursor_stripe_let_go_resumes_from_the_oldest_event_it_has() {
     assert!(out.stderr.contains("no longer lists the cursor's event"), "{}", out.stderr);
     assert!(out.stdout.contains("stored 5"), "{}", out.stdout);
     until_fulfilled(&d, 5).await;
-    let cursor =
-        harness::reading_store(&d.store, |s| async move { s.meta("backfill_cursor:stripe").await })
-            .unwrap();
-    assert_eq!(cursor.as_deref(), Some("evt_bf_0005"));
+    assert_eq!(cursor(&d.store).as_deref(), Some("evt_bf_0005"));
     d.stop().await;
 }
 
